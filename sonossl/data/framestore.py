@@ -1,0 +1,209 @@
+"""The frame store: decoded, de-identified frames, prepared once and read cheaply many times.
+
+Format (HDF5, compatible with the seed code's files):
+
+- one dataset per clip at the root, ``uint8 [frames, H, W]`` (grey) or ``[frames, H, W, 3]``,
+  chunked one frame per chunk so a random frame costs one chunk read;
+- per-dataset attributes (all optional, so a seed-format file with datasets only reads as is):
+  ``video_id`` (pseudonymous), ``group_id`` (patient/study pseudonym, for leak-free splits),
+  ``split`` (``train`` | ``val``), ``fps`` (of the source), ``frame_skip``,
+  ``crop_box`` (x0, y0, x1, y1 in source pixels);
+- file attributes: ``sonossl_format`` (version) and ``frame_size``.
+
+:class:`FrameStore` opens the HDF5 file lazily and re-opens it in each process (DataLoader
+workers fork or spawn), so one object can be handed to every worker.
+:class:`FrameStoreWriter` writes to a temporary file beside the target and renames it into place
+only when closed without error: a crash never leaves a half-written store under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from sonossl.errors import SonosslError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """What the store knows of one clip (no PHI: ids are pseudonyms)."""
+
+    key: str
+    video_id: str
+    group_id: str
+    split: str
+    n_frames: int
+    height: int
+    width: int
+    channels: int
+    fps: float | None = None
+    frame_skip: int | None = None
+    crop_box: tuple[int, int, int, int] | None = None
+
+
+def _text(value, default: str) -> str:
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class FrameStore:
+    """Read-only view of a frame store.
+
+    ``videos``: every clip, in file order; ``split(name)``: the clips of one split (a seed file
+    without ``split`` attributes is all ``train``); ``read(key, i)``: one frame ``uint8 [H, W]``
+    or ``[H, W, 3]``; ``read_clip(key)``: ``[T, H, W(, 3)]``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SonosslError(f"{self.path}: frame store not found")
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+        try:
+            with h5py.File(self.path, "r") as f:
+                self.videos = [self._record(k, f[k]) for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+                self.attrs = dict(f.attrs)
+        except OSError as exc:
+            raise SonosslError(f"{self.path}: not a readable HDF5 frame store ({exc})") from None
+        if not self.videos:
+            raise SonosslError(f"{self.path}: frame store holds no clips")
+        self._by_key = {v.key: v for v in self.videos}
+
+    @staticmethod
+    def _record(key: str, ds: h5py.Dataset) -> VideoRecord:
+        if ds.dtype != np.uint8 or ds.ndim not in (3, 4) or (ds.ndim == 4 and ds.shape[3] != 3):
+            raise SonosslError(f"dataset {key!r}: expected uint8 [frames, H, W] or [frames, H, W, 3], got {ds.dtype} {ds.shape}")
+        a = ds.attrs
+        box = a.get("crop_box")
+        split = _text(a.get("split"), "train")
+        if split not in SPLITS:
+            raise SonosslError(f"dataset {key!r}: split {split!r}, expected one of {SPLITS}")
+        return VideoRecord(
+            key=key,
+            video_id=_text(a.get("video_id"), key),
+            group_id=_text(a.get("group_id"), _text(a.get("video_id"), key)),
+            split=split,
+            n_frames=int(ds.shape[0]),
+            height=int(ds.shape[1]),
+            width=int(ds.shape[2]),
+            channels=3 if ds.ndim == 4 else 1,
+            fps=float(a["fps"]) if "fps" in a else None,
+            frame_skip=int(a["frame_skip"]) if "frame_skip" in a else None,
+            crop_box=tuple(int(v) for v in box) if box is not None else None,
+        )
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_h5"], state["_pid"] = None, None  # each process opens its own handle
+        return state
+
+    @property
+    def h5(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def split(self, name: str | None) -> list[VideoRecord]:
+        if name is None:
+            return list(self.videos)
+        return [v for v in self.videos if v.split == name]
+
+    def record(self, key: str) -> VideoRecord:
+        return self._by_key[key]
+
+    def read(self, key: str, index: int) -> np.ndarray:
+        return self.h5[key][index]
+
+    def read_clip(self, key: str) -> np.ndarray:
+        return self.h5[key][()]
+
+    @property
+    def n_frames(self) -> int:
+        return sum(v.n_frames for v in self.videos)
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+
+class FrameStoreWriter:
+    """Writes a store atomically: ``with FrameStoreWriter(path) as w: w.add_video(...)``.
+
+    Data go to ``<path>.partial`` and are renamed to ``path`` on a clean exit; on an exception
+    the partial file is kept (``resume=True`` continues it) and ``path`` is never touched.
+    """
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        if self.path.exists() and not (overwrite or resume):
+            raise SonosslError(f"{self.path}: exists; pass --resume to add to it or --overwrite to replace it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists() and not self.partial.exists():
+            os.replace(self.path, self.partial)  # continue the finished store
+        elif not resume and self.partial.exists():
+            self.partial.unlink()
+        self._f = h5py.File(self.partial, "a")
+        self._f.attrs["sonossl_format"] = FORMAT_VERSION
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._f
+
+    def keys(self) -> list[str]:
+        return list(self._f.keys())
+
+    def add_video(
+        self,
+        key: str,
+        frames: np.ndarray,
+        *,
+        video_id: str,
+        group_id: str,
+        split: str = "train",
+        fps: float | None = None,
+        frame_skip: int | None = None,
+        crop_box: Sequence[int] | None = None,
+    ) -> None:
+        """frames: ``uint8 [T, H, W]`` or ``[T, H, W, 3]``, T >= 1."""
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[0] < 1:
+            raise ValueError(f"frames must be uint8 [T>=1, H, W(, 3)], got {frames.dtype} {frames.shape}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if key in self._f:
+            del self._f[key]
+        ds = self._f.create_dataset(key, data=frames, chunks=(1, *frames.shape[1:]))
+        ds.attrs.update({"video_id": video_id, "group_id": group_id, "split": split})
+        if fps is not None:
+            ds.attrs["fps"] = float(fps)
+        if frame_skip is not None:
+            ds.attrs["frame_skip"] = int(frame_skip)
+        if crop_box is not None:
+            ds.attrs["crop_box"] = np.asarray(crop_box, dtype=np.int64)
+        self._f.flush()
+
+    def close(self, ok: bool = True) -> None:
+        if self._f is None:
+            return
+        self._f.close()
+        self._f = None
+        if ok:
+            os.replace(self.partial, self.path)
+
+    def __enter__(self) -> "FrameStoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
