@@ -1,0 +1,155 @@
+"""Plane classifier, and the two ways to train it: linear probing and full fine-tuning.
+
+PROTOCOL.md: backbone -> dropout 0.5 -> linear layer; class-weighted cross-entropy with
+weight = N / count per class; AdamW (lr 1e-3, wd 1e-6); model selection on validation balanced
+accuracy; the test split is scored once, with the selected weights.
+
+The two protocols differ in one place, what a training example is:
+
+- ``linear``: the frozen backbone's features, computed once per split (no augmentation; the
+  backbone never changes, so recomputing them every epoch would only burn time), and the model
+  trained is the head alone;
+- ``finetune``: augmented images, and the model trained is backbone + head.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+from torchvision.transforms import v2
+
+from sonossl.models.backbones import Encoder
+
+
+class Classifier(nn.Module):
+    """``(B, 1, S, S)`` uint8 or float [0, 1] -> logits ``(B, n_classes)``."""
+
+    def __init__(self, encoder: Encoder, n_classes: int, dropout: float = 0.5):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.feature_dim, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+@dataclass
+class FitSettings:
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    epochs: int = 100
+    batch_size: int = 128
+    max_steps: int = -1
+    min_steps: int = 0
+    max_evals: int = 20  # validation passes per run, spread evenly over the epochs
+    seed: int = 0
+    device: str = "cpu"
+    amp_dtype: torch.dtype | None = None
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_balanced_accuracy: float
+    epochs: int
+    steps: int
+    history: list[dict]
+
+
+def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``N / count`` per class (PROTOCOL.md); a class absent from the subset gets weight 0."""
+    counts = torch.bincount(labels, minlength=n_classes).float()
+    return torch.where(counts > 0, len(labels) / counts.clamp(min=1), torch.zeros_like(counts))
+
+
+def plan_epochs(n: int, s: FitSettings) -> int:
+    """Epochs to run: ``s.epochs``, cut to ``max_steps`` and raised to ``min_steps`` optimiser steps."""
+    spe = math.ceil(n / s.batch_size)
+    epochs = s.epochs
+    if s.max_steps > 0:
+        epochs = min(epochs, max(1, s.max_steps // spe))
+    if s.min_steps > 0:
+        epochs = max(epochs, math.ceil(s.min_steps / spe))
+    return epochs
+
+
+def finetune_augment(hflip: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """RandAugment(5, 5) + flips (PROTOCOL.md), per image, on ``uint8 (1, S, S)``.
+
+    Horizontal flips are off by default: a mirrored LVOT is an RVOT. Vertical flips keep sides.
+    """
+    ops = [v2.RandAugment(num_ops=5, magnitude=5), v2.RandomVerticalFlip()]
+    if hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    return v2.Compose(ops)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int, device: str, amp_dtype=None) -> torch.Tensor:
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device_type=device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None):
+            out.append(model(xb).float().cpu())
+    return torch.cat(out)
+
+
+def fit(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    n_classes: int,
+    s: FitSettings,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``(x_train, y_train)``; leave it holding the best-validation weights.
+
+    x_*: ``(N, ...)`` inputs the model takes (features or images); y_*: ``(N,)`` int64.
+    """
+    g = torch.Generator().manual_seed(s.seed)
+    torch.manual_seed(s.seed)  # dropout and RandAugment draw from the global generator
+    model.to(s.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, n_classes).to(s.device))
+    n = len(x_train)
+    epochs = plan_epochs(n, s)
+    eval_at = set(np.linspace(1, epochs, num=min(epochs, s.max_evals)).round().astype(int).tolist())
+    best = (-1.0, 0, None)
+    history, steps = [], 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n, s.batch_size):
+            idx = order[i : i + s.batch_size]
+            xb = x_train[idx]
+            if augment is not None:
+                xb = torch.stack([augment(im) for im in xb])
+            xb, yb = xb.to(s.device, non_blocking=True), y_train[idx].to(s.device, non_blocking=True)
+            with torch.autocast(device_type=s.device.split(":")[0], dtype=s.amp_dtype, enabled=s.amp_dtype is not None):
+                loss = loss_fn(model(xb).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+        if epoch in eval_at:
+            pred = predict_logits(model, x_val, 256, s.device, s.amp_dtype).argmax(1).numpy()
+            bacc = float(balanced_accuracy_score(y_val.numpy(), pred))
+            history.append({"epoch": epoch, "step": steps, "train_loss": float(loss.detach()), "val_balanced_accuracy": bacc})
+            if bacc > best[0]:
+                best = (bacc, epoch, copy.deepcopy(model.state_dict()))
+        if on_epoch:
+            on_epoch(epoch, epochs)
+    model.load_state_dict(best[2])
+    return FitResult(best_epoch=best[1], best_val_balanced_accuracy=best[0], epochs=epochs, steps=steps, history=history)

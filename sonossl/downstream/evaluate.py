@@ -1,0 +1,206 @@
+"""``sonossl evaluate``: the limited-label protocol over inits x protocols x fractions x seeds.
+
+Everything that can be wrong with the input (splits, classes, fractions, the init checkpoint) is
+checked before the output folder is created, so bad input leaves nothing behind. Each finished
+run appends its row to ``results.csv`` (rewritten atomically); ``--resume`` skips the rows
+already there, so an interrupted evaluation loses at most the run in progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from sonossl.config import EvaluateConfig, dump_config
+from sonossl.data.labelled import LabelledData, load_labelled
+from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
+from sonossl.downstream.metrics import per_class_report, save_confusion_png, scores
+from sonossl.downstream.protocol import stratified_subset
+from sonossl.errors import SonosslError
+from sonossl.models.backbones import Encoder, build_encoder, get_spec, imagenet_available, imagenet_cache_path
+
+RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy"]
+MODEL_FORMAT = 1
+
+
+@dataclass
+class InitSpec:
+    """A resolved ``--init``: its label in results, its backbone name and how to build it."""
+
+    label: str
+    backbone: str
+    source: str  # random | imagenet | path of backbone.pt
+    image_size: int | None = None  # the pretraining resolution, when known
+
+    def build(self, imagenet_weights: Path | None) -> Encoder:
+        return build_encoder(self.backbone, self.source, imagenet_weights)
+
+
+def resolve_init(init: str, backbone: str | None, imagenet_weights: Path | None = None) -> InitSpec:
+    """``random`` | ``imagenet`` | a pretrain run folder | a ``backbone.pt`` file."""
+    if init in ("random", "imagenet"):
+        name = backbone or "resnet18"
+        get_spec(name)
+        if init == "imagenet" and not imagenet_available(name, imagenet_weights):
+            where = imagenet_weights or imagenet_cache_path(name)
+            raise SonosslError(
+                f"ImageNet weights for {name} not found at {where}; put torchvision's "
+                f"{get_spec(name).weights.url.rsplit('/', 1)[-1]} in its cache or pass --imagenet-weights FILE"
+            )
+        return InitSpec(init, name, init)
+    path = Path(init)
+    if not path.exists():
+        raise SonosslError(f"{path}: init not found; expected random, imagenet, a pretrain run folder or a backbone.pt file")
+    run_dir = path if path.is_dir() else path.parent
+    ckpt = path / "backbone.pt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise SonosslError(f"{ckpt}: backbone checkpoint not found; has the pretraining in {run_dir} finished?")
+    run_cfg = {}
+    if (run_dir / "config.yaml").is_file():
+        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    name = backbone or run_cfg.get("backbone")
+    if name is None:
+        raise SonosslError(f"{ckpt}: cannot tell its backbone (no config.yaml beside it); pass --backbone")
+    get_spec(name)
+    label = run_cfg.get("method") or run_dir.name
+    return InitSpec(str(label), name, str(ckpt), run_cfg.get("image_size"))
+
+
+def write_csv_atomic(path: Path, rows: list[dict], columns: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_key(label: str, protocol: str, fraction: float, seed: int) -> str:
+    return f"{label}_{protocol}_f{fraction:g}_s{seed}"
+
+
+def _device(accelerator: str) -> str:
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise SonosslError("--accelerator gpu: no CUDA device is visible")
+    return "cuda" if accelerator in ("auto", "gpu") and torch.cuda.is_available() else "cpu"
+
+
+def save_model(path: Path, model: Classifier, init: InitSpec, data: LabelledData, cfg: EvaluateConfig, metrics: dict, run: dict) -> None:
+    """``model.pt``: weights + class names + preprocessing, loadable with ``weights_only=True``."""
+    bundle = {
+        "format": MODEL_FORMAT,
+        "backbone": init.backbone,
+        "class_names": list(data.class_names),
+        "preprocessing": {"image_size": cfg.image_size, "channels": 1, "input": "grey uint8, resized (bilinear, antialiased)",
+                          "normalisation": "x/255, grey replicated to 3 channels, ImageNet mean/std (inside the model)"},
+        "dropout": cfg.dropout,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "init": init.label,
+        "metrics": metrics,
+        "run": run,
+        "train_counts": data.summary(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(bundle, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = False,
+             progress: Callable[[str], None] | None = print, save_models: bool = True) -> Path:
+    """Run the grid of ``cfg``; returns the path of ``results.csv``."""
+    if cfg.out is None:
+        raise SonosslError("evaluate: --out is required")
+    init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
+    data = load_labelled(cfg.labels, train_csv=cfg.train_csv, val_csv=cfg.val_csv, test_csv=cfg.test_csv, size=cfg.image_size)
+    y_train = data.train.labels.numpy()
+    subsets = {(f, s): stratified_subset(y_train, f, s, data.class_names, str(data.train.source)) for s in cfg.seeds for f in cfg.fractions}
+    device = _device(cfg.accelerator)
+    amp = torch.bfloat16 if (device == "cuda" and cfg.precision in ("auto", "bf16-mixed")) else None
+
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise SonosslError(f"{out}: output folder exists and is not empty; pass --resume to continue it or --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    results_path = out / "results.csv"
+    rows = read_results(results_path)
+    done = {run_key(r["init"], r["protocol"], float(r["fraction"]), int(r["seed"])) for r in rows}
+
+    n_classes = len(data.class_names)
+    features: dict[str, torch.Tensor] | None = None
+    plan = [(p, f, s) for p in cfg.protocol for f in cfg.fractions for s in cfg.seeds]
+    for i, (protocol, fraction, seed) in enumerate(plan, start=1):
+        key = run_key(init.label, protocol, fraction, seed)
+        if key in done:
+            continue
+        t0 = time.time()
+        idx = torch.from_numpy(subsets[(fraction, seed)])
+        torch.manual_seed(seed)
+        settings = FitSettings(lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=seed,
+                               device=device, amp_dtype=amp, max_steps=cfg.max_steps, min_steps=cfg.min_steps,
+                               epochs=cfg.epochs if protocol == "finetune" else cfg.linear_epochs)
+        model = Classifier(init.build(cfg.imagenet_weights), n_classes, cfg.dropout)
+        if protocol == "linear":
+            if features is None:  # the frozen backbone's features: once per init, shared by every fraction and seed
+                enc = model.encoder.to(device)
+                features = {s.name: predict_logits(enc, s.images, 256, device, amp) for s in (data.train, data.valid, data.test)}
+            model.encoder.requires_grad_(False)
+            result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels, n_classes, settings)
+            logits = predict_logits(model.head, features["test"], 256, device, amp)
+        else:
+            augment = finetune_augment(cfg.hflip) if cfg.augment else None
+            result = fit(model, data.train.images[idx], data.train.labels[idx], data.valid.images, data.valid.labels, n_classes, settings, augment)
+            logits = predict_logits(model, data.test.images, 256, device, amp)
+        y_true, probs = data.test.labels.numpy(), torch.softmax(logits, 1).numpy()
+        y_pred = probs.argmax(1)
+        metrics = scores(y_true, y_pred, n_classes)
+
+        run_dir = out / key
+        run_dir.mkdir(exist_ok=True)
+        run_info = {"init": init.label, "init_source": init.source, "backbone": init.backbone, "protocol": protocol,
+                    "fraction": fraction, "seed": seed, "n_train": int(len(idx)), "best_epoch": result.best_epoch,
+                    "epochs": result.epochs, "steps": result.steps,
+                    "best_val_balanced_accuracy": result.best_val_balanced_accuracy, "wall_s": round(time.time() - t0, 2),
+                    "device": device}
+        (run_dir / "subset.json").write_text(json.dumps({"seed": seed, "fraction": fraction, "indices": idx.tolist(),
+                                                         "image_paths": [data.train.paths[j] for j in idx.tolist()]}))
+        (run_dir / "history.json").write_text(json.dumps(result.history))
+        (run_dir / "report.json").write_text(json.dumps(per_class_report(y_true, y_pred, data.class_names), indent=1))
+        save_confusion_png(y_true, y_pred, data.class_names, run_dir / "confusion.png", key)
+        with open(run_dir / "predictions.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image_path", "true", "predicted", *[f"p_{c}" for c in data.class_names]])
+            for path, t, p, pr in zip(data.test.paths, y_true, y_pred, probs):
+                w.writerow([path, data.class_names[t], data.class_names[p], *[f"{v:.5f}" for v in pr]])
+        if save_models:
+            save_model(run_dir / "model.pt", model.cpu(), init, data, cfg, metrics, run_info)
+        (run_dir / "run.json").write_text(json.dumps({**run_info, **metrics}, indent=1))
+        rows.append({"init": init.label, "protocol": protocol, "fraction": f"{fraction:g}", "seed": seed,
+                     "n_train": len(idx), **{k: f"{v:.6f}" for k, v in metrics.items()}})
+        write_csv_atomic(results_path, rows, RESULT_COLUMNS)  # the run counts as done only now
+        if progress:
+            progress(f"[{i}/{len(plan)}] {key}: n_train={len(idx)} macro_f1={metrics['macro_f1']:.3f} "
+                     f"bal_acc={metrics['balanced_accuracy']:.3f} ({time.time() - t0:.1f}s)")
+    return results_path

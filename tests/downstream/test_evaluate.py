@@ -1,0 +1,97 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sonossl.cli import main
+from sonossl.downstream.evaluate import RESULT_COLUMNS
+
+FAST = ["--image-size", "24", "--epochs", "3", "--linear-epochs", "20", "--batch-size", "16", "--backbone", "resnet18"]
+
+
+def run(args):
+    return main(["evaluate", *args])
+
+
+def test_evaluate_writes_results_runs_and_loadable_model(labelled: Path, tmp_path: Path):
+    out = tmp_path / "eval"
+    assert run(["--labels", str(labelled), "--init", "random", "--protocol", "linear,finetune", "--fractions", "50,100",
+                "--seeds", "0", "--out", str(out), *FAST]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert list(rows[0].keys()) == RESULT_COLUMNS
+    assert {(r["protocol"], r["fraction"]) for r in rows} == {("linear", "50"), ("linear", "100"), ("finetune", "50"), ("finetune", "100")}
+    assert all(0 <= float(r[m]) <= 1 for r in rows for m in ("macro_f1", "balanced_accuracy", "accuracy"))
+    lin = {r["fraction"]: r for r in rows if r["protocol"] == "linear"}
+    assert int(lin["50"]["n_train"]) == 30 and int(lin["100"]["n_train"]) == 60
+    # bars of three orientations: the frozen random ResNet's features separate them well above chance (1/3)
+    assert float(lin["100"]["macro_f1"]) > 0.6
+    run_dir = out / "random_linear_f50_s0"
+    for f in ("model.pt", "report.json", "confusion.png", "predictions.csv", "subset.json", "run.json"):
+        assert (run_dir / f).is_file(), f
+    bundle = torch.load(run_dir / "model.pt", weights_only=True)
+    assert bundle["class_names"] == ["a", "b", "c"] and bundle["preprocessing"]["image_size"] == 24
+    subset = json.loads((run_dir / "subset.json").read_text())
+    assert len(subset["indices"]) == 30
+
+
+def test_existing_output_is_refused_and_resume_skips_done_runs(labelled: Path, tmp_path: Path, capsys):
+    out = tmp_path / "eval"
+    args = ["--labels", str(labelled), "--init", "random", "--protocol", "linear", "--fractions", "100", "--seeds", "0",
+            "--out", str(out), "--no-save-models", *FAST]
+    assert run(args) == 0
+    before = (out / "results.csv").read_text()
+    assert run(args) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert run([*args, "--resume", "--seeds", "0,1"]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["seed"] for r in rows] == ["0", "1"]
+    assert (out / "results.csv").read_text().startswith(before)
+
+
+def _err_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        ("no_class_column", r"train\.csv: missing column\(s\) class; expected header image_path,class"),
+        ("unknown_class", r"valid\.csv: class 'zebra' .* is not in the train split's classes"),
+        ("missing_image", r"test\.csv:2: image file 'img/test/gone\.png' not found"),
+        ("escaping_path", r"test\.csv:2: image path '\.\./outside\.png' leaves the data root"),
+        ("tiny_fraction", r"train\.csv: fraction 1% gives class 'a' \(20 images\) no image"),
+        ("missing_checkpoint", r"nothing: init not found; expected random, imagenet, a pretrain run folder"),
+        ("unfinished_run", r"run/backbone\.pt: backbone checkpoint not found; has the pretraining"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(labelled: Path, tmp_path: Path, capsys, breakage, expected):
+    init, fractions = "random", "100"
+    if breakage == "no_class_column":
+        text = (labelled / "train.csv").read_text().replace("image_path,class", "image_path,label")
+        (labelled / "train.csv").write_text(text)
+    elif breakage == "unknown_class":
+        with open(labelled / "valid.csv", "a") as fh:
+            fh.write("img/valid/a_0.png,zebra\n")
+    elif breakage in ("missing_image", "escaping_path"):
+        lines = (labelled / "test.csv").read_text().splitlines()
+        lines[1] = ("img/test/gone.png" if breakage == "missing_image" else "../outside.png") + ",a"
+        (tmp_path / "outside.png").write_bytes((labelled / "img/test/a_0.png").read_bytes())
+        (labelled / "test.csv").write_text("\n".join(lines) + "\n")
+    elif breakage == "tiny_fraction":
+        fractions = "1,100"
+    elif breakage == "missing_checkpoint":
+        init = str(tmp_path / "nothing")
+    elif breakage == "unfinished_run":
+        (tmp_path / "run").mkdir()
+        init = str(tmp_path / "run")
+    out = tmp_path / "eval"
+    code = run(["--labels", str(labelled), "--init", init, "--fractions", fractions, "--seeds", "0", "--out", str(out), *FAST])
+    assert code == 2
+    import re
+
+    assert re.search(expected, _err_line(capsys))
+    assert not out.exists()
