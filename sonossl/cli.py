@@ -1,0 +1,251 @@
+"""The ``sonossl`` command line: sub-commands that parse, validate and call the library.
+
+Bad input ends in one line on stderr and exit status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from sonossl.errors import SonosslError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _out_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue an existing output")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def _config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML or JSON file of options (flags override it)")
+
+
+# ----------------------------------------------------------------------------------------- synth
+def cmd_synth(a: argparse.Namespace) -> int:
+    from sonossl.data.synthetic import synthesize
+
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()) and not a.overwrite:
+        raise SonosslError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
+    summary = synthesize(out, videos=a.videos, frames=a.frames, size=a.size, seed=a.seed, fmt=a.format)
+    print(f"synthetic dataset in {out}: {summary.get('videos', a.videos)} clips in videos/, labelled images in labelled/")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- ingest
+def cmd_ingest(a: argparse.Namespace) -> int:
+    from sonossl.data.ingest import ingest
+
+    s = ingest([Path(p) for p in a.sources], Path(a.out), frame_skip=a.frame_skip, size=a.size, crop=a.crop,
+               val_fraction=a.val_fraction, workers=a.workers, resume=a.resume, overwrite=a.overwrite,
+               salt=a.salt, max_frames_per_video=a.max_frames_per_video, progress=not a.quiet)
+    print(s.describe() if hasattr(s, "describe") else s)
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    import json
+
+    from sonossl.data.ingest import store_info
+
+    print(json.dumps(store_info(Path(a.frames)), indent=2, default=str))
+    return 0
+
+
+# -------------------------------------------------------------------------------------- pretrain
+def pretrain_config(a: argparse.Namespace):
+    from sonossl.config import PretrainConfig, build_config, read_config_file, read_preset
+
+    flags = {k: getattr(a, k) for k in ("method", "frames", "val_frames", "out", "backbone", "image_size", "batch_size",
+                                        "epochs", "max_steps", "max_time_s", "pairs", "max_gap", "devices", "accelerator",
+                                        "precision", "num_workers", "seed")}
+    file_layer = read_config_file(a.config) if a.config else {}
+    preset = a.preset or file_layer.pop("preset", None) or "cpu"
+    return build_config(PretrainConfig, read_preset(preset), file_layer, flags, source=str(a.config or "pretrain"))
+
+
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    from sonossl.methods.train import run_pretrain
+
+    cfg = pretrain_config(a)
+    for key in ("frames", "out"):
+        if getattr(cfg, key) is None:
+            raise SonosslError(f"pretrain: --{key} is required")
+    run = run_pretrain(cfg, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet)
+    print(f"pretraining done: {run}/backbone.pt")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- evaluate
+def evaluate_config(a: argparse.Namespace):
+    from sonossl.config import EvaluateConfig, build_config, read_config_file
+
+    flags = {k: getattr(a, k) for k in ("labels", "train_csv", "val_csv", "test_csv", "init", "imagenet_weights", "backbone",
+                                        "fractions", "seeds", "out", "image_size", "epochs", "linear_epochs", "batch_size",
+                                        "max_steps", "min_steps", "lr", "accelerator")}
+    flags["protocol"] = a.protocol.split(",") if a.protocol else None
+    return build_config(EvaluateConfig, read_config_file(a.config) if a.config else {}, flags, source=str(a.config or "evaluate"))
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from sonossl.downstream.evaluate import evaluate
+
+    cfg = evaluate_config(a)
+    if cfg.labels is None and cfg.train_csv is None:
+        raise SonosslError("evaluate: give --labels DIR or --train-csv/--val-csv/--test-csv")
+    path = evaluate(cfg, resume=a.resume, overwrite=a.overwrite, progress=None if a.quiet else print,
+                    save_models=not a.no_save_models)
+    print(f"results: {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- report
+def cmd_report(a: argparse.Namespace) -> int:
+    from sonossl.study.report import format_table, load_results, paired_differences, summarise, write_report
+
+    out = Path(a.dir)
+    paths = write_report(out)
+    df = load_results(out / "results.csv")
+    print(format_table(summarise(df), paired_differences(df)))
+    print(f"\nwrote {paths['summary']}, {paths['differences']}, {paths['report']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ demo
+def cmd_demo(a: argparse.Namespace) -> int:
+    from sonossl.demo import run_demo
+
+    run_demo(Path(a.out), quick=a.quick, resume=a.resume, overwrite=a.overwrite, seeds=a.seeds)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sonossl", description="Self-supervised learning on ultrasound scan videos.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="make the built-in synthetic fetal-echo dataset")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--videos", type=int, default=40)
+    s.add_argument("--frames", type=int, default=32)
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["dicom", "mp4"], default="dicom")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("ingest", help="scanner videos -> de-identified frame store")
+    s.add_argument("sources", nargs="+", help="files or folders (searched recursively)")
+    s.add_argument("--out", required=True, type=Path, help="frame store to write (FRAMES.h5)")
+    s.add_argument("--frame-skip", type=int, default=5)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--crop", choices=["auto", "dicom", "none"], default="auto")
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--salt", default="sonossl", help="key of the pseudonymous ids")
+    s.add_argument("--max-frames-per-video", type=int)
+    s.add_argument("--quiet", action="store_true")
+    _out_flags(s)
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("info", help="describe a frame store")
+    s.add_argument("frames", type=Path)
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("pretrain", help="self-supervised pretraining on a frame store")
+    _config_flag(s)
+    s.add_argument("--preset", choices=["cpu", "paper"], help="defaults to start from (default cpu)")
+    s.add_argument("--method")
+    s.add_argument("--frames", type=Path)
+    s.add_argument("--val-frames", type=Path)
+    s.add_argument("--out", type=Path)
+    s.add_argument("--backbone")
+    s.add_argument("--image-size", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--max-time-s", type=float, help="wall-clock budget in seconds")
+    s.add_argument("--pairs", choices=["augment", "temporal"])
+    s.add_argument("--max-gap", type=int)
+    s.add_argument("--devices", type=int)
+    s.add_argument("--accelerator", choices=["auto", "cpu", "gpu"])
+    s.add_argument("--precision")
+    s.add_argument("--num-workers", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--quiet", action="store_true")
+    _out_flags(s)
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("evaluate", help="limited-label evaluation of an initialisation")
+    _config_flag(s)
+    s.add_argument("--labels", type=Path, help="folder with train.csv, valid.csv, test.csv (or per-class folders)")
+    s.add_argument("--train-csv", type=Path)
+    s.add_argument("--val-csv", type=Path)
+    s.add_argument("--test-csv", type=Path)
+    s.add_argument("--init", help="random | imagenet | pretrain run folder | backbone.pt")
+    s.add_argument("--imagenet-weights", type=Path)
+    s.add_argument("--backbone")
+    s.add_argument("--protocol", help="linear, finetune or linear,finetune")
+    s.add_argument("--fractions", type=_floats, help="percent of the train split, e.g. 1,10,100")
+    s.add_argument("--seeds", type=_ints, help="e.g. 0,1,2")
+    s.add_argument("--out", type=Path)
+    s.add_argument("--image-size", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--linear-epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--min-steps", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--accelerator", choices=["auto", "cpu", "gpu"])
+    s.add_argument("--no-save-models", action="store_true", help="skip model.pt in each run folder")
+    s.add_argument("--quiet", action="store_true")
+    _out_flags(s)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("report", help="summary.csv, paired differences and report.html from DIR/results.csv")
+    s.add_argument("dir", type=Path)
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("demo", help="synth -> ingest -> pretrain -> evaluate -> report on built-in data (CPU, minutes)")
+    s.add_argument("--out", type=Path, default=Path("demo_out"))
+    s.add_argument("--quick", action="store_true", help="fewer seeds and fractions: about 3 minutes")
+    s.add_argument("--seeds", type=_ints, help="override the seeds (default 0,1,2; --quick 0,1)")
+    _out_flags(s)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except SonosslError as exc:
+        if a.debug:
+            traceback.print_exc()
+        print(f"sonossl {a.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sonossl {a.command}: interrupted; run again with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
