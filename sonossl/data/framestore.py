@@ -194,6 +194,16 @@ class FrameStoreWriter:
             ds.attrs["crop_box"] = np.asarray(crop_box, dtype=np.int64)
         self._f.flush()
 
+    def records(self) -> list[VideoRecord]:
+        """What the store being written holds so far (clips added by an earlier run included)."""
+        return [FrameStore._record(k, self._f[k]) for k in self._f.keys() if isinstance(self._f[k], h5py.Dataset)]
+
+    def set_split(self, key: str, split: str) -> None:
+        """Re-assign a clip's split (ingest decides splits once every group is known)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self._f[key].attrs["split"] = split
+
     def close(self, ok: bool = True) -> None:
         if self._f is None:
             return

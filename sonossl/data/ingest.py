@@ -1,0 +1,327 @@
+"""``sonossl ingest``: scan files in, a de-identified frame store and its manifest out.
+
+For each source (see :mod:`sonossl.data.readers`): decode every ``frame_skip``-th frame, find the
+scan region (:mod:`sonossl.data.sector`), blank everything outside it, crop, pad to a square and
+resize to ``size x size``, and write ``uint8 [T, size, size]`` into the store under a pseudonym.
+
+What leaves ingestion, and what does not:
+
+- ``video_id`` = HMAC-SHA256(``salt``, resolved source path), first 16 hex digits; it is also
+  the dataset name in the store. ``group_id`` = the same hash of the patient/study key (the
+  raw ``PatientID`` or ``StudyInstanceUID``, else the source's folder). Neither can be turned
+  back into a path or an identifier without the salt and the candidate values.
+- The store holds frames (burned-in text is outside the crop), the pseudonyms, the split, fps,
+  frame skip and crop box. No DICOM attribute value, no path. Logs name clips by ``video_id``.
+- ``FRAMES.manifest.csv`` (beside the store) maps sources to pseudonyms with the outcome of each:
+  it is the one private file and stays with the raw data. It carries no DICOM attribute value.
+
+Splits are by group, so frames of one patient/study never sit in both ``train`` and ``val``:
+groups are ranked by a hash of (``seed``, ``group_id``) and the first ``round(val_fraction *
+groups)`` go to ``val`` (at least one when there are two or more groups and ``val_fraction > 0``,
+never all of them). The ranking is redone over every group in the store at the end of each run,
+so a resumed store stays leak-free.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import logging
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+
+from sonossl.data.framestore import FrameStore, FrameStoreWriter
+from sonossl.data.readers import find_sources, read_source
+from sonossl.data.sector import crop_to_region, full_frame, locate_scan_region, regions_box, regions_mask
+from sonossl.errors import SonosslError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = (
+    "source", "video_id", "group_id", "status", "frames_in", "frames_kept",
+    "crop_x0", "crop_y0", "crop_x1", "crop_y1", "message",
+)  # fmt: skip
+CROPS = ("auto", "dicom", "none")
+
+
+@dataclass
+class IngestSummary:
+    """Counts of one run (``skipped``: already in the store on ``resume``)."""
+
+    ok: int
+    skipped: int
+    error: int
+    frames_kept: int
+    store: Path
+    manifest: Path
+
+
+def pseudonym(value: str, salt: str) -> str:
+    """16 hex digits of HMAC-SHA256(salt, value)."""
+    return hmac.new(salt.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def manifest_path(out: Path) -> Path:
+    """``frames.h5`` -> ``frames.manifest.csv``."""
+    return Path(out).with_suffix(".manifest.csv")
+
+
+def assign_splits(group_ids: list[str], val_fraction: float, seed: int = 0) -> dict[str, str]:
+    """``{group_id: "train" | "val"}``, deterministic in (groups, val_fraction, seed)."""
+    groups = sorted(set(group_ids), key=lambda g: (hashlib.sha256(f"{seed}:{g}".encode()).hexdigest(), g))
+    n_val = round(val_fraction * len(groups))
+    if len(groups) > 1 and val_fraction > 0:
+        n_val = min(max(n_val, 1), len(groups) - 1)
+    elif len(groups) <= 1:
+        n_val = 0
+    return {g: ("val" if i < n_val else "train") for i, g in enumerate(groups)}
+
+
+# ---------------------------------------------------------------- one source (runs in a worker)
+
+
+def _one_line(exc: BaseException, source: Path) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.replace(f"{source}: ", "")  # the manifest row names the source already
+    if not isinstance(exc, SonosslError):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:300]
+
+
+def process_source(source: Path, opts: dict[str, Any]) -> dict[str, Any]:
+    """Decode, crop and resize one source; never raises (errors come back as ``status=error``).
+
+    The raw group key is hashed here, so it never leaves the worker.
+    """
+    try:
+        clip = read_source(source, frame_skip=opts["frame_skip"], max_frames=opts["max_frames"])
+        _, h, w = clip.frames.shape
+        crop = opts["crop"]
+        if crop == "auto":
+            box, mask, how = locate_scan_region(clip.frames, clip.regions)
+        elif crop == "dicom" and regions_box(clip.regions, h, w) is not None:
+            box, mask, how = regions_box(clip.regions, h, w), regions_mask(clip.regions, h, w), "dicom"
+        else:
+            (box, mask), how = full_frame(h, w), "full"
+        frames = crop_to_region(clip.frames, box, mask, opts["size"])
+        note = f"crop: {how}" + (" (no usable DICOM regions)" if crop == "dicom" and how != "dicom" else "")
+        return {
+            "status": "ok", "frames": frames, "frames_in": clip.frames_in, "box": box, "fps": clip.fps,
+            "group_id": pseudonym(clip.group_key, opts["salt"]), "message": note,
+        }  # fmt: skip
+    except Exception as exc:  # one bad file must not stop the run
+        return {"status": "error", "message": _one_line(exc, source)}
+
+
+def _results(sources: list[Path], opts: dict[str, Any], workers: int) -> Iterator[dict[str, Any]]:
+    """Results in source order; with ``workers > 1`` from a spawn process pool, at most
+    ``2 * workers`` clips in flight so memory stays bounded."""
+    if workers <= 1:
+        for s in sources:
+            yield process_source(s, opts)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque[Future] = deque()
+        it = iter(sources)
+        for s in it:
+            pending.append(pool.submit(process_source, s, opts))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            yield pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(process_source, nxt, opts))
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video) -> None:
+    if frame_skip < 1:
+        raise SonosslError(f"frame_skip: expected an integer >= 1, got {frame_skip}")
+    if size < 8:
+        raise SonosslError(f"size: expected an integer >= 8 pixels, got {size}")
+    if crop not in CROPS:
+        raise SonosslError(f"crop: expected one of {', '.join(CROPS)}, got {crop!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise SonosslError(f"val_fraction: expected a number in [0, 1), got {val_fraction}")
+    if workers < 1:
+        raise SonosslError(f"workers: expected an integer >= 1, got {workers}")
+    if max_frames_per_video is not None and max_frames_per_video < 1:
+        raise SonosslError(f"max_frames_per_video: expected an integer >= 1, got {max_frames_per_video}")
+
+
+def _write_manifest(path: Path, rows: list[dict[str, Any]], keep_previous: bool) -> None:
+    """Rows of this run; on resume, rows of earlier runs for other sources are kept."""
+    ours = {r["source"] for r in rows}
+    old: list[dict[str, Any]] = []
+    if keep_previous and path.is_file():
+        with open(path, newline="") as f:
+            old = [r for r in csv.DictReader(f) if r.get("source") not in ours]
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(old + rows)
+    os.replace(tmp, path)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        disable=not enabled, transient=False,
+    )  # fmt: skip
+
+
+def ingest(
+    sources: list[Path],
+    out: Path,
+    *,
+    frame_skip: int = 5,
+    size: int = 64,
+    crop: Literal["auto", "dicom", "none"] = "auto",
+    val_fraction: float = 0.1,
+    workers: int = 1,
+    resume: bool = False,
+    overwrite: bool = False,
+    salt: str = "sonossl",
+    max_frames_per_video: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> IngestSummary:
+    """Ingest ``sources`` (files or folders) into the frame store ``out``; see the module docstring.
+
+    Writes ``out`` (atomically) and ``out.with_suffix(".manifest.csv")``. Raises
+    :class:`SonosslError` on bad options, when ``out`` exists without ``resume``/``overwrite``,
+    and (after writing the manifest) when no source could be ingested.
+    """
+    _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video)
+    out = Path(out)
+    manifest = manifest_path(out)
+    own = {p.resolve() for p in (out, out.with_name(out.name + ".partial"), manifest)}
+    files = [p for p in find_sources([Path(s) for s in sources]) if p.resolve() not in own]
+    if not files:
+        raise SonosslError(f"{', '.join(map(str, sources))}: no source files found")
+    opts = {"frame_skip": frame_skip, "size": size, "crop": crop, "salt": salt, "max_frames": max_frames_per_video}
+
+    writer = FrameStoreWriter(out, overwrite=overwrite, resume=resume)
+    rows: list[dict[str, Any]] = []
+    ok = 0
+    try:
+        existing = {r.key: r for r in writer.records()}
+        todo: list[tuple[Path, str]] = []
+        for src in files:  # rows come out in source order: skipped ones now, the rest below
+            vid = pseudonym(str(src.resolve()), salt)
+            if vid in existing:
+                r = existing[vid]
+                box = r.crop_box or ("", "", "", "")
+                rows.append({"source": str(src), "video_id": vid, "group_id": r.group_id, "status": "skipped",
+                             "frames_kept": r.n_frames, "crop_x0": box[0], "crop_y0": box[1], "crop_x1": box[2],
+                             "crop_y1": box[3], "message": "already in the store"})  # fmt: skip
+            else:
+                todo.append((src, vid))
+        with _progress(progress) as bar:
+            task = bar.add_task("ingest", total=len(todo))
+            for (src, vid), res in zip(todo, _results([s for s, _ in todo], opts, workers)):
+                row = {"source": str(src), "video_id": vid, "status": res["status"], "message": res["message"]}
+                if res["status"] == "ok":
+                    frames, box = res["frames"], res["box"]
+                    writer.add_video(vid, frames, video_id=vid, group_id=res["group_id"], split="train",
+                                     fps=res["fps"], frame_skip=frame_skip, crop_box=box)  # fmt: skip
+                    row.update(group_id=res["group_id"], frames_in=res["frames_in"], frames_kept=len(frames),
+                               crop_x0=box[0], crop_y0=box[1], crop_x1=box[2], crop_y1=box[3])  # fmt: skip
+                    ok += 1
+                    log.info("%s: %d frames", vid, len(frames))
+                else:
+                    log.warning("%s: could not be ingested (see the manifest)", vid)
+                rows.append(row)
+                bar.advance(task)
+        records = writer.records()
+        splits = assign_splits([r.group_id for r in records], val_fraction, seed)
+        for r in records:
+            if r.split != splits[r.group_id]:
+                writer.set_split(r.key, splits[r.group_id])
+    except BaseException:
+        writer.close(ok=False)
+        raise
+    if records:
+        writer.close(ok=True)
+    else:
+        writer.close(ok=False)
+        writer.partial.unlink(missing_ok=True)
+    order = {str(p): i for i, p in enumerate(files)}
+    rows.sort(key=lambda r: order[r["source"]])
+    _write_manifest(manifest, rows, keep_previous=resume)
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    errors = sum(r["status"] == "error" for r in rows)
+    if ok == 0 and skipped == 0:
+        raise SonosslError(f"{out}: no source could be ingested; see {manifest}")
+    kept = sum(int(r["frames_kept"]) for r in rows if r["status"] == "ok")
+    return IngestSummary(ok=ok, skipped=skipped, error=errors, frames_kept=kept, store=out, manifest=manifest)
+
+
+# ---------------------------------------------------------------- sonossl info
+
+
+def _clip_descriptor(store: FrameStore, key: str, n_frames: int, side: int = 16) -> np.ndarray:
+    """Mean of up to 4 evenly spaced frames, area-downsampled to side x side, in [0, 1]."""
+    from PIL import Image
+
+    idx = np.unique(np.linspace(0, n_frames - 1, min(4, n_frames)).astype(int))
+    acc = np.zeros((side, side), np.float64)
+    for i in idx:
+        f = store.read(key, int(i))
+        f = f if f.ndim == 2 else f.mean(-1).astype(np.uint8)
+        acc += np.asarray(Image.fromarray(f).resize((side, side), Image.Resampling.BOX), np.float64)
+    return (acc / len(idx) / 255.0).ravel()
+
+
+def store_info(path: Path, max_clips: int = 500) -> dict[str, Any]:
+    """What ``sonossl info FRAMES.h5`` prints.
+
+    ``diversity``: mean pairwise RMS difference (grey levels in [0, 1]) between clip
+    descriptors (each clip's mean of 4 frames at 16x16), over up to ``max_clips`` clips spread
+    through the store. 0 means every clip looks alike; unrelated scans give about 0.1-0.3. It
+    measures what the paper found to matter more than size: how varied the videos are.
+    ``groups_per_clip`` says how many independent patients/studies stand behind the clips.
+    """
+    store = FrameStore(path)
+    try:
+        vids = store.videos
+        info: dict[str, Any] = {
+            "path": str(path),
+            "clips": len(vids),
+            "frames": sum(v.n_frames for v in vids),
+            "groups": len({v.group_id for v in vids}),
+        }
+        sizes = sorted({(v.height, v.width) for v in vids})
+        info["frame_size"] = list(sizes[0]) if len(sizes) == 1 else [list(s) for s in sizes]
+        info["splits"] = {
+            s: {"clips": len(vs), "frames": sum(v.n_frames for v in vs), "groups": len({v.group_id for v in vs})}
+            for s in ("train", "val")
+            for vs in [store.split(s)]
+        }
+        info["groups_per_clip"] = round(info["groups"] / len(vids), 4)
+        pick = [vids[i] for i in np.unique(np.linspace(0, len(vids) - 1, min(max_clips, len(vids))).astype(int))]
+        if len(pick) >= 2:
+            d = np.stack([_clip_descriptor(store, v.key, v.n_frames) for v in pick])
+            sq = (d * d).sum(1)
+            dist2 = np.maximum(sq[:, None] + sq[None, :] - 2 * d @ d.T, 0) / d.shape[1]
+            iu = np.triu_indices(len(pick), 1)
+            info["diversity"] = round(float(np.sqrt(dist2[iu]).mean()), 4)
+        else:
+            info["diversity"] = 0.0
+        return info
+    finally:
+        store.close()

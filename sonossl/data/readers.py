@@ -1,0 +1,309 @@
+"""Source readers: one scan file in, grey uint8 frames out.
+
+``read_source(path)`` recognises what a file is by its content (a DICOM file by the 128-byte
+preamble + ``DICM``, or by ``pydicom.dcmread`` finding pixel data; a video by PyAV) and hands
+it to the reader registered for that kind in :data:`READERS`. Every reader returns a
+:class:`Clip`:
+
+- ``frames``: ``uint8 [T, H, W]`` grey. Colour becomes luminance (ITU-R BT.601,
+  0.299 R + 0.587 G + 0.114 B); YBR is converted to RGB first (pydicom does so by default),
+  PALETTE COLOR goes through its lookup table, MONOCHROME1 is inverted, more than 8 bits are
+  brought to 8 by the VOI window when the file has one, else by the clip's min/max;
+- ``frames_in``: frames in the source before ``frame_skip``/``max_frames``;
+- ``group_key``: the raw patient or study identifier (else the parent folder). It is PHI: the
+  caller hashes it at once and never stores or logs it;
+- ``regions``: the DICOM ultrasound regions (``SequenceOfUltrasoundRegions``) as pixel boxes
+  ``(x0, y0, x1, y1)``, exclusive ends, or ``None``.
+
+Frames are decoded one at a time and ``frame_skip`` is applied while decoding, so memory is
+bounded by the frames kept. Image folders and seed-format HDF5 slot in as further kinds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+
+from sonossl.errors import SonosslError
+
+Box = tuple[int, int, int, int]
+Kind = Literal["dicom", "video", "images", "hdf5"]
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg", ".webm"}
+SKIP_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".log"}
+SKIP_ENDINGS = (".h5.partial", ".partial")
+
+
+@dataclass
+class Clip:
+    """One decoded source. frames: uint8 [T, H, W] grey, T >= 1."""
+
+    frames: np.ndarray
+    fps: float | None
+    group_key: str
+    regions: list[Box] | None
+    kind: Kind
+    frames_in: int
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """rgb: uint8 [..., 3] -> uint8 [...] (BT.601 luma)."""
+    y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- recognising a source
+
+
+def _is_dicom(path: Path) -> bool:
+    """DICM preamble, or (no preamble) a dataset pydicom can parse that holds pixel data."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    if path.suffix.lower() in VIDEO_SUFFIXES or len(head) < 8:
+        return False
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=False, specific_tags=["PixelData", "Rows"])
+        return "PixelData" in ds and "Rows" in ds
+    except Exception:
+        return False
+
+
+def sniff_kind(path: Path) -> Kind | None:
+    """What kind of source ``path`` is, or None when no reader handles it."""
+    if path.is_dir():
+        return None  # image folders: a later reader
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return "hdf5"
+    if _is_dicom(path):
+        return "dicom"
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return "video"
+    return None
+
+
+def find_sources(paths: list[Path]) -> list[Path]:
+    """Files to ingest: files as given, folders walked recursively, in sorted order.
+
+    Skipped inside folders: hidden files and folders, ``*.csv``/``*.json``/``*.txt`` (and other
+    text notes), and ``*.partial`` leftovers. A path that does not exist is an error.
+    """
+    found: dict[Path, None] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise SonosslError(f"{p}: no such file or folder")
+        if p.is_file():
+            found.setdefault(p, None)
+            continue
+        for root, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                low = name.lower()
+                if name.startswith(".") or Path(low).suffix in SKIP_SUFFIXES or low.endswith(SKIP_ENDINGS):
+                    continue
+                found.setdefault(Path(root) / name, None)
+    seen: set[Path] = set()
+    out = []
+    for p in found:
+        r = p.resolve()
+        if r not in seen:
+            seen.add(r)
+            out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def _to_uint8(frame: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    if frame.dtype == np.uint8:
+        return frame
+    f = frame.astype(np.float32)
+    if window is not None:
+        centre, width = window
+        lo, hi = centre - width / 2, centre + width / 2
+    else:
+        lo, hi = float(f.min()), float(f.max())
+    return np.clip(np.rint((f - lo) * (255.0 / max(hi - lo, 1e-6))), 0, 255).astype(np.uint8)
+
+
+def _first(value) -> float:
+    """A DICOM number that may be multi-valued (e.g. WindowCenter)."""
+    from pydicom.multival import MultiValue
+
+    return float(value[0]) if isinstance(value, (MultiValue, list, tuple)) else float(value)
+
+
+def _dicom_fps(ds) -> float | None:
+    for tag in ("RecommendedDisplayFrameRate", "CineRate"):
+        v = ds.get(tag)
+        if v not in (None, ""):
+            try:
+                if float(v) > 0:
+                    return float(v)
+            except (TypeError, ValueError):
+                pass
+    ft = ds.get("FrameTime")
+    try:
+        if ft not in (None, "") and float(ft) > 0:
+            return 1000.0 / float(ft)
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+def _dicom_regions(ds) -> list[Box] | None:
+    seq = ds.get("SequenceOfUltrasoundRegions")
+    if not seq:
+        return None
+    boxes = []
+    corners = ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")
+    for r in seq:
+        try:
+            fmt = int(r.get("RegionSpatialFormat", 1))
+            box = tuple(int(r[t].value) for t in corners)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if fmt == 1:  # 2D tissue or flow; M-mode, spectral and waveform regions are not the scan
+            boxes.append((box[0], box[1], box[2] + 1, box[3] + 1))  # DICOM max is inclusive
+    return boxes or None
+
+
+def _group_key(ds, path: Path) -> str:
+    for tag in ("PatientID", "StudyInstanceUID"):
+        v = ds.get(tag)
+        if v not in (None, "") and str(v).strip():
+            return f"{tag}:{str(v).strip()}"
+    return f"folder:{path.resolve().parent}"
+
+
+def _frame_indices(n: int, frame_skip: int, max_frames: int | None) -> list[int]:
+    idx = list(range(0, n, frame_skip))
+    return idx[:max_frames] if max_frames else idx
+
+
+def read_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+    """A single- or multi-frame DICOM, native or compressed, one frame decoded at a time."""
+    import pydicom
+    from pydicom.pixels import iter_pixels
+
+    ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    if "Rows" not in ds or "Columns" not in ds:
+        raise SonosslError(f"{path}: DICOM without an image (no Rows/Columns)")
+    n = int(ds.get("NumberOfFrames") or 1)
+    if n < 1:
+        raise SonosslError(f"{path}: DICOM with no frames")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    window = None
+    if int(ds.get("BitsStored", 8)) > 8 and "WindowCenter" in ds and "WindowWidth" in ds:
+        window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+    indices = _frame_indices(n, frame_skip, max_frames)
+    frames = []
+    try:
+        for arr in iter_pixels(path, indices=indices):
+            frames.append(_grey(arr, ds, photometric, path))
+    except SonosslError:
+        raise
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise SonosslError(
+            f"{path}: pixel data could not be decoded, truncated or corrupt? ({type(exc).__name__}: {detail})"
+        ) from None
+    if not frames:
+        raise SonosslError(f"{path}: DICOM with no frames")
+    stack = np.stack(frames)
+    if stack.dtype != np.uint8:
+        stack = _to_uint8(stack, window)  # min/max over the kept frames, or the VOI window
+    if photometric == "MONOCHROME1":
+        stack = 255 - stack
+    return Clip(stack, _dicom_fps(ds), _group_key(ds, path), _dicom_regions(ds), "dicom", n)
+
+
+def _grey(arr: np.ndarray, ds, photometric: str, path: Path) -> np.ndarray:
+    """One decoded DICOM frame -> [H, W] grey (uint8, or wider for monochrome > 8 bit)."""
+    from pydicom.pixels import apply_color_lut
+
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        arr = (arr // 257).astype(np.uint8) if arr.max(initial=0) > 255 else arr.astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        arr = luminance(arr if arr.dtype == np.uint8 else _to_uint8(arr, None))
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise SonosslError(f"{path}: unexpected pixel array shape {arr.shape}")
+    return arr
+
+
+# ---------------------------------------------------------------- video
+
+
+def read_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+    """MP4/AVI/MOV/MKV through PyAV; every ``frame_skip``-th frame is converted, the rest only decoded."""
+    import av
+
+    frames: list[np.ndarray] = []
+    n = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise SonosslError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else None
+            for frame in container.decode(stream):
+                if n % frame_skip == 0:
+                    if max_frames and len(frames) >= max_frames:
+                        n = max(n, int(stream.frames or 0))
+                        break
+                    frames.append(frame.to_ndarray(format="gray"))
+                n += 1
+    except av.error.FFmpegError as exc:
+        raise SonosslError(f"{path}: not a readable video ({exc})") from None
+    if not frames:
+        raise SonosslError(f"{path}: video with no frames")
+    return Clip(np.stack(frames), fps, f"folder:{path.resolve().parent}", None, "video", n)
+
+
+# ---------------------------------------------------------------- registry
+
+Reader = Callable[..., Clip]
+READERS: dict[str, Reader] = {"dicom": read_dicom, "video": read_video}
+
+
+def read_source(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+    """Decode one source file into a :class:`Clip` (see the module docstring).
+
+    frame_skip: keep frames 0, k, 2k, ...; max_frames: stop after that many kept frames.
+    Raises :class:`SonosslError` for an empty, unsupported or unreadable file.
+    """
+    path = Path(path)
+    if frame_skip < 1:
+        raise SonosslError(f"frame_skip: expected an integer >= 1, got {frame_skip}")
+    if not path.exists():
+        raise SonosslError(f"{path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise SonosslError(f"{path}: empty file")
+    kind = sniff_kind(path)
+    if kind is None:
+        raise SonosslError(f"{path}: not a DICOM file or a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    if kind not in READERS:
+        raise SonosslError(f"{path}: {kind} sources are not supported yet")
+    return READERS[kind](path, frame_skip=frame_skip, max_frames=max_frames)
+
+
+def iter_clips(paths: list[Path], **kwargs) -> Iterator[tuple[Path, Clip]]:
+    """``(path, clip)`` for each readable source (convenience for notebooks)."""
+    for p in paths:
+        yield p, read_source(p, **kwargs)

@@ -1,0 +1,197 @@
+"""The scan region (the "fan"): where the ultrasound image is, apart from the scanner's UI.
+
+A cine loop exported from a scanner holds the scan region (a sector, a curved or a linear
+field of view) on a screen with burned-in text: patient and hospital names, dates, settings,
+scales, an ECG trace. Training on the whole screen teaches a network to read that text, and the
+text is PHI. So ingestion keeps only the scan region:
+
+``find_scan_region(frames, regions)`` -> ``(box, mask)``, in this order of preference:
+
+1. **DICOM regions** (``SequenceOfUltrasoundRegions``, 2D ones) when they are consistent with
+   the image: inside its bounds (a few pixels of slack) and covering at least 5 % of it. Files
+   often carry regions recorded at another resolution (the pydicom examples do), so anything
+   else is ignored. Their union is the box and the mask.
+2. **Motion** (``T >= 2``): the scan region changes over time, overlays do not. Pixels whose
+   standard deviation over time is above a threshold (relative to the clip's own motion), closed
+   morphologically, largest connected component, holes filled, made row- and column-convex
+   (a cheap convex hull that keeps a sector's shape).
+3. **Brightness and texture** (one frame, or a clip with too little motion): pixels brighter
+   than the dark background and not flat (speckle has local variance; uniform UI panels do
+   not); components shorter than text lines are dropped; the component with the most such
+   pixels wins, then closing, hole filling and convexity as above.
+4. The whole frame when nothing plausible is found.
+
+``crop_to_region(frames, box, mask, size)``: blank (zero) outside the mask, crop to the box,
+pad to a square (centred, black) and resize to ``size x size`` with area averaging when
+shrinking (bilinear when enlarging).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, QhullError
+
+Box = tuple[int, int, int, int]
+
+MIN_REGION_FRACTION = 0.05  # a scan region covers at least this much of the frame
+BOUNDS_SLACK = 2  # pixels a DICOM region may overhang the image (rounding)
+MAX_FRAMES_FOR_MOTION = 64
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = max(int(radius), 1)
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
+    return x * x + y * y <= r * r
+
+
+def _convex_hull(mask: np.ndarray) -> np.ndarray:
+    """The filled convex hull of ``mask`` (a sector is convex but for its shallow top arc)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 3:
+        return mask
+    pts = np.stack([xs, ys], 1).astype(np.float64)
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:  # collinear points
+        return mask
+    canvas = Image.new("1", (mask.shape[1], mask.shape[0]), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in pts[hull.vertices]], fill=1, outline=1)
+    return np.asarray(canvas, dtype=bool) | mask
+
+
+def _box_of(mask: np.ndarray) -> Box:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _shape_up(component: np.ndarray, radius: int) -> np.ndarray:
+    """Close, fill holes and make convex-ish: a tidy region from a ragged component."""
+    closed = ndi.binary_closing(np.pad(component, radius), structure=_disk(radius))[radius:-radius, radius:-radius]
+    return _convex_hull(ndi.binary_fill_holes(closed))
+
+
+def _largest(mask: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray | None:
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return None
+    scores = ndi.sum(weight if weight is not None else mask, labels, index=np.arange(1, n + 1))
+    return labels == (int(np.argmax(scores)) + 1)
+
+
+def regions_box(regions, height: int, width: int) -> Box | None:
+    """Union of the DICOM regions when they are consistent with an ``height x width`` image."""
+    if not regions:
+        return None
+    boxes = []
+    for x0, y0, x1, y1 in regions:
+        if x0 < 0 or y0 < 0 or x1 > width + BOUNDS_SLACK or y1 > height + BOUNDS_SLACK or x1 <= x0 or y1 <= y0:
+            return None  # recorded for another image size: not to be trusted
+        boxes.append((x0, y0, min(x1, width), min(y1, height)))
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    if (x1 - x0) * (y1 - y0) < MIN_REGION_FRACTION * height * width:
+        return None
+    return x0, y0, x1, y1
+
+
+def _motion_mask(frames: np.ndarray, radius: int) -> np.ndarray | None:
+    """frames: uint8 [T>=2, H, W] -> the moving region, or None when too little moves."""
+    if len(frames) > MAX_FRAMES_FOR_MOTION:
+        frames = frames[np.linspace(0, len(frames) - 1, MAX_FRAMES_FOR_MOTION).astype(int)]
+    std = frames.astype(np.float32).std(axis=0)
+    std = ndi.uniform_filter(std, 3)
+    high = float(np.percentile(std, 99))
+    if high < 2.0:
+        return None
+    moving = std > max(1.0, 0.03 * high)
+    moving = ndi.binary_opening(moving, structure=np.ones((3, 3), bool))
+    component = _largest(moving)
+    if component is None or component.sum() < 0.01 * moving.size:
+        return None
+    return _shape_up(component, radius)
+
+
+def _texture_mask(frame: np.ndarray, radius: int) -> np.ndarray | None:
+    """frame: uint8 [H, W] -> the bright, speckled region, or None."""
+    f = frame.astype(np.float32)
+    background = int(np.bincount(frame.ravel(), minlength=256).argmax())  # the commonest grey
+    mean = ndi.uniform_filter(f, 3)
+    textured = np.sqrt(np.maximum(ndi.uniform_filter(f * f, 3) - mean * mean, 0)) > 1.5
+    bright = np.abs(f - background) > 10
+    k = max(5, round(0.03 * min(frame.shape)) | 1)  # text is sparse at this scale, speckle dense
+    content = (ndi.uniform_filter((bright & textured).astype(np.float32), k, mode="constant") > 0.5) & bright
+    content = ndi.binary_opening(content, structure=_disk(radius))  # cuts thin bridges
+    h = frame.shape[0]
+    labels, n = ndi.label(content, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return None
+    keep = np.zeros(n + 1, bool)
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        keep[i] = (sl[0].stop - sl[0].start) >= 0.1 * h  # taller than a line of text
+    content &= keep[labels]
+    component = _largest(content)
+    if component is None:
+        return None
+    region = _shape_up(component, radius)
+    return region if region.sum() >= 0.01 * region.size else None
+
+
+def find_scan_region(frames: np.ndarray, regions=None) -> tuple[Box, np.ndarray]:
+    """frames: uint8 [T, H, W]; regions: DICOM region boxes or None.
+
+    Returns ``box`` (x0, y0, x1, y1; exclusive ends, source pixels) and ``mask`` bool [H, W],
+    true inside the scan region (see the module docstring for the policy).
+    """
+    box, mask, _ = locate_scan_region(frames, regions)
+    return box, mask
+
+
+def locate_scan_region(frames: np.ndarray, regions=None) -> tuple[Box, np.ndarray, str]:
+    """:func:`find_scan_region` plus how it was found: ``dicom``, ``motion``, ``texture`` or ``full``."""
+    if frames.ndim != 3 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be [T>=1, H, W], got {frames.shape}")
+    _, h, w = frames.shape
+    box = regions_box(regions, h, w)
+    if box is not None:
+        return box, regions_mask(regions, h, w), "dicom"
+    radius = max(2, round(0.02 * min(h, w)))
+    how, mask = "motion", (_motion_mask(frames, radius) if len(frames) >= 2 else None)
+    if mask is None:
+        how, mask = "texture", _texture_mask(frames.max(axis=0), radius)
+    if mask is None or mask.sum() < MIN_REGION_FRACTION * h * w:
+        return (*full_frame(h, w), "full")
+    return _box_of(mask), mask, how
+
+
+def regions_mask(regions, height: int, width: int) -> np.ndarray:
+    """bool [H, W]: true inside any of the region boxes."""
+    mask = np.zeros((height, width), bool)
+    for x0, y0, x1, y1 in regions:
+        mask[max(y0, 0) : y1, max(x0, 0) : x1] = True
+    return mask
+
+
+def full_frame(height: int, width: int) -> tuple[Box, np.ndarray]:
+    """The whole frame as box and mask (``--crop none``, or when no region is found)."""
+    return (0, 0, width, height), np.ones((height, width), bool)
+
+
+def crop_to_region(frames: np.ndarray, box: Box, mask: np.ndarray, size: int) -> np.ndarray:
+    """frames: uint8 [T, H, W] -> uint8 [T, size, size].
+
+    Zero outside ``mask``, crop to ``box``, pad to a square with black (content centred),
+    resize (area averaging when shrinking, bilinear when enlarging).
+    """
+    x0, y0, x1, y1 = box
+    crop = frames[:, y0:y1, x0:x1] * mask[None, y0:y1, x0:x1]
+    t, h, w = crop.shape
+    side = max(h, w)
+    square = np.zeros((t, side, side), np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[:, top : top + h, left : left + w] = crop
+    if side == size:
+        return square
+    resample = Image.Resampling.BOX if side > size else Image.Resampling.BILINEAR
+    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), resample)) for f in square])

@@ -1,0 +1,111 @@
+import numpy as np
+import pydicom
+import pytest
+from pydicom.filewriter import dcmwrite
+
+from sonossl.data.readers import find_sources, luminance, read_source, sniff_kind
+from sonossl.errors import SonosslError
+
+# (name, frames, rows, columns) of the genuine ultrasound files pydicom ships
+GENUINE = [
+    ("examples_ybr_color.dcm", 30, 240, 320),  # YBR_FULL_422, JPEG baseline, cardiac cine
+    ("examples_palette.dcm", 1, 350, 800),  # PALETTE COLOR, obstetric
+    ("examples_jpeg2k.dcm", 1, 480, 640),  # YBR_RCT, JPEG 2000
+    ("examples_rgb_color.dcm", 1, 240, 320),  # RGB, native
+]
+
+
+@pytest.mark.parametrize("name,t,h,w", GENUINE)
+def test_genuine_ultrasound_dicoms_decode_every_frame(scans, name, t, h, w):
+    clip = read_source(scans.pydicom_file(name))
+    assert clip.kind == "dicom"
+    assert clip.frames.shape == (t, h, w) and clip.frames.dtype == np.uint8
+    assert clip.frames_in == t
+    assert all(f.std() > 5 for f in clip.frames)  # every frame holds an image, not a blank
+
+
+def test_colour_becomes_luminance_and_frame_skip_picks_frames(scans):
+    path = scans.pydicom_file("examples_ybr_color.dcm")
+    rgb = pydicom.dcmread(path).pixel_array  # pydicom converts YBR_FULL_422 to RGB
+    clip = read_source(path, frame_skip=7)
+    assert clip.frames_in == 30 and len(clip.frames) == 5  # frames 0, 7, 14, 21, 28
+    np.testing.assert_array_equal(clip.frames, luminance(rgb[::7]))
+    assert clip.fps == pytest.approx(30.0, rel=1e-3)
+    assert clip.regions == [(84, 31, 596, 415)]  # as recorded (for another resolution)
+    assert len(read_source(path, frame_skip=2, max_frames=4).frames) == 4
+
+
+def test_palette_colour_goes_through_the_lut(scans):
+    from pydicom.pixels import apply_color_lut
+
+    path = scans.pydicom_file("examples_palette.dcm")
+    ds = pydicom.dcmread(path)
+    rgb = apply_color_lut(ds.pixel_array, ds)
+    rgb = (rgb // 257).astype(np.uint8) if rgb.max() > 255 else rgb.astype(np.uint8)
+    np.testing.assert_array_equal(read_source(path).frames[0], luminance(rgb))
+
+
+def test_written_multiframe_dicom_reads_back_exactly(tmp_path, scans):
+    frames = scans.clip(t=6)
+    clip = read_source(scans.dicom(tmp_path / "clip.dcm", frames, fps=20.0))
+    np.testing.assert_array_equal(clip.frames, frames)
+    assert clip.fps == pytest.approx(20.0)
+    assert scans.FAKE_ID in clip.group_key  # raw key: ingest hashes it, never stores it
+
+
+def test_dicom_recognised_by_content_not_extension(tmp_path, scans):
+    path = scans.dicom(tmp_path / "a.dcm", scans.clip(t=2))
+    renamed = path.rename(tmp_path / "scan.bin")
+    assert sniff_kind(renamed) == "dicom"
+    ds = pydicom.dcmread(renamed)
+    ds.preamble = None  # no 128-byte preamble, no "DICM": only a parse can tell
+    dcmwrite(tmp_path / "noext", ds, enforce_file_format=False)
+    assert read_source(tmp_path / "noext").frames.shape == (2, *scans.SCREEN)
+
+
+def test_monochrome1_16bit_is_rescaled_and_inverted(tmp_path, scans):
+    path = scans.dicom(tmp_path / "m.dcm", scans.clip(t=2))
+    ds = pydicom.dcmread(path)
+    raw = (np.arange(2 * 56 * 72, dtype=np.uint16) // 2).reshape(2, 56, 72)  # < 2**12
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.PixelData = raw.tobytes()
+    ds.save_as(path)
+    out = read_source(path).frames
+    expected = 255 - np.rint(raw.astype(np.float32) * 255.0 / raw.max()).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_videos_decode_within_codec_loss(tmp_path, scans, suffix):
+    frames = scans.clip(t=8)
+    clip = read_source(scans.video(tmp_path / f"c{suffix}", frames, fps=10))
+    assert clip.kind == "video" and clip.frames.shape == frames.shape and clip.fps == pytest.approx(10)
+    assert np.abs(clip.frames.astype(int) - frames).mean() < 3
+    skipped = read_source(tmp_path / f"c{suffix}", frame_skip=3)
+    assert len(skipped.frames) == 3 and skipped.frames_in == 8
+    np.testing.assert_array_equal(skipped.frames, clip.frames[::3])
+
+
+def test_bad_files_raise_clear_errors(tmp_path, scans):
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "junk.mp4").write_bytes(b"\x00not a video" * 50)
+    (tmp_path / "notes.dat").write_bytes(b"hello" * 100)
+    good = scans.dicom(tmp_path / "good.dcm", scans.clip(t=4))
+    (tmp_path / "trunc.dcm").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for name in ("empty.dcm", "junk.mp4", "notes.dat"):
+        with pytest.raises(SonosslError, match=name):
+            read_source(tmp_path / name)
+    with pytest.raises(Exception):
+        read_source(tmp_path / "trunc.dcm")
+
+
+def test_find_sources_walks_folders_and_skips_notes(tmp_path):
+    for rel in ["a/1.dcm", "a/b/2.mp4", "a/.hidden.dcm", "a/.cache/3.dcm", "a/_truth.csv",
+                "a/meta.json", "a/readme.txt", "a/frames.h5.partial", "c.avi"]:  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    found = find_sources([tmp_path / "a", tmp_path / "c.avi", tmp_path / "a" / "1.dcm"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.dcm", "a/b/2.mp4", "c.avi"]
+    with pytest.raises(SonosslError, match="missing"):
+        find_sources([tmp_path / "missing"])
