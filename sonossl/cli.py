@@ -6,6 +6,7 @@ Bad input ends in one line on stderr and exit status 2 (``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -42,10 +43,13 @@ def cmd_synth(a: argparse.Namespace) -> int:
     from sonossl.data.synthetic import synthesize
 
     out = Path(a.out)
-    if out.exists() and any(out.iterdir()) and not a.overwrite:
-        raise SonosslError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
-    summary = synthesize(out, videos=a.videos, frames=a.frames, size=a.size, seed=a.seed, fmt=a.format)
-    print(f"synthetic dataset in {out}: {summary.get('videos', a.videos)} clips in videos/, labelled images in labelled/")
+    if out.exists() and any(out.iterdir()):
+        if not a.overwrite:
+            raise SonosslError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    s = synthesize(out, videos=a.videos, frames=a.frames, size=a.size, seed=a.seed, fmt=a.format)
+    n_img = sum(sum(c.values()) for c in s["labelled"].values())
+    print(f"synthetic dataset in {out}: {len(s['videos'])} clips in videos/ ({a.format}), {n_img} labelled images in labelled/")
     return 0
 
 
@@ -56,7 +60,8 @@ def cmd_ingest(a: argparse.Namespace) -> int:
     s = ingest([Path(p) for p in a.sources], Path(a.out), frame_skip=a.frame_skip, size=a.size, crop=a.crop,
                val_fraction=a.val_fraction, workers=a.workers, resume=a.resume, overwrite=a.overwrite,
                salt=a.salt, max_frames_per_video=a.max_frames_per_video, progress=not a.quiet)
-    print(s.describe() if hasattr(s, "describe") else s)
+    print(f"{s.ok} sources ingested, {s.skipped} skipped, {s.error} errors; {s.frames_kept} frames in {s.store}; "
+          f"manifest (private: maps ids to sources) {s.manifest}")
     return 0
 
 

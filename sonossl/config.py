@@ -93,6 +93,8 @@ class PretrainConfig(Config):
     max_time_s: float | None = Field(None, gt=0)  # wall-clock budget; stops cleanly, writes backbone.pt
     pairs: Literal["augment", "temporal"] = "augment"
     max_gap: int = Field(4, ge=1)
+    frame_stride: int = Field(1, ge=1)  # use every k-th stored frame as an anchor
+    hflip: bool = False  # horizontal flips turn LVOT into RVOT-like views: off by default
     devices: int = Field(1, ge=1)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU

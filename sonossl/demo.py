@@ -91,7 +91,7 @@ def run_demo(out: Path, *, quick: bool = False, resume: bool = False, overwrite:
         summary = ingest([data / "videos"], frames, frame_skip=plan.frame_skip, size=plan.image_size, val_fraction=0.1,
                          overwrite=True, progress=False)
         timings["ingest_s"] = time.time() - t
-        _say(str(summary.describe() if hasattr(summary, "describe") else summary))
+        _say(f"{summary.ok} clips ingested ({summary.error} errors), {summary.frames_kept} frames")
 
     run = out / "pretrain" / "barlowtwins"
     if not (run / "backbone.pt").is_file():
