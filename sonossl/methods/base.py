@@ -1,0 +1,236 @@
+"""The loop every SSL method shares: encoder, optimiser, schedule, logging, data, checkpoints.
+
+A method subclasses :class:`SSLMethod` and adds only what is its own (STYLE.md, item 4):
+
+- ``Options``: a small pydantic model of its ``method_options`` (unknown keys are refused);
+- ``__init__``: its heads and loss;
+- ``forward_loss(batch) -> (loss, logs)``: batch is a tuple of view tensors
+  ``(batch_size, 1, S, S)``;
+- optionally ``view_transforms()`` (how many views and how each is augmented),
+  ``momentum_pairs()`` ((online, target) modules updated by EMA after every step) and
+  ``optim_modules()`` (what the optimiser trains; default: every child module).
+
+``cfg.batch_size`` is the global batch (as in barlowtwins ``main.py``); each of ``devices``
+processes gets ``batch_size / devices``. Learning rates scale with the global batch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from sonossl.config import PretrainConfig
+from sonossl.data.pairs import EpochSampler, FramePairDataset, ResumableLoader
+from sonossl.data.transforms import ViewTransform, asymmetric_pair
+from sonossl.errors import SonosslError
+from sonossl.methods.optim import build_optimizer, lr_factor
+from sonossl.models.backbones import build_encoder
+
+
+class MethodOptions(BaseModel):
+    """Base of a method's ``method_options``: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def parse_options(cls: type[MethodOptions], method: str, options: dict[str, Any]) -> MethodOptions:
+    try:
+        return cls(**options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "?"
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(sorted(cls.model_fields)) or "none"
+            raise SonosslError(f"method_options: unknown option {key!r} for {method}; valid options: {valid}") from None
+        raise SonosslError(f"method_options.{key}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def gather_batch(z: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``z`` (local_batch, dim) from every DDP process, keeping gradients
+    (lightly's ``GatherLayer``): (global_batch, dim). Identity outside DDP."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return z
+    if torch.distributed.get_world_size() == 1:
+        return z
+    from lightly.utils.dist import gather
+
+    return torch.cat(gather(z), 0)
+
+
+class SSLMethod(pl.LightningModule):
+    """Shared training loop. Subclasses set ``name``, ``Options`` and implement ``forward_loss``."""
+
+    name: ClassVar[str] = "base"
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.options = parse_options(self.Options, self.name, cfg.method_options)
+        self.encoder = build_encoder(cfg.backbone)
+        self.train_set: FramePairDataset | None = None  # set by run_pretrain
+        self.images_seen = 0
+        self.train_time_s = 0.0
+        self.last_logs: dict[str, float] = {}  # host copies, refreshed every log interval
+        self._loss_sum: torch.Tensor | None = None  # device accumulators: no per-step host sync
+        self._loss_n = 0
+        self._nonfinite: torch.Tensor | None = None
+        self._interval_t0 = time.perf_counter()
+        self._interval_images = 0
+        self._fit_t0 = time.perf_counter()
+        self._time_at_start = 0.0
+
+    # ---- what a method provides -------------------------------------------------------------
+    def forward_loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """batch: views, each (batch_size, 1, S, S) -> (scalar loss, {name: scalar tensor})."""
+        raise NotImplementedError
+
+    def view_transforms(self) -> list[ViewTransform]:
+        """One transform per view; default: the seed's asymmetric BarlowTwins/VICReg pair."""
+        return asymmetric_pair(self.cfg.image_size, hflip=self.cfg.hflip)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, target) modules; target <- m * target + (1 - m) * online after each step."""
+        return []
+
+    def momentum(self) -> float:
+        """EMA coefficient at the current step (BYOL's cosine 0.99 -> 1 by default)."""
+        from lightly.utils.scheduler import cosine_schedule
+
+        return cosine_schedule(self.global_step, max(1, self._total_steps), 0.99, 1.0)
+
+    def optim_modules(self) -> list[nn.Module]:
+        """Modules the optimiser trains (default: all children; exclude momentum targets)."""
+        targets = {id(t) for _, t in self.momentum_pairs()}
+        return [m for m in self.children() if id(m) not in targets]
+
+    # ---- data -------------------------------------------------------------------------------
+    @property
+    def per_device_batch(self) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return self.cfg.batch_size // world
+
+    def train_dataloader(self) -> ResumableLoader:
+        if self.train_set is None:
+            raise RuntimeError("train_set not set: build the dataset before fitting")
+        sampler = EpochSampler(
+            len(self.train_set),
+            self.per_device_batch,
+            seed=self.cfg.seed,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+        )
+        workers = self.cfg.num_workers
+        loader = ResumableLoader(
+            self.train_set,
+            sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+        )
+        loader.progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
+
+    # ---- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        c = self.cfg
+        return build_optimizer(self.optim_modules(), c.optimizer, c.lr_weights, c.lr_biases, c.weight_decay, c.batch_size)
+
+    @property
+    def _total_steps(self) -> int:
+        return int(self.trainer.estimated_stepping_batches)
+
+    def _set_lr(self) -> float:
+        steps_per_epoch = max(1, int(self.trainer.num_training_batches))
+        warmup = round(self.cfg.warmup_epochs * steps_per_epoch)
+        f = lr_factor(self.global_step, self._total_steps, warmup, self.cfg.final_lr_ratio)
+        opt = self.optimizers(use_pl_optimizer=False)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * f
+        return opt.param_groups[0]["lr"]
+
+    # ---- the step ---------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._interval_t0 = time.perf_counter()
+        self._interval_images = 0
+        self._fit_t0 = time.perf_counter()
+        self._time_at_start = self.train_time_s
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_n = 0
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        lr = self._set_lr()
+        loss, logs = self.forward_loss(batch)
+        detached = loss.detach().float()
+        self._nonfinite |= ~torch.isfinite(detached)
+        if self._loss_sum is None:  # resumed mid-epoch: on_train_epoch_start was not called
+            self.on_train_epoch_start()
+        self._loss_sum = self._loss_sum + detached
+        self._loss_n += 1
+        n_images = batch[0].shape[0] * self.trainer.world_size
+        self.images_seen += n_images
+        self._interval_images += n_images
+        if (self.global_step + 1) % self.cfg.log_every_n_steps == 0:
+            self._flush_logs(detached, lr, logs)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        pairs = self.momentum_pairs()
+        if pairs:
+            from lightly.models.utils import update_momentum
+
+            m = self.momentum()
+            for online, target in pairs:
+                update_momentum(online, target, m)
+        self.train_time_s = self.elapsed()
+
+    def elapsed(self) -> float:
+        """Training seconds so far, summed over resumed sessions."""
+        return self._time_at_start + time.perf_counter() - self._fit_t0
+
+    def _flush_logs(self, loss: torch.Tensor, lr: float, logs: dict[str, torch.Tensor]) -> None:
+        """One host sync per log interval: check finiteness, copy scalars, log them."""
+        self.check_finite()
+        now = time.perf_counter()
+        ips = self._interval_images / max(now - self._interval_t0, 1e-9)
+        self._interval_t0, self._interval_images = now, 0
+        values = {"loss": float(loss), "lr": lr, "images_per_s": ips, **{k: float(v) for k, v in logs.items()}}
+        self.last_logs = {"step": self.global_step + 1, **values}  # step after this update
+        self.log_dict({f"train/{k}": v for k, v in values.items()}, prog_bar=False, logger=False)
+        self.log("loss", values["loss"], prog_bar=True, logger=False)
+
+    def epoch_loss(self) -> float:
+        """Mean loss of the epoch so far (one host sync)."""
+        return float(self._loss_sum / max(1, self._loss_n)) if self._loss_sum is not None else float("nan")
+
+    def check_finite(self) -> None:
+        if self._nonfinite is not None and bool(self._nonfinite):
+            raise SonosslError(
+                f"{self.name}: loss became NaN/inf by step {self.global_step}; stopped, the last checkpoint "
+                f"(before the divergence) is kept; lower lr_weights/lr_biases or check the frames"
+            )
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite()  # never save diverged weights (one host sync per checkpoint)
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()):
+            self._nonfinite = torch.ones((), dtype=torch.bool, device=self.device)
+            self.check_finite()
+        checkpoint["sonossl"] = {
+            "config": self.cfg.model_dump(mode="json"),
+            "images_seen": int(self.images_seen),
+            "train_time_s": float(self.elapsed()),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("sonossl", {})
+        self.images_seen = int(extra.get("images_seen", 0))
+        self.train_time_s = float(extra.get("train_time_s", 0.0))

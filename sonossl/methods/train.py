@@ -1,0 +1,259 @@
+"""``sonossl pretrain``: one SSL run in one self-describing folder.
+
+Layout of ``cfg.out``::
+
+    config.yaml          resolved config
+    stats.jsonl          one JSON line per log interval and per epoch
+    checkpoints/last.ckpt  Lightning checkpoint (every epoch and every checkpoint_every_s seconds)
+    backbone.pt          encoder trunk state_dict (plain torchvision, no fc), written at the end
+    summary.json         method, backbone, steps, epochs, images seen, wall time, final loss
+
+Every file is written to a temporary name beside its target and renamed into place, so a crash
+never leaves a truncated checkpoint or backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
+
+from sonossl.config import PretrainConfig, dump_config
+from sonossl.data.framestore import FrameStore
+from sonossl.data.pairs import FramePairDataset
+from sonossl.errors import SonosslError
+from sonossl.methods import get_method
+from sonossl.methods.base import SSLMethod, parse_options
+
+CKPT_NAME = "last.ckpt"
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path.tmp`` in the same folder, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's own save goes through an fsspec transaction whose temp file lives in the
+    system temp dir and is *moved* (a copy across file systems): not atomic. This one is."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` at every epoch end, every ``train_time_interval``, and at the batch where
+    the run stops (``max_steps``, ``max_time``). Lightning's own last save of a run stopped
+    mid-epoch happens at epoch end, and resuming from it skips the rest of that epoch; a save at
+    the batch end resumes mid-epoch (the loader's state then skips the batches already seen)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        stopping = trainer.should_stop or (0 < trainer.max_steps <= trainer.global_step)
+        if stopping and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class StatsWriter(Callback):
+    """Appends to ``stats.jsonl`` (global rank 0): a line per log interval and per epoch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._written_step = -1
+
+    def _append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def on_train_start(self, trainer, pl_module) -> None:  # also covers a mid-epoch resume
+        self.on_train_epoch_start(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_t0, self._epoch_images = time.perf_counter(), pl_module.images_seen
+
+    def on_train_batch_end(self, trainer, pl_module: SSLMethod, outputs, batch, batch_idx) -> None:
+        logs = pl_module.last_logs
+        if not trainer.is_global_zero or logs.get("step") != trainer.global_step or trainer.global_step == self._written_step:
+            return
+        self._written_step = trainer.global_step
+        self._append({"kind": "step", "step": trainer.global_step, "epoch": trainer.current_epoch,
+                      **{k: v for k, v in logs.items() if k != "step"}, "time_s": round(pl_module.elapsed(), 3)})
+
+    def on_train_epoch_end(self, trainer, pl_module: SSLMethod) -> None:
+        loss = pl_module.epoch_loss()  # every rank: the sync is collective-free but keep ranks alike
+        if not trainer.is_global_zero:
+            return
+        dt = max(time.perf_counter() - self._epoch_t0, 1e-9)
+        self._append({"kind": "epoch", "step": trainer.global_step, "epoch": trainer.current_epoch, "loss": loss,
+                      "lr": pl_module.optimizers(use_pl_optimizer=False).param_groups[0]["lr"],
+                      "images_per_s": (pl_module.images_seen - self._epoch_images) / dt,
+                      "time_s": round(pl_module.elapsed(), 3)})
+
+
+class FinalOutputs(Callback):
+    """At a clean end of training (epochs, max_steps or max_time): backbone.pt and summary.json."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def on_train_end(self, trainer, pl_module: SSLMethod) -> None:
+        pl_module.check_finite()
+        loss = pl_module.epoch_loss()
+        if not trainer.is_global_zero:
+            return
+        trunk = {k: v.detach().cpu().clone() for k, v in pl_module.encoder.trunk.state_dict().items()}
+        atomic_torch_save(trunk, self.out / "backbone.pt")
+        summary = {
+            "method": pl_module.name,
+            "backbone": pl_module.cfg.backbone,
+            "steps": trainer.global_step,
+            "epochs": round(trainer.global_step / max(1, trainer.num_training_batches), 3),  # fractional
+            "images_seen": pl_module.images_seen,
+            "wall_time_s": round(pl_module.elapsed(), 3),
+            "final_loss": loss,
+            "stopped_by": "max_time" if _timer_stopped(trainer) else "schedule",
+        }
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _timer_stopped(trainer: pl.Trainer) -> bool:
+    from pytorch_lightning.callbacks import Timer
+
+    return any(isinstance(c, Timer) and c.time_remaining() is not None and c.time_remaining() <= 0 for c in trainer.callbacks)
+
+
+def _launcher_rank_zero() -> bool:
+    """False in processes started by a DDP launcher for ranks > 0 (they must not touch the folder)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def _prepare_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: bool) -> Path | None:
+    """Create/clear ``out``; return the checkpoint to resume from, if any."""
+    ckpt = out / "checkpoints" / CKPT_NAME
+    if out.exists() and not out.is_dir():
+        raise SonosslError(f"out: {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise SonosslError(f"out: {out} exists; pass --resume to continue it or --overwrite to replace it")
+    if resume and not ckpt.is_file():  # nothing to continue: a fresh start, without stale files
+        for name in ("stats.jsonl", "backbone.pt", "summary.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    return ckpt if resume and ckpt.is_file() else None
+
+
+def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Pretrain ``cfg.method`` on the ``train`` split of ``cfg.frames``; returns the run folder.
+
+    ``resume``: continue from ``out/checkpoints/last.ckpt`` (a fresh start when there is none);
+    ``overwrite``: wipe an existing ``out`` first. Without either, an existing non-empty ``out``
+    is refused. Raises :class:`SonosslError` on bad input and when the loss diverges.
+    """
+    if cfg.frames is None:
+        raise SonosslError("frames: required (a frame store written by `sonossl ingest`)")
+    if cfg.out is None:
+        raise SonosslError("out: required (the run folder to create)")
+    if resume and overwrite:
+        raise SonosslError("resume and overwrite exclude each other")
+    method_cls = get_method(cfg.method)
+    parse_options(method_cls.Options, cfg.method, cfg.method_options)
+    if cfg.batch_size % cfg.devices or cfg.batch_size // cfg.devices < 2:
+        raise SonosslError(f"batch_size: {cfg.batch_size} must be a multiple of devices ({cfg.devices}), >= 2 per device")
+    accelerator = cfg.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise SonosslError("accelerator: gpu requested but no CUDA device is visible")
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if accelerator == "gpu" else "32-true")
+    store = FrameStore(cfg.frames)
+
+    out = Path(cfg.out)
+    ckpt = _prepare_folder(out, cfg, resume, overwrite) if _launcher_rank_zero() else None
+    if not _launcher_rank_zero() and resume and (out / "checkpoints" / CKPT_NAME).is_file():
+        ckpt = out / "checkpoints" / CKPT_NAME
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = method_cls(cfg)
+    model.train_set = FramePairDataset(
+        store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
+        frame_stride=cfg.frame_stride, seed=cfg.seed,
+    )
+
+    callbacks: list[Callback] = [
+        RunCheckpoint(
+            dirpath=out / "checkpoints", filename="last", save_top_k=0, save_last=True,
+            train_time_interval=timedelta(seconds=cfg.checkpoint_every_s), save_on_train_epoch_end=True,
+        ),
+        StatsWriter(out / "stats.jsonl"),
+        FinalOutputs(out),
+    ]
+    if progress:
+        callbacks.append(RichProgressBar())
+    strategy: Any = "auto"
+    if cfg.devices > 1:
+        from pytorch_lightning.strategies import DDPStrategy
+
+        # CPU: gloo in spawned processes (works from any caller, tests included);
+        # GPU: nccl, Lightning's default launcher (re-runs the command per device).
+        strategy = DDPStrategy(
+            process_group_backend="gloo" if accelerator == "cpu" else "nccl",
+            start_method="spawn" if accelerator == "cpu" else "popen",
+            checkpoint_io=AtomicCheckpointIO(),
+        )
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=cfg.devices,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
+        # SyncBatchNorm exists on GPU only; on CPU each process normalises its own share
+        sync_batchnorm=cfg.devices > 1 and accelerator == "gpu",
+        use_distributed_sampler=False,  # EpochSampler shards, and resumes, by itself
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=cfg.log_every_n_steps,
+        default_root_dir=out,
+        plugins=[AtomicCheckpointIO()] if cfg.devices == 1 else None,
+        benchmark=accelerator == "gpu",
+    )
+    try:
+        trainer.fit(model, ckpt_path=ckpt, weights_only=True)
+    except SonosslError:
+        raise
+    except Exception as exc:  # a SonosslError raised in a spawned DDP process arrives wrapped
+        if "SonosslError" in f"{exc!r}{exc}":
+            msg = str(exc).strip().splitlines()[-1].split("SonosslError:", 1)[-1].strip()
+            raise SonosslError(msg) from None
+        raise
+    return out

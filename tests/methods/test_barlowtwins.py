@@ -1,0 +1,157 @@
+"""BarlowTwins: loss against the authors' formula, invariances, normalisation, DDP gathering."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from sonossl.config import PretrainConfig
+from sonossl.errors import SonosslError
+from sonossl.methods import METHODS, get_method
+from sonossl.methods.barlowtwins import BarlowTwins
+
+LAMBDA = 0.0051
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """On a shared 2-core machine, torch's 2-thread pool stalls for seconds under contention
+    (measured: 20x slower steps); one thread keeps these tests fast and their time stable."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def authors_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = LAMBDA) -> torch.Tensor:
+    """facebookresearch/barlowtwins main.py, BarlowTwins.forward, written out."""
+    n, d = z1.shape
+    bn = nn.BatchNorm1d(d, affine=False).double()
+    c = bn(z1.double()).T @ bn(z2.double())
+    c.div_(n)
+    on_diag = torch.diagonal(c).add_(-1).pow_(2).sum()
+    off = c.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+    off_diag = off.pow_(2).sum()
+    return on_diag + lambd * off_diag
+
+
+def _method(**options) -> BarlowTwins:
+    cfg = PretrainConfig(image_size=32, method_options={"projector": [32, 16], **options})
+    return BarlowTwins(cfg)
+
+
+@pytest.fixture(scope="module")
+def method() -> BarlowTwins:
+    return _method()
+
+
+def test_loss_equals_authors_formula(method):
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g)
+    z2 = z2 + 0.7 * z1  # correlated, so off-diagonal terms matter
+    assert torch.allclose(method.loss(z1, z2).double(), authors_loss(z1, z2), rtol=1e-5)
+
+
+def test_loss_invariant_to_affine_rescaling_per_dimension(method):
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(32, 8, generator=g), torch.randn(32, 8, generator=g)
+    a, b = torch.rand(8, generator=g) * 5 + 0.1, torch.randn(8, generator=g) * 3
+    assert torch.allclose(method.loss(z1, z2), method.loss(a * z1 + b, z2 * a.flip(0) - b), rtol=1e-4)
+
+
+def test_short_last_batch_is_normalised_by_its_own_size(method):
+    g = torch.Generator().manual_seed(2)
+    z1, z2 = torch.randn(7, 10, generator=g), torch.randn(7, 10, generator=g)
+    assert torch.allclose(method.loss(z1, z2).double(), authors_loss(z1, z2), rtol=1e-5)
+    # dividing by a configured batch (e.g. 8) instead would give a different value
+    assert not torch.allclose(method.loss(z1, z2).double(), _loss_with_n(z1, z2, 8), rtol=1e-3)
+
+
+def _loss_with_n(z1, z2, n_conf):
+    n, d = z1.shape
+    bn = nn.BatchNorm1d(d, affine=False).double()
+    c = bn(z1.double()).T @ bn(z2.double()) / n_conf
+    return torch.diagonal(c).add(-1).pow(2).sum() + LAMBDA * (c - torch.diag(torch.diagonal(c))).pow(2).sum()
+
+
+def test_forward_loss_runs_on_views_and_options_are_validated(method):
+    x = torch.rand(4, 1, 32, 32)
+    loss, logs = method.forward_loss((x, x.flip(-1)))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert method.projector.out_dim == 16 and method.criterion.lambda_param == LAMBDA
+    with pytest.raises(SonosslError, match="lamda"):
+        _method(lamda=0.1)
+
+
+def test_registry_lists_valid_names():
+    assert get_method("barlowtwins") is BarlowTwins
+    with pytest.raises(SonosslError, match="barlowtwins"):
+        get_method("barlow")
+    assert set(METHODS) == {"barlowtwins"}
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    m = _method()
+    m.train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = torch.rand(8, 1, 32, 32, generator=g), torch.rand(8, 1, 32, 32, generator=g)
+    losses = []
+    for _ in range(30):
+        loss, _ = m.forward_loss((x1, x2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---- DDP: the loss over gathered embeddings equals the single-process global-batch loss ----
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        m = _method()
+        torch.manual_seed(0)
+        lin = nn.Linear(6, 12)
+        ddp = nn.parallel.DistributedDataParallel(lin)
+        x1, x2 = _global_batch()
+        part = slice(rank * 5, (rank + 1) * 5)
+        loss = m.loss(ddp(x1[part]), ddp(x2[part]))
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone()}, f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _global_batch():
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+
+
+def test_ddp_gradients_equal_single_process_on_global_batch(tmp_path):
+    """Two gloo processes with 5 samples each vs one process with all 10: same loss, and
+    DDP's averaged gradients equal the single-process ones (the loss is over the global batch)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+
+    m = _method()
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 12)
+    x1, x2 = _global_batch()
+    loss = m.loss(lin(x1), lin(x2))
+    loss.backward()
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        assert torch.allclose(got["loss"], loss.detach(), rtol=1e-5)
+        assert torch.allclose(got["grad"], lin.weight.grad, rtol=1e-4, atol=1e-6)
