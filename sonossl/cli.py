@@ -14,6 +14,13 @@ from pathlib import Path
 from sonossl.errors import SonosslError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the contract: one line, exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -47,7 +54,10 @@ def cmd_synth(a: argparse.Namespace) -> int:
         if not a.overwrite:
             raise SonosslError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(out)
-    s = synthesize(out, videos=a.videos, frames=a.frames, size=a.size, seed=a.seed, fmt=a.format)
+    if len(a.labelled) != 3:
+        raise SonosslError(f"--labelled: expected three counts TRAIN,VALID,TEST per class, got {a.labelled}")
+    s = synthesize(out, videos=a.videos, frames=a.frames, size=a.size, seed=a.seed, fmt=a.format,
+                   labelled_per_class=tuple(a.labelled))
     n_img = sum(sum(c.values()) for c in s["labelled"].values())
     print(f"synthetic dataset in {out}: {len(s['videos'])} clips in videos/ ({a.format}), {n_img} labelled images in labelled/")
     return 0
@@ -142,9 +152,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sonossl", description="Self-supervised learning on ultrasound scan videos.")
+    p = _Parser(prog="sonossl", description="Self-supervised learning on ultrasound scan videos.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("synth", help="make the built-in synthetic fetal-echo dataset")
     s.add_argument("--out", required=True, type=Path)
@@ -153,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--format", choices=["dicom", "mp4"], default="dicom")
+    s.add_argument("--labelled", type=_ints, default=[100, 20, 40], help="labelled images per class: TRAIN,VALID,TEST")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_synth)
 

@@ -143,8 +143,8 @@ class EvaluateConfig(Config):
     batch_size: int = Field(128, gt=0)
     epochs: int = Field(100, gt=0)
     linear_epochs: int = Field(100, gt=0)
-    max_steps: int = Field(-1, ge=-1)  # cap on optimiser steps per finetune run; -1: epochs only
-    min_steps: int = Field(0, ge=0)  # floor on steps, so 1 % runs are not a handful of updates
+    max_steps: int = Field(-1, ge=-1)  # cap on optimiser steps per fine-tuning run; -1: epochs only
+    min_steps: int = Field(0, ge=0)  # floor on fine-tuning steps, so 1 % runs are not a handful of updates
     augment: bool = True
     hflip: bool = False  # LVOT/RVOT mirror each other: flips off by default
     num_workers: int = Field(0, ge=0)

@@ -28,13 +28,42 @@ from torchvision.transforms import v2
 from sonossl.models.backbones import Encoder
 
 
+class Standardise(nn.Module):
+    """Fixed per-feature standardisation ``(x - mean) / std``: identity until :meth:`fit`.
+
+    A linear probe on raw pooled features trains badly when their scale is far from 1 (frozen
+    random or SSL features differ by orders of magnitude); standardising with the training
+    subset's statistics makes one learning rate right for every init, as the BatchNorm without
+    affine of MAE's linear probe does. It changes what the optimiser sees, not what a linear
+    layer can express.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, feats: torch.Tensor) -> "Standardise":
+        """feats: ``(N, dim)``."""
+        self.mean.copy_(feats.mean(0))
+        self.std.copy_(feats.std(0, unbiased=False).clamp_min(1e-6) if len(feats) > 1 else torch.ones_like(self.std))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class Classifier(nn.Module):
-    """``(B, 1, S, S)`` uint8 or float [0, 1] -> logits ``(B, n_classes)``."""
+    """``(B, 1, S, S)`` uint8 or float [0, 1] -> logits ``(B, n_classes)``.
+
+    ``encoder -> standardise -> dropout -> linear``; the standardisation is fitted for linear
+    probing and stays the identity for fine-tuning.
+    """
 
     def __init__(self, encoder: Encoder, n_classes: int, dropout: float = 0.5):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.feature_dim, n_classes))
+        self.head = nn.Sequential(Standardise(encoder.feature_dim), nn.Dropout(dropout), nn.Linear(encoder.feature_dim, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))

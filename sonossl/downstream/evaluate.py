@@ -159,14 +159,18 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
         idx = torch.from_numpy(subsets[(fraction, seed)])
         torch.manual_seed(seed)
         settings = FitSettings(lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=seed,
-                               device=device, amp_dtype=amp, max_steps=cfg.max_steps, min_steps=cfg.min_steps,
-                               epochs=cfg.epochs if protocol == "finetune" else cfg.linear_epochs)
+                               device=device, amp_dtype=amp)
+        if protocol == "finetune":  # the step budget bounds the expensive protocol only
+            settings.epochs, settings.max_steps, settings.min_steps = cfg.epochs, cfg.max_steps, cfg.min_steps
+        else:
+            settings.epochs = cfg.linear_epochs
         model = Classifier(init.build(cfg.imagenet_weights), n_classes, cfg.dropout)
         if protocol == "linear":
             if features is None:  # the frozen backbone's features: once per init, shared by every fraction and seed
                 enc = model.encoder.to(device)
                 features = {s.name: predict_logits(enc, s.images, 256, device, amp) for s in (data.train, data.valid, data.test)}
             model.encoder.requires_grad_(False)
+            model.head[0].fit(features["train"][idx])
             result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels, n_classes, settings)
             logits = predict_logits(model.head, features["test"], 256, device, amp)
         else:

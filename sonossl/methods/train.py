@@ -15,9 +15,11 @@ never leaves a truncated checkpoint or backbone.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -197,6 +199,11 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     if not _launcher_rank_zero() and resume and (out / "checkpoints" / CKPT_NAME).is_file():
         ckpt = out / "checkpoints" / CKPT_NAME
 
+    # Lightning 2.6 calls a deprecated torch pytree API on every fit; nothing for a user to act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    if not progress:  # quiet: no "GPU available" banners or tips, warnings still shown
+        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = method_cls(cfg)
     model.train_set = FramePairDataset(

@@ -1,0 +1,54 @@
+"""The whole chain through the command line, tiny: synth -> ingest -> pretrain -> evaluate -> report."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from sonossl.cli import main
+
+PHI = [b"SYNTH^PATIENT", b"SYN0000", b"SYNTH PATIENT"]
+
+
+def all_bytes(folder: Path) -> list[tuple[Path, bytes]]:
+    return [(p, p.read_bytes()) for p in folder.rglob("*") if p.is_file()]
+
+
+def test_end_to_end_through_the_cli(tmp_path: Path, capsys):
+    data, frames = tmp_path / "data", tmp_path / "frames.h5"
+    assert main(["synth", "--out", str(data), "--videos", "4", "--frames", "6", "--labelled", "10,4,4"]) == 0
+    assert main(["ingest", str(data / "videos"), "--out", str(frames), "--frame-skip", "1", "--size", "32", "--quiet"]) == 0
+    run = tmp_path / "run"
+    assert main(["pretrain", "--method", "barlowtwins", "--frames", str(frames), "--out", str(run), "--image-size", "32",
+                 "--batch-size", "8", "--max-steps", "2", "--num-workers", "0", "--quiet"]) == 0
+    state = torch.load(run / "backbone.pt", weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--labels", str(data / "labelled"), "--init", str(run), "--fractions", "10,100", "--seeds", "0",
+                 "--image-size", "32", "--epochs", "1", "--linear-epochs", "5", "--out", str(ev), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(ev / "results.csv")))
+    assert {r["init"] for r in rows} == {"barlowtwins"} and len(rows) == 4
+    assert main(["report", str(ev)]) == 0
+    assert (ev / "report.html").is_file()
+    # no patient attribute value (names, ids) reaches the store, the run or the evaluation
+    for folder in (run, ev):
+        for path, blob in all_bytes(folder):
+            assert not any(s in blob for s in PHI), path
+    assert not any(s in frames.read_bytes() for s in PHI)
+    # the synthetic DICOMs do carry them: the check above can fail
+    assert any(PHI[0] in b for _, b in all_bytes(data / "videos"))
+
+
+def test_argparse_and_unknown_method_errors_exit_2(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--fractions", "ten"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "sonossl evaluate: error: argument --fractions: expected comma-separated numbers, got 'ten' (see sonossl evaluate --help)"]
+    (tmp_path / "f.h5").write_bytes(b"")
+    assert main(["pretrain", "--method", "simclr2", "--frames", str(tmp_path / "f.h5"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown method 'simclr2'" in err[0] and "barlowtwins" in err[0]
