@@ -93,7 +93,8 @@ def pretrain_config(a: argparse.Namespace):
                                         "precision", "num_workers", "seed")}
     file_layer = read_config_file(a.config) if a.config else {}
     preset = a.preset or file_layer.pop("preset", None) or "cpu"
-    return build_config(PretrainConfig, read_preset(preset), file_layer, flags, source=str(a.config or "pretrain"))
+    method = a.method or file_layer.get("method") or PretrainConfig.model_fields["method"].default
+    return build_config(PretrainConfig, read_preset(preset, method), file_layer, flags, source=str(a.config or "pretrain"))
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ class Config(BaseModel):
 
 
 C = TypeVar("C", bound=Config)
+M = TypeVar("M", bound=BaseModel)
 
 
 def read_config_file(path: Path | str) -> dict[str, Any]:
@@ -46,12 +47,21 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     return data
 
 
-def read_preset(name: str) -> dict[str, Any]:
+def read_preset(name: str, method: str | None = None) -> dict[str, Any]:
+    """The preset's common keys, overlaid with its ``methods: {method: {key: value}}`` entry.
+
+    Methods differ in their recipes (SimCLR's batch 160 and lr 0.3, BarlowTwins' projector
+    8192x3, ...): a preset keeps each method's own settings under its name.
+    """
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise SonosslError(f"unknown preset {name!r}; expected one of: {', '.join(names)}")
-    return read_config_file(path)
+    layer = read_config_file(path)
+    per_method = layer.pop("methods", {}) or {}
+    if method is not None:
+        layer.update(per_method.get(method, {}))
+    return layer
 
 
 def build_config(cls: type[C], *layers: dict[str, Any] | None, source: str = "config") -> C:
@@ -59,13 +69,19 @@ def build_config(cls: type[C], *layers: dict[str, Any] | None, source: str = "co
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+    return validated(cls, merged, source)
+
+
+def validated(cls: type[M], values: dict[str, Any], source: str) -> M:
+    """``cls(**values)``, with the first validation problem as one :class:`SonosslError` line
+    naming ``source`` and the key (and, for an unknown key, the valid ones)."""
     try:
-        return cls(**merged)
+        return cls(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "?"
         if err["type"] == "extra_forbidden":
-            valid = ", ".join(sorted(cls.model_fields))
+            valid = ", ".join(sorted(cls.model_fields)) or "none"
             raise SonosslError(f"{source}: unknown key {key!r}; valid keys: {valid}") from None
         raise SonosslError(f"{source}: {key}: {err['msg']} (got {err.get('input')!r})") from None
 

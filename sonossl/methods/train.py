@@ -125,7 +125,7 @@ class FinalOutputs(Callback):
         loss = pl_module.epoch_loss()
         if not trainer.is_global_zero:
             return
-        trunk = {k: v.detach().cpu().clone() for k, v in pl_module.encoder.trunk.state_dict().items()}
+        trunk = {k: v.detach().cpu().clone() for k, v in pl_module.export_encoder().trunk.state_dict().items()}
         atomic_torch_save(trunk, self.out / "backbone.pt")
         summary = {
             "method": pl_module.name,
@@ -183,7 +183,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     if resume and overwrite:
         raise SonosslError("resume and overwrite exclude each other")
     method_cls = get_method(cfg.method)
-    parse_options(method_cls.Options, cfg.method, cfg.method_options)
+    method_cls.check_config(cfg, parse_options(method_cls.Options, cfg.method, cfg.method_options))
     if cfg.batch_size % cfg.devices or cfg.batch_size // cfg.devices < 2:
         raise SonosslError(f"batch_size: {cfg.batch_size} must be a multiple of devices ({cfg.devices}), >= 2 per device")
     accelerator = cfg.accelerator

@@ -16,16 +16,6 @@ from sonossl.methods.barlowtwins import BarlowTwins
 LAMBDA = 0.0051
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """On a shared 2-core machine, torch's 2-thread pool stalls for seconds under contention
-    (measured: 20x slower steps); one thread keeps these tests fast and their time stable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def authors_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = LAMBDA) -> torch.Tensor:
     """facebookresearch/barlowtwins main.py, BarlowTwins.forward, written out."""
     n, d = z1.shape

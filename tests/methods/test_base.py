@@ -16,16 +16,6 @@ from sonossl.errors import SonosslError
 from sonossl.methods.train import run_pretrain
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """On a shared 2-core machine, torch's 2-thread pool stalls for seconds under contention
-    (measured: 20x slower steps); one thread keeps these tests fast and their time stable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     """3 clips x 6 grey frames (18 frames: 5 batches of 4 per epoch, the last one short)."""
