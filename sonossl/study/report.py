@@ -93,10 +93,13 @@ def curve_figures(summary: pd.DataFrame, metric: str = "macro_f1") -> dict[str, 
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
         for init, h in g.groupby("init"):
             h = h.sort_values("fraction")
-            ax.plot(h["fraction"], h[f"{metric}_mean"], marker="o", label=init)
+            (line,) = ax.plot(h["fraction"], h[f"{metric}_mean"], marker="o", label=init)
             if h[f"{metric}_ci_low"].notna().any():
-                ax.fill_between(h["fraction"], h[f"{metric}_ci_low"], h[f"{metric}_ci_high"], alpha=0.2)
+                ax.fill_between(h["fraction"], h[f"{metric}_ci_low"], h[f"{metric}_ci_high"], alpha=0.2, color=line.get_color())
         ax.set_xscale("log")
+        ticks = sorted(g["fraction"].unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("labelled train images used (%)")
         ax.set_ylabel(metric.replace("_", " "))
         ax.set_title(f"{protocol}: {metric.replace('_', ' ')} vs label fraction (mean, 95% CI)", fontsize=9)
