@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from sonossl.errors import SonosslError
+from sonossl.methods.ae import AutoEncoder
 from sonossl.methods.barlowtwins import BarlowTwins
 from sonossl.methods.base import SSLMethod
+from sonossl.methods.byol import BYOL
+from sonossl.methods.dino import DINO
+from sonossl.methods.moco import MoCo
+from sonossl.methods.simclr import SimCLR
+from sonossl.methods.vicreg import VICReg
 
 METHODS: dict[str, type[SSLMethod]] = {
+    "ae": AutoEncoder,
     "barlowtwins": BarlowTwins,
+    "byol": BYOL,
+    "dino": DINO,
+    "moco": MoCo,
+    "simclr": SimCLR,
+    "vicreg": VICReg,
 }
 
 

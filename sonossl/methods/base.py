@@ -7,8 +7,11 @@ A method subclasses :class:`SSLMethod` and adds only what is its own (STYLE.md, 
 - ``forward_loss(batch) -> (loss, logs)``: batch is a tuple of view tensors
   ``(batch_size, 1, S, S)``;
 - optionally ``view_transforms()`` (how many views and how each is augmented),
-  ``momentum_pairs()`` ((online, target) modules updated by EMA after every step) and
-  ``optim_modules()`` (what the optimiser trains; default: every child module).
+  ``momentum_pairs()`` ((online, target) modules updated by EMA at every step),
+  ``optim_modules()`` (what the optimiser trains; default: every child module),
+  ``check_config(cfg, options)`` (refuse impossible settings before a run starts),
+  ``export_encoder()`` (whose trunk becomes ``backbone.pt``; default: ``encoder``) and
+  ``lr_schedule(step, steps_per_epoch)`` (default: warm-up then cosine).
 
 ``cfg.batch_size`` is the global batch (as in barlowtwins ``main.py``); each of ``devices``
 processes gets ``batch_size / devices``. Learning rates scale with the global batch.
@@ -21,10 +24,10 @@ from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from sonossl.config import PretrainConfig
+from sonossl.config import PretrainConfig, validated
 from sonossl.data.pairs import EpochSampler, FramePairDataset, ResumableLoader
 from sonossl.data.transforms import ViewTransform, asymmetric_pair
 from sonossl.errors import SonosslError
@@ -39,15 +42,7 @@ class MethodOptions(BaseModel):
 
 
 def parse_options(cls: type[MethodOptions], method: str, options: dict[str, Any]) -> MethodOptions:
-    try:
-        return cls(**options)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "?"
-        if err["type"] == "extra_forbidden":
-            valid = ", ".join(sorted(cls.model_fields)) or "none"
-            raise SonosslError(f"method_options: unknown option {key!r} for {method}; valid options: {valid}") from None
-        raise SonosslError(f"method_options.{key}: {err['msg']} (got {err.get('input')!r})") from None
+    return validated(cls, options, f"method_options ({method})")
 
 
 def gather_batch(z: torch.Tensor) -> torch.Tensor:
@@ -72,6 +67,7 @@ class SSLMethod(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.options = parse_options(self.Options, self.name, cfg.method_options)
+        self.check_config(cfg, self.options)
         self.encoder = build_encoder(cfg.backbone)
         self.train_set: FramePairDataset | None = None  # set by run_pretrain
         self.images_seen = 0
@@ -95,7 +91,8 @@ class SSLMethod(pl.LightningModule):
         return asymmetric_pair(self.cfg.image_size, hflip=self.cfg.hflip)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(online, target) modules; target <- m * target + (1 - m) * online after each step."""
+        """(online, target) modules; target <- m * target + (1 - m) * online once per optimiser
+        step (applied at the start of the next step, see ``_update_targets``)."""
         return []
 
     def momentum(self) -> float:
@@ -108,6 +105,16 @@ class SSLMethod(pl.LightningModule):
         """Modules the optimiser trains (default: all children; exclude momentum targets)."""
         targets = {id(t) for _, t in self.momentum_pairs()}
         return [m for m in self.children() if id(m) not in targets]
+
+    @classmethod
+    def check_config(cls, cfg: PretrainConfig, options: MethodOptions) -> None:
+        """Refuse, with one :class:`SonosslError` line, settings this method cannot run with
+        (e.g. a MoCo queue smaller than the batch). ``run_pretrain`` calls it before it writes
+        anything; the constructor calls it too."""
+
+    def export_encoder(self) -> nn.Module:
+        """The encoder whose trunk becomes ``backbone.pt`` (default: the trained one; DINO: its teacher)."""
+        return self.encoder
 
     # ---- data -------------------------------------------------------------------------------
     @property
@@ -145,10 +152,14 @@ class SSLMethod(pl.LightningModule):
     def _total_steps(self) -> int:
         return int(self.trainer.estimated_stepping_batches)
 
-    def _set_lr(self) -> float:
-        steps_per_epoch = max(1, int(self.trainer.num_training_batches))
+    def lr_schedule(self, step: int, steps_per_epoch: int) -> float:
+        """Multiplier of the base learning rates at optimiser step ``step`` (0-based): linear
+        warm-up, then cosine to ``final_lr_ratio``. A method with another schedule overrides it."""
         warmup = round(self.cfg.warmup_epochs * steps_per_epoch)
-        f = lr_factor(self.global_step, self._total_steps, warmup, self.cfg.final_lr_ratio)
+        return lr_factor(step, self._total_steps, warmup, self.cfg.final_lr_ratio)
+
+    def _set_lr(self) -> float:
+        f = self.lr_schedule(self.global_step, max(1, int(self.trainer.num_training_batches)))
         opt = self.optimizers(use_pl_optimizer=False)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
@@ -167,6 +178,7 @@ class SSLMethod(pl.LightningModule):
         self._loss_n = 0
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        self._update_targets()
         lr = self._set_lr()
         loss, logs = self.forward_loss(batch)
         detached = loss.detach().float()
@@ -182,7 +194,13 @@ class SSLMethod(pl.LightningModule):
             self._flush_logs(detached, lr, logs)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def _update_targets(self) -> None:
+        """EMA of every momentum pair from the previous optimiser step's weights, at the start
+        of a step (as facebookresearch/moco does), not at the end of the previous one: Lightning
+        saves a step's checkpoint in the callbacks' ``on_train_batch_end``, which runs *before*
+        the module's, so an update there would be missing from the checkpoint and a resumed run
+        would differ. ``momentum()`` sees the same ``global_step`` either way; at step 0 the
+        targets equal their online copies."""
         pairs = self.momentum_pairs()
         if pairs:
             from lightly.models.utils import update_momentum
@@ -190,6 +208,8 @@ class SSLMethod(pl.LightningModule):
             m = self.momentum()
             for online, target in pairs:
                 update_momentum(online, target, m)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.train_time_s = self.elapsed()
 
     def elapsed(self) -> float:

@@ -1,14 +1,11 @@
-"""Shared by the method tests."""
+"""Shared by the method tests.
 
-import pytest
+One torch thread for every test and fixture of any scope, set when this file is imported:
+bit-exact comparisons (resume == straight run, DDP == single process) need the same reduction
+order in every fixture, and on a shared 2-core machine torch's 2-thread pool stalled for
+seconds under contention (measured: 20x slower steps).
+"""
+
 import torch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """On a shared 2-core machine, torch's 2-thread pool stalls for seconds under contention
-    (measured: 20x slower steps); one thread keeps these tests fast and their time stable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+torch.set_num_threads(1)

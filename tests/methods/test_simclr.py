@@ -1,0 +1,221 @@
+"""SimCLR: NT-Xent against the paper's formula written out, symmetry in the views, DDP
+negatives over the global batch, training through ``run_pretrain`` (smoke, resume) and refusal
+of bad settings."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from sonossl.config import PretrainConfig
+from sonossl.data.framestore import FrameStoreWriter
+from sonossl.errors import SonosslError
+from sonossl.methods import get_method
+from sonossl.methods.simclr import SimCLR
+from sonossl.methods.train import run_pretrain
+
+
+def paper_loss(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+    """SimCLR eq. 1 and Algorithm 1, written out in float64 with explicit loops:
+    ``l(i, j) = -log exp(s_ij / tau) / sum_{k != i} exp(s_ik / tau)``, ``s`` the cosine
+    similarity, averaged over the 2N ordered positive pairs (2k-1, 2k) and (2k, 2k-1)."""
+    n = z1.shape[0]
+    z = [None] * (2 * n)
+    for k in range(n):  # interleaved as in the paper: views of sample k at 2k and 2k+1
+        z[2 * k], z[2 * k + 1] = z1[k].double(), z2[k].double()
+
+    def sim(u, v):
+        return float(u @ v) / (float(u.norm()) * float(v.norm()))
+
+    def ell(i, j):
+        denom = sum(math.exp(sim(z[i], z[k]) / tau) for k in range(2 * n) if k != i)
+        return -math.log(math.exp(sim(z[i], z[j]) / tau) / denom)
+
+    total = sum(ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k) for k in range(n))
+    return torch.tensor(total / (2 * n), dtype=torch.float64)
+
+
+def _method(**options) -> SimCLR:
+    cfg = PretrainConfig(method="simclr", image_size=32, method_options={"projector": [32, 16], **options})
+    return SimCLR(cfg)
+
+
+@pytest.fixture(scope="module")
+def method() -> SimCLR:
+    return _method()
+
+
+def _pair(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, d, generator=g)
+    return z1, 0.7 * z1 + 0.5 * torch.randn(n, d, generator=g)  # correlated views
+
+
+def test_loss_equals_the_papers_formula(method):
+    z1, z2 = _pair(7, 12, 0)
+    assert torch.allclose(method.loss(z1, z2).double(), paper_loss(z1, z2), rtol=1e-5)
+    m = _method(temperature=0.1)
+    assert torch.allclose(m.loss(z1, z2).double(), paper_loss(z1, z2, 0.1), rtol=1e-5)
+    assert get_method("simclr") is SimCLR
+
+
+def test_loss_is_symmetric_in_the_views_and_ignores_embedding_scale(method):
+    z1, z2 = _pair(9, 8, 1)
+    assert torch.allclose(method.loss(z1, z2), method.loss(z2, z1), rtol=1e-6)
+    assert torch.allclose(method.loss(z1, z2), method.loss(3.0 * z1, 0.2 * z2), rtol=1e-5)
+    # a positive that is also the nearest neighbour lowers the loss; a shuffled pairing does not
+    assert method.loss(z1, z1 + 0.01 * z2) < method.loss(z1, z2[torch.randperm(9)])
+
+
+def test_forward_loss_on_views_and_view_transforms(method):
+    x = torch.rand(4, 1, 32, 32)
+    loss, logs = method.forward_loss((x, x.flip(-1)))
+    assert loss.ndim == 0 and torch.isfinite(loss) and logs == {}
+    t1, t2 = method.view_transforms()
+    assert t1 == t2 and t1.size == 32 and t1.blur_p == 0.5 and t1.solarize_p == 0.0
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    # tau 0.2: at 0.5 the loss of 16 embeddings cannot fall below ~0.97 (positive at cosine 1,
+    # negatives at best at -1/15), too close to its start for a clear test
+    torch.manual_seed(0)
+    m = _method(temperature=0.2)
+    m.train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.rand(8, 1, 32, 32, generator=g)
+    x2 = (x1 + 0.1 * torch.rand(8, 1, 32, 32, generator=g)).clamp(0, 1)
+    losses = []
+    for _ in range(30):
+        loss, _ = m.forward_loss((x1, x2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---- DDP: negatives gathered with gradients equal the single-process global batch -------------
+
+def _global_batch():
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        m = _method()
+        torch.manual_seed(0)
+        lin = nn.Linear(6, 12)
+        ddp = nn.parallel.DistributedDataParallel(lin)
+        x1, x2 = _global_batch()
+        part = slice(rank * 5, (rank + 1) * 5)
+        loss = m.loss(ddp(x1[part]), ddp(x2[part]))
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone(), "bias": lin.bias.grad.clone()},
+                   f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes: ~25 s on the shared 2-core machine
+def test_ddp_gradients_equal_single_process_on_global_batch(tmp_path):
+    """Two gloo processes with 5 pairs each vs one process with all 10: the same loss on every
+    rank, and DDP's averaged gradients equal the single-process ones. Negatives from the local
+    batch only would give another loss: checked too."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+
+    m = _method()
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 12)
+    x1, x2 = _global_batch()
+    loss = m.loss(lin(x1), lin(x2))
+    loss.backward()
+    with torch.no_grad():
+        local = m.loss(lin(x1[:5]), lin(x2[:5]))
+    assert not torch.allclose(local, loss, rtol=1e-3)
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        assert torch.allclose(got["loss"], loss.detach(), rtol=1e-5)
+        assert torch.allclose(got["grad"], lin.weight.grad, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(got["bias"], lin.bias.grad, rtol=1e-4, atol=1e-6)
+
+
+# ---- through run_pretrain ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """3 clips x 6 grey frames: 5 batches of 4 per epoch, the last one short."""
+    path = tmp_path_factory.mktemp("store") / "frames.h5"
+    rng = np.random.default_rng(0)
+    with FrameStoreWriter(path) as w:
+        for v in range(3):
+            w.add_video(f"v{v}", rng.integers(0, 256, (6, 40, 48), dtype=np.uint8), video_id=f"v{v}", group_id=f"g{v}")
+    return path
+
+
+def _cfg(frames, out, **kw) -> PretrainConfig:
+    # warm-up covers every step: its rate does not depend on max_steps (see test_base's resume test)
+    base = dict(method="simclr", frames=frames, out=out, image_size=32, batch_size=4, epochs=3, num_workers=0,
+                log_every_n_steps=1, warmup_epochs=10, method_options={"projector": [32, 16]})
+    return PretrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def straight(frames, tmp_path_factory):
+    """A 2-step run: the smoke run, and the straight half of the resume test. One thread, as
+    the split runs get from conftest (whose function-scoped fixture does not cover this one):
+    another thread count changes float reductions and the weights' last bits."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_pretrain(_cfg(frames, tmp_path_factory.mktemp("simclr") / "straight", max_steps=2), progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_two_step_run_writes_a_torchvision_backbone(straight):
+    state = torch.load(straight / "backbone.pt", weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert '"method": "simclr"' in (straight / "summary.json").read_text()
+
+
+def test_resume_equals_a_straight_run(frames, straight, tmp_path):
+    run_pretrain(_cfg(frames, tmp_path / "split", max_steps=1), progress=False)
+    run_pretrain(_cfg(frames, tmp_path / "split", max_steps=2), resume=True, progress=False)
+    a = torch.load(straight / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "split/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and any(k.startswith("projector.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_bad_settings_fail_at_start_with_one_line(frames, tmp_path):
+    with pytest.raises(SonosslError, match="temperature"):
+        run_pretrain(_cfg(frames, tmp_path / "x", method_options={"temperature": 0}), progress=False)
+    with pytest.raises(SonosslError, match="projector"):
+        run_pretrain(_cfg(frames, tmp_path / "x", method_options={"projector": []}), progress=False)
+    with pytest.raises(SonosslError, match="temprature"):
+        run_pretrain(_cfg(frames, tmp_path / "x", method_options={"temprature": 0.1}), progress=False)
+    with pytest.raises(SonosslError, match="batch_size"):  # 2 over 2 processes: 1 each, no negatives
+        run_pretrain(_cfg(frames, tmp_path / "x", batch_size=2, devices=2, accelerator="cpu"), progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="equal shape"):
+        _method().loss(torch.randn(4, 8), torch.randn(3, 8))
+    with pytest.raises(ValueError, match="at least 2"):  # one pair has no negative
+        _method().loss(torch.randn(1, 8), torch.randn(1, 8))

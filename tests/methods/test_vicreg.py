@@ -1,0 +1,226 @@
+"""VICReg: loss against the authors' formula and lightly, the variance hinge, DDP gathering,
+training through ``run_pretrain`` (smoke, resume) and refusal of bad settings."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from lightly.loss import VICRegLoss
+from torch import nn
+
+from sonossl.config import PretrainConfig, validated
+from sonossl.data.framestore import FrameStoreWriter
+from sonossl.errors import SonosslError
+from sonossl.methods import get_method
+from sonossl.methods.train import run_pretrain
+from sonossl.methods.vicreg import VICReg
+
+
+def authors_loss(x: torch.Tensor, y: torch.Tensor, sim=25.0, std=25.0, cov=1.0) -> torch.Tensor:
+    """facebookresearch/vicreg main_vicreg.py, VICReg.forward after the projector, written out
+    (one process, ``args.batch_size`` = the batch in hand)."""
+    x, y = x.double(), y.double()
+    n, d = x.shape
+    repr_loss = F.mse_loss(x, y)
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    std_x = torch.sqrt(x.var(dim=0) + 0.0001)
+    std_y = torch.sqrt(y.var(dim=0) + 0.0001)
+    std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+    cov_x = (x.T @ x) / (n - 1)
+    cov_y = (y.T @ y) / (n - 1)
+
+    def off_diagonal(m):
+        k = m.shape[0]
+        return m.flatten()[:-1].view(k - 1, k + 1)[:, 1:].flatten()
+
+    cov_loss = off_diagonal(cov_x).pow(2).sum().div(d) + off_diagonal(cov_y).pow(2).sum().div(d)
+    return sim * repr_loss + std * std_loss + cov * cov_loss
+
+
+def _method(**options) -> VICReg:
+    cfg = PretrainConfig(method="vicreg", image_size=32, method_options={"projector": [32, 16], **options})
+    return VICReg(cfg)
+
+
+@pytest.fixture(scope="module")
+def method() -> VICReg:
+    return _method()
+
+
+def _pair(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, d, generator=g) * 0.5  # std < 1, so the variance hinge is active
+    z2 = 0.6 * z1 + 0.4 * torch.randn(n, d, generator=g)  # correlated views
+    return z1, z2
+
+
+def test_loss_equals_authors_formula_and_lightly(method):
+    z1, z2 = _pair(16, 12, 0)
+    ours = method.loss(z1, z2).double()
+    assert torch.allclose(ours, authors_loss(z1, z2), rtol=1e-5)
+    assert torch.allclose(ours, VICRegLoss()(z1.double(), z2.double()), rtol=1e-5)
+    assert get_method("vicreg") is VICReg
+
+
+def test_coefficients_weight_the_named_terms():
+    z1, z2 = _pair(10, 8, 1)
+    m = _method(sim_coeff=2.0, std_coeff=3.0, cov_coeff=0.5)
+    assert torch.allclose(m.loss(z1, z2).double(), authors_loss(z1, z2, 2.0, 3.0, 0.5), rtol=1e-5)
+    _, logs = m.forward_loss((torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)))
+    assert set(logs) == {"repr_loss", "std_loss", "cov_loss"}
+
+
+def test_variance_term_is_zero_iff_every_dimension_has_std_at_least_one(method):
+    z1, z2 = _pair(32, 8, 2)
+    z1 = (z1 - z1.mean(0)) / z1.std(0) * 1.5  # every dimension's std = 1.5
+    z2 = (z2 - z2.mean(0)) / z2.std(0) * 1.5
+    assert method.loss_terms(z1, z2)["std"] == 0
+    z2[:, 3] = 0.2 * z2[:, 3]  # one dimension below 1: the hinge is active again
+    assert method.loss_terms(z1, z2)["std"] > 0
+
+
+def test_short_last_batch_is_normalised_by_its_own_size(method):
+    z1, z2 = _pair(7, 10, 3)
+    assert torch.allclose(method.loss(z1, z2).double(), authors_loss(z1, z2), rtol=1e-5)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    m = _method()
+    m.train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.02, momentum=0.9)
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = torch.rand(8, 1, 16, 16, generator=g), torch.rand(8, 1, 16, 16, generator=g)
+    losses = []
+    for _ in range(30):
+        loss, _ = m.forward_loss((x1, x2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---- DDP: statistics over the gathered global batch equal the single-process loss ----------
+
+def _global_batch():
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        m = _method()
+        torch.manual_seed(0)
+        lin = nn.Linear(6, 12)
+        ddp = nn.parallel.DistributedDataParallel(lin)
+        x1, x2 = _global_batch()
+        part = slice(rank * 5, (rank + 1) * 5)
+        loss = m.loss(ddp(x1[part]), ddp(x2[part]))
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone(), "bias": lin.bias.grad.clone()},
+                   f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # 14-25 s on 2 shared cores: two spawned processes import torch and Lightning
+def test_ddp_gradients_equal_single_process_on_global_batch(tmp_path):
+    """Two gloo processes with 5 samples each vs one process with all 10: the same loss on
+    every rank, and DDP's averaged gradients equal the single-process ones. Per-process
+    statistics (no gathering) would give a different loss: checked too."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+
+    m = _method()
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 12)
+    x1, x2 = _global_batch()
+    loss = m.loss(lin(x1), lin(x2))
+    loss.backward()
+    with torch.no_grad():
+        local = m.loss(lin(x1[:5]), lin(x2[:5]))
+    assert not torch.allclose(local, loss, rtol=1e-3)
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        assert torch.allclose(got["loss"], loss.detach(), rtol=1e-5)
+        assert torch.allclose(got["grad"], lin.weight.grad, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(got["bias"], lin.bias.grad, rtol=1e-4, atol=1e-6)
+
+
+# ---- through run_pretrain ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """3 clips x 6 grey frames: 5 batches of 4 per epoch, the last one short."""
+    path = tmp_path_factory.mktemp("store") / "frames.h5"
+    rng = np.random.default_rng(0)
+    with FrameStoreWriter(path) as w:
+        for v in range(3):
+            w.add_video(f"v{v}", rng.integers(0, 256, (6, 40, 48), dtype=np.uint8), video_id=f"v{v}", group_id=f"g{v}")
+    return path
+
+
+def _cfg(frames, out, **kw) -> PretrainConfig:
+    # warm-up covers every step: its rate does not depend on max_steps (see test_base's resume test)
+    base = dict(method="vicreg", frames=frames, out=out, image_size=32, batch_size=4, epochs=3, num_workers=0,
+                log_every_n_steps=1, warmup_epochs=10, method_options={"projector": [32, 32]})
+    return PretrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def straight(frames, tmp_path_factory):
+    """A 2-step run: the smoke run, and the straight half of the resume test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the tests (conftest): another count reorders float sums
+    try:
+        return run_pretrain(_cfg(frames, tmp_path_factory.mktemp("vicreg") / "straight", max_steps=2), progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_two_step_run_writes_a_torchvision_backbone(straight):
+    state = torch.load(straight / "backbone.pt", weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert '"method": "vicreg"' in (straight / "summary.json").read_text()
+
+
+def test_resume_equals_a_straight_run(frames, straight, tmp_path):
+    run_pretrain(_cfg(frames, tmp_path / "split", max_steps=1), progress=False)
+    run_pretrain(_cfg(frames, tmp_path / "split", max_steps=2), resume=True, progress=False)
+    a = torch.load(straight / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "split/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and any(k.startswith("projector.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_bad_settings_fail_at_start_with_one_line(frames, tmp_path):
+    with pytest.raises(SonosslError, match="batch_size"):  # batch of 1: no variance to measure
+        validated(PretrainConfig, {"method": "vicreg", "batch_size": 1}, "config")
+    with pytest.raises(SonosslError, match="batch_size"):  # 2 over 2 processes: 1 each
+        run_pretrain(_cfg(frames, tmp_path / "x", batch_size=2, devices=2, accelerator="cpu"), progress=False)
+    with pytest.raises(SonosslError, match="all 0"):
+        run_pretrain(_cfg(frames, tmp_path / "x", method_options={"sim_coeff": 0, "std_coeff": 0, "cov_coeff": 0}),
+                     progress=False)
+    with pytest.raises(SonosslError, match="std_coef"):
+        run_pretrain(_cfg(frames, tmp_path / "x", method_options={"std_coef": 25}), progress=False)
+    with pytest.raises(SonosslError, match="projector"):
+        run_pretrain(_cfg(frames, tmp_path / "x", method_options={"projector": []}), progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match=">= 2"):
+        _method().loss(torch.randn(1, 4), torch.randn(1, 4))
