@@ -31,7 +31,9 @@ def test_bool_strings_are_not_silently_true():
 
 def test_presets_validate_and_unknown_preset_lists_names(tmp_path):
     for name in ("cpu", "paper"):
-        build_config(PretrainConfig, read_preset(name))
+        cfg = build_config(PretrainConfig, read_preset(name, "barlowtwins"))
+        assert cfg.method_options["lambd"] == 0.0051
+        assert "method_options" not in read_preset(name, "no-such-method")
     with pytest.raises(SonosslError, match="unknown preset 'gpu'; expected one of: cpu, paper"):
         read_preset("gpu")
     (tmp_path / "bad.yaml").write_text("- a\n- b\n")
