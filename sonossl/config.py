@@ -110,6 +110,7 @@ class PretrainConfig(Config):
     pairs: Literal["augment", "temporal"] = "augment"
     max_gap: int = Field(4, ge=1)
     frame_stride: int = Field(1, ge=1)  # use every k-th stored frame as an anchor
+    monitor_labels: Path | None = None  # labelled set (train/valid) for the per-epoch kNN monitor
     hflip: bool = False  # horizontal flips turn LVOT into RVOT-like views: off by default
     devices: int = Field(1, ge=1)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"

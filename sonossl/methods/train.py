@@ -35,6 +35,7 @@ from sonossl.data.pairs import FramePairDataset
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method
 from sonossl.methods.base import SSLMethod, parse_options
+from sonossl.methods.monitors import Monitors
 
 CKPT_NAME = "last.ckpt"
 
@@ -111,7 +112,7 @@ class StatsWriter(Callback):
         self._append({"kind": "epoch", "step": trainer.global_step, "epoch": trainer.current_epoch, "loss": loss,
                       "lr": pl_module.optimizers(use_pl_optimizer=False).param_groups[0]["lr"],
                       "images_per_s": (pl_module.images_seen - self._epoch_images) / dt,
-                      "time_s": round(pl_module.elapsed(), 3)})
+                      **getattr(pl_module, "monitor_logs", {}), "time_s": round(pl_module.elapsed(), 3)})
 
 
 class FinalOutputs(Callback):
@@ -216,6 +217,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
             dirpath=out / "checkpoints", filename="last", save_top_k=0, save_last=True,
             train_time_interval=timedelta(seconds=cfg.checkpoint_every_s), save_on_train_epoch_end=True,
         ),
+        Monitors(store, cfg.image_size, cfg.monitor_labels),  # before StatsWriter: it writes their figures
         StatsWriter(out / "stats.jsonl"),
         FinalOutputs(out),
     ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.utils import update_momentum
