@@ -46,7 +46,10 @@ class Standardise(nn.Module):
     def fit(self, feats: torch.Tensor) -> "Standardise":
         """feats: ``(N, dim)``."""
         self.mean.copy_(feats.mean(0))
-        self.std.copy_(feats.std(0, unbiased=False).clamp_min(1e-6) if len(feats) > 1 else torch.ones_like(self.std))
+        std = feats.std(0, unbiased=False) if len(feats) > 1 else torch.ones_like(self.std)
+        # a feature (nearly) constant on the training subset (a dead ReLU channel) keeps scale 1:
+        # dividing by its ~0 spread would multiply any test-time value by up to 1e6
+        self.std.copy_(torch.where(std > 1e-4 * std.max().clamp_min(1e-12), std, torch.ones_like(std)))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

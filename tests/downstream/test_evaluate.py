@@ -95,3 +95,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(labelled: Path, tmp_
 
     assert re.search(expected, _err_line(capsys))
     assert not out.exists()
+
+
+def test_standardise_keeps_dead_features_at_unit_scale():
+    from sonossl.downstream.classifier import Standardise
+
+    feats = torch.randn(20, 4)
+    feats[:, 2] = 0.0  # a channel that never fires on the training subset
+    s = Standardise(4).fit(feats)
+    assert s.std[2] == 1.0 and torch.allclose(s.std[[0, 1, 3]], feats[:, [0, 1, 3]].std(0, unbiased=False))
+    assert s(torch.full((1, 4), 3.0))[0, 2] == 3.0
