@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 from sonossl.errors import SonosslError
+from sonossl.infer.commands import add_embed_parser, add_export_parser, add_predict_parser
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +91,7 @@ def pretrain_config(a: argparse.Namespace):
 
     flags = {k: getattr(a, k) for k in ("method", "frames", "val_frames", "out", "backbone", "image_size", "batch_size",
                                         "epochs", "max_steps", "max_time_s", "pairs", "max_gap", "devices", "accelerator",
-                                        "precision", "num_workers", "seed")}
+                                        "precision", "num_workers", "seed", "monitor_labels")}
     file_layer = read_config_file(a.config) if a.config else {}
     preset = a.preset or file_layer.pop("preset", None) or "cpu"
     method = a.method or file_layer.get("method") or PretrainConfig.model_fields["method"].default
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision")
     s.add_argument("--num-workers", type=int)
     s.add_argument("--seed", type=int)
+    s.add_argument("--monitor-labels", type=Path, help="labelled set (train.csv, valid.csv) for the per-epoch kNN monitor")
     s.add_argument("--quiet", action="store_true")
     _out_flags(s)
     s.set_defaults(func=cmd_pretrain)
@@ -246,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=_ints, help="override the seeds (default 0,1,2; --quick 0,1)")
     _out_flags(s)
     s.set_defaults(func=cmd_demo)
+
+    add_predict_parser(sub)
+    add_export_parser(sub)
+    add_embed_parser(sub)
     return p
 
 

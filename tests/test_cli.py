@@ -33,8 +33,15 @@ def test_end_to_end_through_the_cli(tmp_path: Path, capsys):
     assert {r["init"] for r in rows} == {"barlowtwins"} and len(rows) == 4
     assert main(["report", str(ev)]) == 0
     assert (ev / "report.html").is_file()
+    # the trained classifier on a new scan, and exported
+    clip = sorted((data / "videos").glob("*.dcm"))[0]
+    run_dir = ev / "barlowtwins_finetune_f100_s0"
+    assert main(["predict", "--model", str(run_dir), str(clip), "--out", str(tmp_path / "pred.csv"), "--quiet"]) == 0
+    assert len(list(csv.DictReader(open(tmp_path / "pred.csv")))) == 6
+    assert main(["export", "--model", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 0
+    assert main(["export", "--model", str(run_dir), "--format", "tflite"]) == 2
     # no patient attribute value (names, ids) reaches the store, the run or the evaluation
-    for folder in (run, ev):
+    for folder in (run, ev, tmp_path / "pred_clips"):
         for path, blob in all_bytes(folder):
             assert not any(s in blob for s in PHI), path
     assert not any(s in frames.read_bytes() for s in PHI)

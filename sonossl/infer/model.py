@@ -1,0 +1,108 @@
+"""Load an evaluate run's ``model.pt`` into a ready :class:`Classifier` and its metadata.
+
+``model.pt`` (written by :func:`sonossl.downstream.evaluate.save_model`) is a dict of tensors and
+plain values, loaded here with ``weights_only=True`` (no pickled code runs): ``format``,
+``backbone``, ``class_names``, ``preprocessing`` (``image_size``, ...), ``dropout``,
+``state_dict`` of the :class:`Classifier`, ``init``, ``metrics``, ``run``, ``train_counts``.
+Everything ``predict``, ``export`` and ``embed`` need comes from it, so their results never
+depend on flags given again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sonossl.downstream.classifier import Classifier
+from sonossl.downstream.evaluate import MODEL_FORMAT
+from sonossl.errors import SonosslError
+from sonossl.models.backbones import build_encoder, get_spec
+
+REQUIRED_KEYS = ("format", "backbone", "class_names", "preprocessing", "state_dict")
+# run.json fields that describe the training; paths (init_source) are left out of model cards
+RUN_FIELDS = ("init", "protocol", "fraction", "seed", "n_train", "best_epoch", "epochs", "steps", "best_val_balanced_accuracy")
+
+
+@dataclass
+class LoadedModel:
+    """A classifier in eval mode on ``device``; ``(B, 1, S, S)`` uint8 or float [0, 1] -> logits ``(B, C)``."""
+
+    classifier: Classifier
+    class_names: list[str]
+    backbone: str
+    image_size: int
+    path: Path
+    device: str
+    meta: dict[str, Any] = field(default_factory=dict)  # the bundle without its state_dict
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SonosslError(f"--device {device}: no CUDA device is visible")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SonosslError(f"--device: expected auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def model_file(model: Path) -> Path:
+    """An evaluate run folder (holding ``model.pt``) or a ``model.pt`` file -> the file."""
+    model = Path(model)
+    if model.is_dir():
+        path = model / "model.pt"
+        if not path.is_file():
+            raise SonosslError(f"{model}: no model.pt in this folder; expected an evaluate run folder (e.g. EVAL/random_linear_f100_s0) or a model.pt file")
+        return path
+    if not model.is_file():
+        raise SonosslError(f"{model}: model not found; expected an evaluate run folder or a model.pt file")
+    return model
+
+
+def load_model(model: Path, device: str = "cpu") -> LoadedModel:
+    """Read ``model.pt`` (see the module docstring) and rebuild its classifier, in eval mode."""
+    path = model_file(model)
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, or pickled code
+        raise SonosslError(f"{path}: not a loadable model.pt ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(bundle, dict) or any(k not in bundle for k in REQUIRED_KEYS):
+        missing = [k for k in REQUIRED_KEYS if not isinstance(bundle, dict) or k not in bundle]
+        raise SonosslError(f"{path}: not a sonossl model.pt (missing {', '.join(missing)}); expected the model.pt of an evaluate run")
+    if bundle["format"] != MODEL_FORMAT:
+        raise SonosslError(f"{path}: model.pt format {bundle['format']}; this sonossl reads format {MODEL_FORMAT}")
+    name, classes = bundle["backbone"], list(bundle["class_names"])
+    get_spec(name)
+    size = int(bundle["preprocessing"].get("image_size", 0))
+    if size < 8 or len(classes) < 2:
+        raise SonosslError(f"{path}: preprocessing.image_size {size} or class_names {classes} out of range")
+    classifier = Classifier(build_encoder(name, "random"), len(classes), float(bundle.get("dropout", 0.5)))
+    try:
+        classifier.load_state_dict(bundle["state_dict"])
+    except RuntimeError as exc:
+        raise SonosslError(f"{path}: weights do not fit a {name} classifier with {len(classes)} classes ({str(exc).splitlines()[0]})") from None
+    device = resolve_device(device)
+    classifier.to(device).eval()
+    meta = {k: v for k, v in bundle.items() if k != "state_dict"}
+    return LoadedModel(classifier, classes, name, size, path, device, meta)
+
+
+def model_card(m: LoadedModel, **extra: Any) -> dict[str, Any]:
+    """What a user of an export needs to know, with no PHI and no paths: classes, preprocessing,
+    backbone, initialisation, training data counts per class and split, test metrics."""
+    run = m.meta.get("run") or {}
+    return {
+        "sonossl_model_format": m.meta.get("format"),
+        "backbone": m.backbone,
+        "class_names": m.class_names,
+        "preprocessing": m.meta.get("preprocessing", {}),
+        "init": m.meta.get("init"),
+        "training": {k: run[k] for k in RUN_FIELDS if k in run},
+        "training_data_counts": m.meta.get("train_counts", {}),
+        "test_metrics": m.meta.get("metrics", {}),
+        **extra,
+    }
