@@ -11,6 +11,7 @@ an interrupted demo continues where it stopped.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -98,10 +99,14 @@ def run_demo(out: Path, *, quick: bool = False, resume: bool = False, overwrite:
         t = time.time()
         cfg = build_config(PretrainConfig, read_preset("cpu", "barlowtwins"),
                            {"method": "barlowtwins", "frames": frames, "out": run, "max_time_s": plan.pretrain_seconds,
-                            "epochs": plan.pretrain_epochs,
+                            "epochs": plan.pretrain_epochs, "monitor_labels": data / "labelled",
                             "image_size": plan.image_size, "seed": 0}, source="demo")
         run_pretrain(cfg, resume=True, progress=False)
         timings["pretrain_s"] = time.time() - t
+        epochs = [json.loads(line) for line in open(run / "stats.jsonl") if '"kind": "epoch"' in line]
+        if epochs:
+            _say("pretraining kNN accuracy (k=10, valid) by epoch: "
+                 + " ".join(f"{e['knn10_accuracy']:.2f}" for e in epochs if "knn10_accuracy" in e))
 
     inits = ["random", str(run)] + (["imagenet"] if imagenet_available("resnet18") else [])
     if "imagenet" not in inits:
