@@ -75,7 +75,7 @@ def _is_dicom(path: Path) -> bool:
     try:
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=False, specific_tags=["PixelData", "Rows"])
         return "PixelData" in ds and "Rows" in ds
-    except Exception:
+    except Exception:  # not parseable as DICOM at all: a sniff answers "no", read_source reports it
         return False
 
 

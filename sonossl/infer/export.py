@@ -97,7 +97,8 @@ def export_torchvision(m: LoadedModel, out: Path) -> dict:
         "input_std": list(IMAGENET_STD),
         "output": f"logits (B, {len(m.class_names)}) in class_names order (with the head loaded)",
         "load": (f"model = torchvision.models.{m.backbone}(num_classes={len(m.class_names)}); "
-                 f"model.load_state_dict({{**torch.load('{out.name}'), **torch.load('{head_path.name}')}})"),
+                 f"model.load_state_dict({{**torch.load('{out.name}', weights_only=True), "
+                 f"**torch.load('{head_path.name}', weights_only=True)}})"),
     }
 
 

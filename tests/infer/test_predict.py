@@ -18,8 +18,8 @@ CLASSES, SIZE = ["3VV", "4CH", "LVOT"], 32  # those of the `trained` fixture (co
 def ybr_cine() -> Path:
     """pydicom's genuine 30-frame cardiac cine loop (YBR, JPEG baseline), shipped with pydicom."""
     path = pydicom.data.get_testdata_file("examples_ybr_color.dcm")
-    if path is None:
-        pytest.skip("examples_ybr_color.dcm not shipped with this pydicom")
+    if path is None:  # pydicom 3 ships it; missing means a broken install, which must not pass silently
+        pytest.fail("examples_ybr_color.dcm not found among pydicom's shipped test files")
     return Path(path)
 
 
