@@ -30,3 +30,30 @@ def make_labelled(root: Path, per_class: dict[str, int], size: int = 24, seed: i
                 lines.append(f"{rel},{cls}")
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def _gloo_entry(rank: int, worker, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        worker(rank, world, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_gloo(worker, out: Path, world: int = 2) -> None:
+    """Run ``worker(rank, world, out)`` in ``world`` spawned CPU processes joined by gloo on a free
+    loopback port (``worker`` must be a module-level function so spawn can pickle it)."""
+    import socket
+
+    import torch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_gloo_entry, args=(worker, world, port, str(out)), nprocs=world, join=True)

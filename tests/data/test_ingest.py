@@ -181,3 +181,74 @@ def test_synthetic_dataset_end_to_end(tmp_path):
         assert [row[k] for k in ("crop_x0", "crop_y0", "crop_x1", "crop_y1")] == [
             t[k] for k in ("fan_x0", "fan_y0", "fan_x1", "fan_y1")
         ]
+
+
+def test_seed_hdf5_gives_one_row_and_clip_per_dataset(tmp_path, scans):
+    import h5py
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with h5py.File(src / "seed.h5", "w") as f:
+        f["clipA"], f["clipB"] = scans.clip(t=4, seed=1), scans.clip(t=3, seed=2)
+        f["broken"] = np.zeros((2, 4), np.uint8)
+    (src / "junk.hdf5").write_bytes(b"not hdf5" * 20)
+    out = src / "frames.h5"  # the store and its leftovers sit among the sources: never ingested
+    s = ingest([src], out, frame_skip=1, size=16, val_fraction=0.0, progress=False)
+    assert (s.ok, s.error, s.frames_kept) == (2, 2, 7)
+    rows = _manifest(s.manifest)[1]
+    assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["junk.hdf5", "seed.h5::broken", "seed.h5::clipA",
+                                                              "seed.h5::clipB"]  # h5py lists names sorted
+    assert [r["status"] for r in rows] == ["error", "error", "ok", "ok"]
+    assert "expected uint8" in rows[1]["message"] and str(src) not in rows[1]["message"]
+    store = FrameStore(out)
+    assert {v.key for v in store.videos} == {rows[2]["video_id"], rows[3]["video_id"]}
+    assert store.read_clip(rows[2]["video_id"]).shape == (4, 16, 16)
+    store.close()
+    s2 = ingest([src], out, frame_skip=1, size=16, resume=True, progress=False)  # frames.h5 itself skipped
+    assert (s2.ok, s2.skipped, s2.error) == (0, 2, 2) and len(_manifest(s2.manifest)[1]) == 4
+
+
+def test_image_folder_ingests_as_one_clip(tmp_path, scans):
+    from PIL import Image
+
+    frames = scans.clip(t=4)
+    clip_dir = tmp_path / "src" / "clip1"
+    clip_dir.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(clip_dir / f"{i:02d}.png")
+    s = ingest([tmp_path / "src"], tmp_path / "f.h5", frame_skip=1, size=16, progress=False)
+    (row,) = _manifest(s.manifest)[1]
+    assert row["source"].endswith("clip1") and (row["status"], row["frames_in"], row["frames_kept"]) == ("ok", "4", "4")
+    assert FrameStore(s.store).read_clip(row["video_id"]).shape == (4, 16, 16)
+
+
+def test_dedup_drops_frames_like_the_last_kept_one():
+    from sonossl.data.ingest import dedup_indices
+
+    base = np.full((6, 40, 40), 100, np.uint8)
+    base[1] += 2  # mean |diff| to frame 0: 2
+    base[2] += 4  # 4 from frame 0
+    base[3] += 5  # 1 from frame 2 (the last kept), 5 from frame 0
+    base[4] += 9
+    base[5, :20] = 200  # half the frame changes by 100: mean |diff| 50 from frame 4
+    assert dedup_indices(base, 3.0) == [0, 2, 4, 5]
+    assert dedup_indices(base, 0.0) == list(range(6))
+    assert dedup_indices(base, 60.0) == [0]
+
+
+def test_ingest_dedup_counts_kept_frames(tmp_path, scans):
+    src = tmp_path / "s"
+    src.mkdir()
+    moving = scans.clip(t=6)
+    still = np.repeat(moving[:1], 6, axis=0)
+    still[3:] = moving[3]  # one real change in a still loop: frames 0 and 3 are kept
+    scans.dicom(src / "moving.dcm", moving)
+    scans.dicom(src / "still.dcm", still)
+    s = ingest([src], tmp_path / "f.h5", frame_skip=1, size=32, dedup=2.0, progress=False)
+    kept = {r["source"].rsplit("/", 1)[-1]: r for r in _manifest(s.manifest)[1]}
+    assert kept["moving.dcm"]["frames_kept"] == "6" and kept["still.dcm"]["frames_kept"] == "2"
+    assert kept["still.dcm"]["frames_in"] == "6" and "dedup dropped 4" in kept["still.dcm"]["message"]
+    store = FrameStore(s.store)
+    assert store.record(kept["still.dcm"]["video_id"]).n_frames == 2 and s.frames_kept == 8
+    with pytest.raises(SonosslError, match="dedup"):
+        ingest([src], tmp_path / "g.h5", dedup=-1, progress=False)

@@ -109,3 +109,92 @@ def test_find_sources_walks_folders_and_skips_notes(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.dcm", "a/b/2.mp4", "c.avi"]
     with pytest.raises(SonosslError, match="missing"):
         find_sources([tmp_path / "missing"])
+
+
+# ---------------------------------------------------------------- image folders and seed HDF5
+
+
+def _write_images(folder, frames, suffix=".png", mode="L"):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):  # names sort in frame order only with the zero padding
+        img = Image.fromarray(f) if mode == "L" else Image.fromarray(np.stack([f, f // 2, 255 - f], -1))
+        img.save(folder / f"frame_{i:03d}{suffix}")
+    return folder
+
+
+def test_image_folder_is_one_clip_in_name_order(tmp_path, scans):
+    frames = scans.clip(t=5)
+    folder = _write_images(tmp_path / "clip", frames[::-1])  # frame_000 holds the last frame
+    (folder / "notes.txt").write_text("x")
+    assert sniff_kind(folder) == "images"
+    clip = read_source(folder)
+    assert clip.kind == "images" and clip.frames_in == 5 and clip.fps is None
+    np.testing.assert_array_equal(clip.frames, frames[::-1])
+    assert clip.group_key == f"folder:{tmp_path.resolve()}"
+    np.testing.assert_array_equal(read_source(folder, frame_skip=2, max_frames=2).frames, frames[::-1][[0, 2]])
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".tif", ".jpg"])
+def test_colour_images_become_luminance(tmp_path, scans, suffix):
+    frames = scans.clip(t=2)
+    folder = _write_images(tmp_path / "c", frames, suffix=suffix, mode="RGB")
+    rgb = np.stack([frames, frames // 2, 255 - frames], -1)
+    err = np.abs(read_source(folder).frames.astype(int) - luminance(rgb)).mean()
+    assert err < (4 if suffix == ".jpg" else 0.01)
+
+
+def test_16bit_images_are_rescaled_and_sizes_must_match(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    raw = (np.arange(2 * 8 * 10, dtype=np.uint16) * 300).reshape(2, 8, 10)
+    for i, f in enumerate(raw):
+        Image.fromarray(f).save(folder / f"{i}.png")
+    out = read_source(folder).frames
+    np.testing.assert_array_equal(out, np.rint(raw.astype(np.float32) * 255.0 / raw.max()).astype(np.uint8))
+    Image.fromarray(np.zeros((9, 10), np.uint8)).save(folder / "2.png")
+    with pytest.raises(SonosslError, match="2.png is 10x9, expected 10x8"):
+        read_source(folder)
+
+
+def test_find_sources_yields_image_folders_not_their_images(tmp_path, scans):
+    frames = scans.clip(t=2)
+    _write_images(tmp_path / "root" / "clipA", frames)
+    _write_images(tmp_path / "root" / "clipA" / "sub", frames)  # subfolders are still walked
+    mixed = _write_images(tmp_path / "root" / "mixed", frames)
+    scans.dicom(mixed / "scan.dcm", frames)  # images beside a DICOM: not an image clip
+    (tmp_path / "root" / "empty").mkdir()
+    found = [p.relative_to(tmp_path / "root").as_posix() for p in find_sources([tmp_path / "root"])]
+    assert found == ["clipA", "clipA/sub", "mixed/frame_000.png", "mixed/frame_001.png", "mixed/scan.dcm"]
+    assert sniff_kind(mixed) is None and sniff_kind(tmp_path / "root" / "empty") is None
+    with pytest.raises(SonosslError, match="not an image folder"):
+        read_source(mixed)
+
+
+def test_seed_hdf5_datasets_read_one_at_a_time(tmp_path, scans):
+    import h5py
+
+    from sonossl.data.readers import hdf5_clips
+
+    grey, colour = scans.clip(t=7), np.stack([scans.clip(t=3, seed=1)] * 3, -1)
+    with h5py.File(tmp_path / "seed.h5", "w") as f:
+        f["b_grey"], f["a_rgb"] = grey, colour
+        f["bad"] = np.zeros((2, 4, 4), np.float32)
+    path = tmp_path / "seed.h5"
+    assert sniff_kind(path) == "hdf5" and sorted(hdf5_clips(path)) == ["a_rgb", "b_grey", "bad"]
+    clip = read_source(path, dataset="b_grey", frame_skip=3)
+    assert clip.kind == "hdf5" and clip.frames_in == 7
+    np.testing.assert_array_equal(clip.frames, grey[::3])
+    np.testing.assert_array_equal(read_source(path, dataset="b_grey", frame_skip=2, max_frames=2).frames, grey[[0, 2]])
+    np.testing.assert_array_equal(read_source(path, dataset="a_rgb").frames, colour[..., 0])
+    assert clip.group_key != read_source(path, dataset="a_rgb").group_key  # each dataset its own group
+    with pytest.raises(SonosslError, match="expected uint8"):
+        read_source(path, dataset="bad")
+    with pytest.raises(SonosslError, match="holds 3 clips"):
+        read_source(path)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5" * 20)
+    with pytest.raises(SonosslError, match="not a readable HDF5"):
+        hdf5_clips(tmp_path / "junk.h5")

@@ -4,7 +4,6 @@ refusal of bad settings."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +11,6 @@ import torchvision
 from torch import nn
 
 from sonossl.config import PretrainConfig
-from sonossl.data.framestore import FrameStoreWriter
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method
 from sonossl.methods.ae import AutoEncoder, erase_mask
@@ -104,17 +102,6 @@ def test_loss_decreases_on_a_fixed_batch():
 
 
 # ---- through run_pretrain ---------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    """3 clips x 6 grey frames: 5 batches of 4 per epoch, the last one short."""
-    path = tmp_path_factory.mktemp("store") / "frames.h5"
-    rng = np.random.default_rng(0)
-    with FrameStoreWriter(path) as w:
-        for v in range(3):
-            w.add_video(f"v{v}", rng.integers(0, 256, (6, 40, 48), dtype=np.uint8), video_id=f"v{v}", group_id=f"g{v}")
-    return path
-
 
 def _cfg(frames, out, **kw) -> PretrainConfig:
     base = dict(method="ae", frames=frames, out=out, image_size=32, batch_size=4, epochs=3, num_workers=0,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 from torch import nn
+
+from helpers import run_gloo
 
 from sonossl.config import PretrainConfig
 from sonossl.errors import SonosslError
@@ -102,22 +103,16 @@ def test_loss_decreases_on_a_fixed_batch():
 
 # ---- DDP: the loss over gathered embeddings equals the single-process global-batch loss ----
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        m = _method()
-        torch.manual_seed(0)
-        lin = nn.Linear(6, 12)
-        ddp = nn.parallel.DistributedDataParallel(lin)
-        x1, x2 = _global_batch()
-        part = slice(rank * 5, (rank + 1) * 5)
-        loss = m.loss(ddp(x1[part]), ddp(x2[part]))
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone()}, f"{out}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+def _ddp_worker(rank: int, world: int, out: str) -> None:
+    m = _method()
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 12)
+    ddp = nn.parallel.DistributedDataParallel(lin)
+    x1, x2 = _global_batch()
+    part = slice(rank * 5, (rank + 1) * 5)
+    loss = m.loss(ddp(x1[part]), ddp(x2[part]))
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone()}, f"{out}/rank{rank}.pt")
 
 
 def _global_batch():
@@ -128,12 +123,7 @@ def _global_batch():
 def test_ddp_gradients_equal_single_process_on_global_batch(tmp_path):
     """Two gloo processes with 5 samples each vs one process with all 10: same loss, and
     DDP's averaged gradients equal the single-process ones (the loss is over the global batch)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    run_gloo(_ddp_worker, tmp_path)
 
     m = _method()
     torch.manual_seed(0)

@@ -6,7 +6,6 @@ gradient averaging is the whole story (nothing of this method's to check)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -14,7 +13,6 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.utils import update_momentum
 
 from sonossl.config import PretrainConfig
-from sonossl.data.framestore import FrameStoreWriter
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method
 from sonossl.methods.byol import BYOL
@@ -99,17 +97,6 @@ def test_loss_decreases_on_a_fixed_batch():
 
 
 # ---- through run_pretrain -----------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    """3 clips x 6 grey frames: 5 batches of 4 per epoch, the last one short."""
-    path = tmp_path_factory.mktemp("store") / "frames.h5"
-    rng = np.random.default_rng(0)
-    with FrameStoreWriter(path) as w:
-        for v in range(3):
-            w.add_video(f"v{v}", rng.integers(0, 256, (6, 40, 48), dtype=np.uint8), video_id=f"v{v}", group_id=f"g{v}")
-    return path
-
 
 def _cfg(frames, out, **kw) -> PretrainConfig:
     # constant momentum (0.9 -> 0.9): a cosine over max_steps=3 would differ from one over 6

@@ -3,7 +3,6 @@ warm-up, multi-crop views in both pair modes, gradient clipping/freezing, DDP ce
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -13,8 +12,10 @@ import torchvision
 from lightly.models.utils import update_momentum
 from torch import nn
 
+from helpers import run_gloo
+
 from sonossl.config import PretrainConfig
-from sonossl.data.framestore import FrameStore, FrameStoreWriter
+from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method
@@ -96,17 +97,6 @@ def test_teacher_temperature_warms_up_linearly_by_epoch():
     ref = np.concatenate([np.linspace(0.04, 0.07, 30), np.full(10, 0.07)])  # main_dino.py's schedule
     assert np.allclose([m.teacher_temp(e) for e in range(40)], ref)
     assert _method(warmup_teacher_temp_epochs=0).teacher_temp(0) == 0.07
-
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    """3 clips x 6 grey frames: 5 batches of 4 per epoch, the last one short."""
-    path = tmp_path_factory.mktemp("store") / "frames.h5"
-    rng = np.random.default_rng(0)
-    with FrameStoreWriter(path) as w:
-        for v in range(3):
-            w.add_video(f"v{v}", rng.integers(0, 256, (6, 40, 48), dtype=np.uint8), video_id=f"v{v}", group_id=f"g{v}")
-    return path
 
 
 @pytest.mark.parametrize("pairs", ["augment", "temporal"])
@@ -212,23 +202,17 @@ def _global_outputs():
     return x, teacher
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        m = _method()
-        torch.manual_seed(0)
-        lin = nn.Linear(6, 64)
-        ddp = nn.parallel.DistributedDataParallel(lin)
-        x, teacher = _global_outputs()
-        part = slice(rank * 5, (rank + 1) * 5)
-        loss = m.loss([t[part] for t in teacher], list(ddp(x[:, part])), 0.04)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone(), "center": m.criterion.center.clone()},
-                   f"{out}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+def _ddp_worker(rank: int, world: int, out: str) -> None:
+    m = _method()
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 64)
+    ddp = nn.parallel.DistributedDataParallel(lin)
+    x, teacher = _global_outputs()
+    part = slice(rank * 5, (rank + 1) * 5)
+    loss = m.loss([t[part] for t in teacher], list(ddp(x[:, part])), 0.04)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone(), "center": m.criterion.center.clone()},
+               f"{out}/rank{rank}.pt")
 
 
 @pytest.mark.slow  # ~25 s: two spawned processes import the stack
@@ -236,12 +220,7 @@ def test_ddp_centre_and_gradients_equal_single_process_on_global_batch(tmp_path)
     """Two gloo processes with 5 samples each vs one with all 10: the mean of the two local
     losses is the global loss, DDP's averaged gradients equal the single-process ones, and the
     centre on every process is updated with the global batch mean (all-reduced)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    run_gloo(_ddp_worker, tmp_path)
 
     m = _method()
     torch.manual_seed(0)

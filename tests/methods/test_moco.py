@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,8 +14,9 @@ import torchvision
 from lightly.loss import NTXentLoss
 from torch import nn
 
+from helpers import run_gloo
+
 from sonossl.config import PretrainConfig
-from sonossl.data.framestore import FrameStoreWriter
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method
 from sonossl.methods.moco import MoCo
@@ -143,30 +142,24 @@ def _global_batch():
     return torch.randn(10, 6, generator=g), torch.randn(10, DIM, generator=g), torch.rand(10, 1, 4, 4, generator=g)
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        m = _method(batch_size=10)
-        lin = nn.Linear(6, DIM)
-        ddp = nn.parallel.DistributedDataParallel(lin)
-        x, k, images = _global_batch()
-        part = slice(rank * 5, (rank + 1) * 5)
-        loss = m.loss(ddp(x[part]), k[part])
-        loss.backward()
-        m.enqueue(k[part])
-        # shuffled BN: a BatchNorm-free key encoder must give each process its own frames' keys
-        m.key_encoder, m.key_projector = nn.Flatten(), nn.Linear(16, DIM, bias=False)
-        torch.manual_seed(1)
-        nn.init.normal_(m.key_projector.weight)
-        keys = m.keys(images[part])
-        torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone(), "queue": m.queue.clone(),
-                    "ptr": m.queue_ptr.clone(), "keys": keys, "proj": m.key_projector.weight.detach().clone()},
-                   f"{out}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+def _ddp_worker(rank: int, world: int, out: str) -> None:
+    torch.manual_seed(0)
+    m = _method(batch_size=10)
+    lin = nn.Linear(6, DIM)
+    ddp = nn.parallel.DistributedDataParallel(lin)
+    x, k, images = _global_batch()
+    part = slice(rank * 5, (rank + 1) * 5)
+    loss = m.loss(ddp(x[part]), k[part])
+    loss.backward()
+    m.enqueue(k[part])
+    # shuffled BN: a BatchNorm-free key encoder must give each process its own frames' keys
+    m.key_encoder, m.key_projector = nn.Flatten(), nn.Linear(16, DIM, bias=False)
+    torch.manual_seed(1)
+    nn.init.normal_(m.key_projector.weight)
+    keys = m.keys(images[part])
+    torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone(), "queue": m.queue.clone(),
+                "ptr": m.queue_ptr.clone(), "keys": keys, "proj": m.key_projector.weight.detach().clone()},
+               f"{out}/rank{rank}.pt")
 
 
 @pytest.mark.slow  # two spawned processes: ~25 s on the shared 2-core machine
@@ -174,12 +167,7 @@ def test_ddp_matches_one_process_on_the_global_batch(tmp_path):
     """Two gloo processes with 5 queries each vs one process with all 10: the ranks' mean loss
     and DDP's averaged gradients equal the single-process ones, and every rank's queue holds
     the keys of both processes, in the order one process would have queued them."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    run_gloo(_ddp_worker, tmp_path)
 
     torch.manual_seed(0)
     m = _method(batch_size=10)
@@ -198,17 +186,6 @@ def test_ddp_matches_one_process_on_the_global_batch(tmp_path):
 
 
 # ---- through run_pretrain ---------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    """3 clips x 6 grey frames: 5 batches of 4 per epoch, the last one short."""
-    path = tmp_path_factory.mktemp("store") / "frames.h5"
-    rng = np.random.default_rng(0)
-    with FrameStoreWriter(path) as w:
-        for v in range(3):
-            w.add_video(f"v{v}", rng.integers(0, 256, (6, 40, 48), dtype=np.uint8), video_id=f"v{v}", group_id=f"g{v}")
-    return path
-
 
 def _cfg(frames, out, **kw) -> PretrainConfig:
     # warm-up covers every step: its rate does not depend on max_steps (see test_base's resume test);

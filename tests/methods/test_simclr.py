@@ -5,16 +5,15 @@ of bad settings."""
 from __future__ import annotations
 
 import math
-import os
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+from helpers import run_gloo
+
 from sonossl.config import PretrainConfig
-from sonossl.data.framestore import FrameStoreWriter
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method
 from sonossl.methods.simclr import SimCLR
@@ -108,23 +107,17 @@ def _global_batch():
     return torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        m = _method()
-        torch.manual_seed(0)
-        lin = nn.Linear(6, 12)
-        ddp = nn.parallel.DistributedDataParallel(lin)
-        x1, x2 = _global_batch()
-        part = slice(rank * 5, (rank + 1) * 5)
-        loss = m.loss(ddp(x1[part]), ddp(x2[part]))
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone(), "bias": lin.bias.grad.clone()},
-                   f"{out}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+def _ddp_worker(rank: int, world: int, out: str) -> None:
+    m = _method()
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 12)
+    ddp = nn.parallel.DistributedDataParallel(lin)
+    x1, x2 = _global_batch()
+    part = slice(rank * 5, (rank + 1) * 5)
+    loss = m.loss(ddp(x1[part]), ddp(x2[part]))
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad": lin.weight.grad.clone(), "bias": lin.bias.grad.clone()},
+               f"{out}/rank{rank}.pt")
 
 
 @pytest.mark.slow  # two spawned processes: ~25 s on the shared 2-core machine
@@ -132,12 +125,7 @@ def test_ddp_gradients_equal_single_process_on_global_batch(tmp_path):
     """Two gloo processes with 5 pairs each vs one process with all 10: the same loss on every
     rank, and DDP's averaged gradients equal the single-process ones. Negatives from the local
     batch only would give another loss: checked too."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    run_gloo(_ddp_worker, tmp_path)
 
     m = _method()
     torch.manual_seed(0)
@@ -156,17 +144,6 @@ def test_ddp_gradients_equal_single_process_on_global_batch(tmp_path):
 
 
 # ---- through run_pretrain ---------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    """3 clips x 6 grey frames: 5 batches of 4 per epoch, the last one short."""
-    path = tmp_path_factory.mktemp("store") / "frames.h5"
-    rng = np.random.default_rng(0)
-    with FrameStoreWriter(path) as w:
-        for v in range(3):
-            w.add_video(f"v{v}", rng.integers(0, 256, (6, 40, 48), dtype=np.uint8), video_id=f"v{v}", group_id=f"g{v}")
-    return path
-
 
 def _cfg(frames, out, **kw) -> PretrainConfig:
     # warm-up covers every step: its rate does not depend on max_steps (see test_base's resume test)
