@@ -10,12 +10,15 @@ from PIL import Image
 CLASSES = ["a", "b", "c"]
 
 
-def make_labelled(root: Path, per_class: dict[str, int], size: int = 24, seed: int = 0) -> Path:
+def make_labelled(root: Path, per_class: dict[str, int], size: int = 24, seed: int = 0,
+                  classes: list[str] = CLASSES) -> Path:
+    """Bars of three orientations on noise, one orientation per class (in ``classes`` order):
+    ``root/{split}.csv`` with ``image_path,class`` rows and the PNGs under ``root/img/``."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for split, n in per_class.items():
         lines = ["image_path,class"]
-        for ci, cls in enumerate(CLASSES):
+        for ci, cls in enumerate(classes):
             for k in range(n):
                 img = rng.integers(0, 60, (size, size)).astype(np.uint8)
                 if ci == 0:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
+import helpers
 import pytest
-from PIL import Image
 
 from sonossl.errors import SonosslError
 
@@ -17,25 +16,8 @@ SIZE = 32
 
 
 def make_labelled(root: Path, per_class: dict[str, int], size: int = SIZE, seed: int = 0) -> Path:
-    """Bars of three orientations on noise (tests/downstream's idea), one class each."""
-    rng = np.random.default_rng(seed)
-    for split, n in per_class.items():
-        lines = ["image_path,class"]
-        for ci, cls in enumerate(CLASSES):
-            for k in range(n):
-                img = rng.integers(0, 60, (size, size)).astype(np.uint8)
-                if ci == 0:
-                    img[size // 2 - 2 : size // 2 + 2, :] = 220
-                elif ci == 1:
-                    img[:, size // 2 - 2 : size // 2 + 2] = 220
-                else:
-                    np.fill_diagonal(img, 220)
-                rel = f"img/{split}/{cls}_{k}.png"
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(root / rel)
-                lines.append(f"{rel},{cls}")
-        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    return root
+    """tests/helpers' bars, with plane names as the three classes."""
+    return helpers.make_labelled(root, per_class, size=size, seed=seed, classes=CLASSES)
 
 
 @pytest.fixture(scope="session")
