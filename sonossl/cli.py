@@ -6,7 +6,6 @@ Bad input ends in one line on stderr and exit status 2 (``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -49,12 +48,9 @@ def _config_flag(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------------------- synth
 def cmd_synth(a: argparse.Namespace) -> int:
     from sonossl.data.synthetic import synthesize
+    from sonossl.outputs import claim_output_dir
 
-    out = Path(a.out)
-    if out.exists() and any(out.iterdir()):
-        if not a.overwrite:
-            raise SonosslError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    out = claim_output_dir(Path(a.out), overwrite=a.overwrite, can_resume=False)
     if len(a.labelled) != 3:
         raise SonosslError(f"--labelled: expected three counts TRAIN,VALID,TEST per class, got {a.labelled}")
     s = synthesize(out, videos=a.videos, frames=a.frames, size=a.size, seed=a.seed, fmt=a.format,

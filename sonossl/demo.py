@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sonossl.config import EvaluateConfig, PretrainConfig, build_config, read_preset
-from sonossl.errors import SonosslError
+from sonossl.outputs import claim_output_dir
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,7 @@ def run_demo(out: Path, *, quick: bool = False, resume: bool = False, overwrite:
     plan = QUICK if quick else FULL
     if seeds:
         plan = DemoPlan(**{**asdict(plan), "seeds": tuple(seeds)})
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise SonosslError(f"{out}: demo output exists; pass --resume to continue it or --overwrite to start again")
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(out, resume=resume, overwrite=overwrite)
     t_start = time.time()
     timings: dict[str, float] = {}
 

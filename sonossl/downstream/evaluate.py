@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from sonossl.downstream.metrics import per_class_report, save_confusion_png, sco
 from sonossl.downstream.protocol import stratified_subset
 from sonossl.errors import SonosslError
 from sonossl.models.backbones import Encoder, build_encoder, get_spec, imagenet_available, imagenet_cache_path
+from sonossl.outputs import claim_output_dir
 
 RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy"]
 MODEL_FORMAT = 1
@@ -135,13 +135,7 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     device = _device(cfg.accelerator)
     amp = torch.bfloat16 if (device == "cuda" and cfg.precision in ("auto", "bf16-mixed")) else None
 
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise SonosslError(f"{out}: output folder exists and is not empty; pass --resume to continue it or --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(cfg.out, resume=resume, overwrite=overwrite)
     dump_config(cfg, out / "config.yaml")
     results_path = out / "results.csv"
     rows = read_results(results_path)

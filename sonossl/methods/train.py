@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from datetime import timedelta
@@ -36,6 +35,7 @@ from sonossl.errors import SonosslError
 from sonossl.methods import get_method
 from sonossl.methods.base import SSLMethod, parse_options
 from sonossl.methods.monitors import Monitors
+from sonossl.outputs import claim_output_dir
 
 CKPT_NAME = "last.ckpt"
 
@@ -155,17 +155,10 @@ def _launcher_rank_zero() -> bool:
 def _prepare_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: bool) -> Path | None:
     """Create/clear ``out``; return the checkpoint to resume from, if any."""
     ckpt = out / "checkpoints" / CKPT_NAME
-    if out.exists() and not out.is_dir():
-        raise SonosslError(f"out: {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise SonosslError(f"out: {out} exists; pass --resume to continue it or --overwrite to replace it")
+    claim_output_dir(out, resume=resume, overwrite=overwrite)
     if resume and not ckpt.is_file():  # nothing to continue: a fresh start, without stale files
         for name in ("stats.jsonl", "backbone.pt", "summary.json"):
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     return ckpt if resume and ckpt.is_file() else None
 
