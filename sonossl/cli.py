@@ -66,7 +66,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
 
     s = ingest([Path(p) for p in a.sources], Path(a.out), frame_skip=a.frame_skip, size=a.size, crop=a.crop,
                val_fraction=a.val_fraction, workers=a.workers, resume=a.resume, overwrite=a.overwrite,
-               salt=a.salt, max_frames_per_video=a.max_frames_per_video, progress=not a.quiet)
+               salt=a.salt, max_frames_per_video=a.max_frames_per_video, dedup=a.dedup, progress=not a.quiet)
     print(f"{s.ok} sources ingested, {s.skipped} skipped, {s.error} errors; {s.frames_kept} frames in {s.store}; "
           f"manifest (private: maps ids to sources) {s.manifest}")
     return 0
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--salt", default="sonossl", help="key of the pseudonymous ids")
     s.add_argument("--max-frames-per-video", type=int)
+    s.add_argument("--dedup", type=float, metavar="THRESHOLD",
+                   help="drop a frame whose mean absolute difference (0-255, 32x32 grey) to the last kept frame is below THRESHOLD")
     s.add_argument("--quiet", action="store_true")
     _out_flags(s)
     s.set_defaults(func=cmd_ingest)

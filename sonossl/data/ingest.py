@@ -2,11 +2,15 @@
 
 For each source (see :mod:`sonossl.data.readers`): decode every ``frame_skip``-th frame, find the
 scan region (:mod:`sonossl.data.sector`), blank everything outside it, crop, pad to a square and
-resize to ``size x size``, and write ``uint8 [T, size, size]`` into the store under a pseudonym.
+resize to ``size x size``, optionally drop near-duplicate frames (``dedup``, see
+:func:`dedup_indices`), and write ``uint8 [T, size, size]`` into the store under a pseudonym.
+A seed-format HDF5 source holds many clips: each of its datasets is ingested as its own source,
+named ``file.h5::dataset`` in the manifest.
 
 What leaves ingestion, and what does not:
 
-- ``video_id`` = HMAC-SHA256(``salt``, resolved source path), first 16 hex digits; it is also
+- ``video_id`` = HMAC-SHA256(``salt``, resolved source path, plus ``::dataset`` for HDF5), first
+  16 hex digits; it is also
   the dataset name in the store. ``group_id`` = the same hash of the patient/study key (the
   raw ``PatientID`` or ``StudyInstanceUID``, else the source's folder). Neither can be turned
   back into a path or an identifier without the salt and the candidate values.
@@ -39,7 +43,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from sonossl.data.framestore import FrameStore, FrameStoreWriter
-from sonossl.data.readers import find_sources, read_source
+from sonossl.data.readers import HDF5_SUFFIXES, find_sources, hdf5_clips, read_source
 from sonossl.data.sector import crop_to_region, full_frame, locate_scan_region, regions_box, regions_mask
 from sonossl.errors import SonosslError
 
@@ -87,22 +91,46 @@ def assign_splits(group_ids: list[str], val_fraction: float, seed: int = 0) -> d
 
 # ---------------------------------------------------------------- one source (runs in a worker)
 
+DEDUP_SIDE = 32
 
-def _one_line(exc: BaseException, source: Path) -> str:
+
+def dedup_indices(frames: np.ndarray, threshold: float, side: int = DEDUP_SIDE) -> list[int]:
+    """Indices of the frames to keep, dropping near-duplicates of the last kept frame.
+
+    frames: uint8 [T, H, W] grey. Each frame is area-downsampled to at most ``side x side``; a
+    frame is dropped when its mean absolute difference (grey levels 0-255) to the last kept
+    frame is below ``threshold``. Frame 0 is always kept.
+    """
+    from PIL import Image
+
+    t, h, w = frames.shape
+    shape = (min(side, w), min(side, h))
+    small = [np.asarray(Image.fromarray(f).resize(shape, Image.Resampling.BOX), np.float32) for f in frames]
+    keep = [0]
+    for i in range(1, t):
+        if float(np.abs(small[i] - small[keep[-1]]).mean()) >= threshold:
+            keep.append(i)
+    return keep
+
+
+
+def _one_line(exc: BaseException, source: Path, dataset: str | None = None) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    text = text.replace(f"{source}: ", "")  # the manifest row names the source already
+    # the manifest row names the source already
+    text = text.replace(f"{source}::{dataset}: ", "").replace(f"{source}: ", "")
     if not isinstance(exc, SonosslError):
         text = f"{type(exc).__name__}: {text}"
     return text[:300]
 
 
-def process_source(source: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    """Decode, crop and resize one source; never raises (errors come back as ``status=error``).
+def process_source(source: Path, opts: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """Decode, crop, resize and (``opts["dedup"]``) deduplicate one source (one ``dataset`` of
+    an HDF5 file); never raises (errors come back as ``status=error``).
 
     The raw group key is hashed here, so it never leaves the worker.
     """
     try:
-        clip = read_source(source, frame_skip=opts["frame_skip"], max_frames=opts["max_frames"])
+        clip = read_source(source, frame_skip=opts["frame_skip"], max_frames=opts["max_frames"], dataset=dataset)
         _, h, w = clip.frames.shape
         crop = opts["crop"]
         if crop == "auto":
@@ -113,39 +141,78 @@ def process_source(source: Path, opts: dict[str, Any]) -> dict[str, Any]:
             (box, mask), how = full_frame(h, w), "full"
         frames = crop_to_region(clip.frames, box, mask, opts["size"])
         note = f"crop: {how}" + (" (no usable DICOM regions)" if crop == "dicom" and how != "dicom" else "")
+        if opts.get("dedup") is not None:
+            kept = dedup_indices(frames if frames.ndim == 3 else frames.mean(-1).astype(np.uint8), opts["dedup"])
+            note += f"; dedup dropped {len(frames) - len(kept)}"
+            frames = frames[kept]
         return {
             "status": "ok", "frames": frames, "frames_in": clip.frames_in, "box": box, "fps": clip.fps,
             "group_id": pseudonym(clip.group_key, opts["salt"]), "message": note,
         }  # fmt: skip
     except Exception as exc:  # one bad file must not stop the run
-        return {"status": "error", "message": _one_line(exc, source)}
+        return {"status": "error", "message": _one_line(exc, source, dataset)}
 
 
-def _results(sources: list[Path], opts: dict[str, Any], workers: int) -> Iterator[dict[str, Any]]:
+Unit = tuple[Path, "str | None"]  # a source file or folder, and the HDF5 dataset within it
+
+
+def _results(units: list[Unit], opts: dict[str, Any], workers: int) -> Iterator[dict[str, Any]]:
     """Results in source order; with ``workers > 1`` from a spawn process pool, at most
     ``2 * workers`` clips in flight so memory stays bounded."""
     if workers <= 1:
-        for s in sources:
-            yield process_source(s, opts)
+        for s, d in units:
+            yield process_source(s, opts, d)
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: deque[Future] = deque()
-        it = iter(sources)
-        for s in it:
-            pending.append(pool.submit(process_source, s, opts))
+        it = iter(units)
+        for s, d in it:
+            pending.append(pool.submit(process_source, s, opts, d))
             if len(pending) >= 2 * workers:
                 break
         while pending:
             yield pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(process_source, nxt, opts))
+                pending.append(pool.submit(process_source, nxt[0], opts, nxt[1]))
+
+
+def _units(files: list[Path], salt: str) -> tuple[list[Unit], list[dict[str, Any]], dict[str, int]]:
+    """Expand HDF5 files into one unit per dataset; an unreadable HDF5 file becomes an error row.
+
+    Also returns each manifest ``source`` label's position, for rows in source order.
+    """
+    units: list[Unit] = []
+    errors: list[dict[str, Any]] = []
+    order: dict[str, int] = {}
+    for f in files:
+        if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES:
+            try:
+                found = [(f, d) for d in hdf5_clips(f)]
+            except SonosslError as exc:
+                errors.append({"source": str(f), "video_id": pseudonym(str(f.resolve()), salt), "status": "error",
+                               "message": _one_line(exc, f)})  # fmt: skip
+                found = [(f, None)]
+            else:
+                units.extend(found)
+        else:
+            found = [(f, None)]
+            units.append((f, None))
+        for u in found:
+            order.setdefault(_label(*u), len(order))
+    return units, errors, order
+
+
+def _label(src: Path, dataset: str | None) -> str:
+    return f"{src}::{dataset}" if dataset is not None else str(src)
 
 
 # ---------------------------------------------------------------- the run
 
 
-def _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video) -> None:
+def _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video, dedup=None) -> None:
+    if dedup is not None and not (isinstance(dedup, (int, float)) and 0 <= dedup <= 255):
+        raise SonosslError(f"dedup: expected a mean absolute difference in [0, 255] grey levels, got {dedup}")
     if frame_skip < 1:
         raise SonosslError(f"frame_skip: expected an integer >= 1, got {frame_skip}")
     if size < 8:
@@ -199,42 +266,48 @@ def ingest(
     max_frames_per_video: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    dedup: float | None = None,
 ) -> IngestSummary:
     """Ingest ``sources`` (files or folders) into the frame store ``out``; see the module docstring.
+
+    dedup: drop a frame whose mean absolute difference (0-255, on a 32x32 grey copy of the
+    cropped frame) to the last kept frame is below this; None keeps every frame.
 
     Writes ``out`` (atomically) and ``out.with_suffix(".manifest.csv")``. Raises
     :class:`SonosslError` on bad options, when ``out`` exists without ``resume``/``overwrite``,
     and (after writing the manifest) when no source could be ingested.
     """
-    _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video)
+    _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video, dedup)
     out = Path(out)
     manifest = manifest_path(out)
     own = {p.resolve() for p in (out, out.with_name(out.name + ".partial"), manifest)}
-    files = [p for p in find_sources([Path(s) for s in sources]) if p.resolve() not in own]
+    found = find_sources([Path(s) for s in sources], image_folders=True)
+    files = [p for p in found if p.resolve() not in own]
     if not files:
         raise SonosslError(f"{', '.join(map(str, sources))}: no source files found")
-    opts = {"frame_skip": frame_skip, "size": size, "crop": crop, "salt": salt, "max_frames": max_frames_per_video}
+    opts = {"frame_skip": frame_skip, "size": size, "crop": crop, "salt": salt, "max_frames": max_frames_per_video,
+            "dedup": dedup}  # fmt: skip
+    units, rows, order = _units(files, salt)
 
     writer = FrameStoreWriter(out, overwrite=overwrite, resume=resume)
-    rows: list[dict[str, Any]] = []
     ok = 0
     try:
         existing = {r.key: r for r in writer.records()}
-        todo: list[tuple[Path, str]] = []
-        for src in files:  # rows come out in source order: skipped ones now, the rest below
-            vid = pseudonym(str(src.resolve()), salt)
+        todo: list[tuple[Unit, str]] = []
+        for src, dset in units:  # rows come out in source order: skipped ones now, the rest below
+            vid = pseudonym(_label(src.resolve(), dset), salt)
             if vid in existing:
                 r = existing[vid]
                 box = r.crop_box or ("", "", "", "")
-                rows.append({"source": str(src), "video_id": vid, "group_id": r.group_id, "status": "skipped",
+                rows.append({"source": _label(src, dset), "video_id": vid, "group_id": r.group_id, "status": "skipped",
                              "frames_kept": r.n_frames, "crop_x0": box[0], "crop_y0": box[1], "crop_x1": box[2],
                              "crop_y1": box[3], "message": "already in the store"})  # fmt: skip
             else:
-                todo.append((src, vid))
+                todo.append(((src, dset), vid))
         with _progress(progress) as bar:
             task = bar.add_task("ingest", total=len(todo))
-            for (src, vid), res in zip(todo, _results([s for s, _ in todo], opts, workers)):
-                row = {"source": str(src), "video_id": vid, "status": res["status"], "message": res["message"]}
+            for (unit, vid), res in zip(todo, _results([u for u, _ in todo], opts, workers)):
+                row = {"source": _label(*unit), "video_id": vid, "status": res["status"], "message": res["message"]}
                 if res["status"] == "ok":
                     frames, box = res["frames"], res["box"]
                     writer.add_video(vid, frames, video_id=vid, group_id=res["group_id"], split="train",
@@ -260,7 +333,6 @@ def ingest(
     else:
         writer.close(ok=False)
         writer.partial.unlink(missing_ok=True)
-    order = {str(p): i for i, p in enumerate(files)}
     rows.sort(key=lambda r: order[r["source"]])
     _write_manifest(manifest, rows, keep_previous=resume)
     skipped = sum(r["status"] == "skipped" for r in rows)

@@ -16,7 +16,17 @@ it to the reader registered for that kind in :data:`READERS`. Every reader retur
   ``(x0, y0, x1, y1)``, exclusive ends, or ``None``.
 
 Frames are decoded one at a time and ``frame_skip`` is applied while decoding, so memory is
-bounded by the frames kept. Image folders and seed-format HDF5 slot in as further kinds.
+bounded by the frames kept.
+
+Two further kinds:
+
+- ``images``: a folder that directly holds PNG/JPEG/BMP/TIFF files (and no video or DICOM) is one
+  clip, its images the frames in file-name order (all of one size; 16-bit images brought to 8 bits
+  by the clip's min/max). ``group_key`` is the folder's parent folder, as for a video file.
+- ``hdf5``: a seed-format file (one root dataset per clip, ``uint8 [T, H, W]`` or ``[T, H, W, 3]``,
+  no attributes needed) holds many clips: :func:`hdf5_clips` lists them and
+  ``read_source(path, dataset=name)`` reads one. With no patient information in the file, each
+  dataset is its own group.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ Kind = Literal["dicom", "video", "images", "hdf5"]
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg", ".webm"}
 SKIP_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".log"}
 SKIP_ENDINGS = (".h5.partial", ".partial")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+HDF5_SUFFIXES = {".h5", ".hdf5"}
 
 
 @dataclass
@@ -82,8 +94,8 @@ def _is_dicom(path: Path) -> bool:
 def sniff_kind(path: Path) -> Kind | None:
     """What kind of source ``path`` is, or None when no reader handles it."""
     if path.is_dir():
-        return None  # image folders: a later reader
-    if path.suffix.lower() in (".h5", ".hdf5"):
+        return "images" if is_image_folder(path) else None
+    if path.suffix.lower() in HDF5_SUFFIXES:
         return "hdf5"
     if _is_dicom(path):
         return "dicom"
@@ -92,11 +104,41 @@ def sniff_kind(path: Path) -> Kind | None:
     return None
 
 
-def find_sources(paths: list[Path]) -> list[Path]:
-    """Files to ingest: files as given, folders walked recursively, in sorted order.
+def _listed(name: str) -> bool:
+    """Whether a file found inside a folder is a candidate source (not hidden, a note or a leftover)."""
+    low = name.lower()
+    return not (name.startswith(".") or Path(low).suffix in SKIP_SUFFIXES or low.endswith(SKIP_ENDINGS))
 
-    Skipped inside folders: hidden files and folders, ``*.csv``/``*.json``/``*.txt`` (and other
-    text notes), and ``*.partial`` leftovers. A path that does not exist is an error.
+
+def image_files(folder: Path) -> list[Path]:
+    """The images directly inside ``folder`` (not hidden), sorted by name."""
+    return sorted(
+        p for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )  # fmt: skip
+
+
+def is_image_folder(folder: Path) -> bool:
+    """A folder is one image clip when it directly holds images and no video or DICOM file."""
+    folder = Path(folder)
+    if not folder.is_dir() or not image_files(folder):
+        return False
+    for p in folder.iterdir():
+        if p.is_file() and _listed(p.name) and p.suffix.lower() not in IMAGE_SUFFIXES:
+            if p.suffix.lower() in VIDEO_SUFFIXES or p.suffix.lower() == ".dcm" or _is_dicom(p):
+                return False
+    return True
+
+
+def find_sources(paths: list[Path], *, image_folders: bool = False) -> list[Path]:
+    """Sources: files as given, folders walked recursively, in sorted order.
+
+    image_folders: a folder that is an image clip (:func:`is_image_folder`) is one source in
+    place of its images (its subfolders are still walked); ingestion asks for this, ``predict``
+    wants single images. A folder given directly that is an image clip counts too.
+    Skipped inside folders: hidden files and folders,
+    ``*.csv``/``*.json``/``*.txt`` (and other text notes), and ``*.partial`` leftovers. A path
+    that does not exist is an error.
     """
     found: dict[Path, None] = {}
     for p in map(Path, paths):
@@ -107,9 +149,11 @@ def find_sources(paths: list[Path]) -> list[Path]:
             continue
         for root, dirs, files in os.walk(p):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            clip_folder = image_folders and is_image_folder(Path(root))
+            if clip_folder:
+                found.setdefault(Path(root), None)
             for name in sorted(files):
-                low = name.lower()
-                if name.startswith(".") or Path(low).suffix in SKIP_SUFFIXES or low.endswith(SKIP_ENDINGS):
+                if not _listed(name) or (clip_folder and Path(name).suffix.lower() in IMAGE_SUFFIXES):
                     continue
                 found.setdefault(Path(root) / name, None)
     seen: set[Path] = set()
@@ -276,17 +320,108 @@ def read_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
     return Clip(np.stack(frames), fps, f"folder:{path.resolve().parent}", None, "video", n)
 
 
+# ---------------------------------------------------------------- image folder
+
+
+def _image_grey(img) -> np.ndarray:
+    """One PIL image -> [H, W] grey (uint8, or wider for 16/32-bit grey)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return np.asarray(img.convert("I") if img.mode.startswith("I;16") else img)
+    if img.mode == "L":
+        return np.asarray(img)
+    if img.mode == "1":
+        return np.asarray(img.convert("L"))
+    return luminance(np.asarray(img.convert("RGB")))  # RGB, RGBA (alpha dropped), P, CMYK, YCbCr, LA
+
+
+def read_images(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+    """A folder of PNG/JPEG/BMP/TIFF frames, sorted by name; only the kept images are decoded."""
+    from PIL import Image
+
+    files = image_files(path)
+    if not files:
+        raise SonosslError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    frames = []
+    for i in _frame_indices(len(files), frame_skip, max_frames):
+        try:
+            with Image.open(files[i]) as img:
+                frame = _image_grey(img)
+        except (OSError, ValueError) as exc:
+            raise SonosslError(f"{path}: image {files[i].name} could not be read ({type(exc).__name__})") from None
+        if frames and frame.shape != frames[0].shape:
+            raise SonosslError(
+                f"{path}: image {files[i].name} is {frame.shape[1]}x{frame.shape[0]}, "
+                f"expected {frames[0].shape[1]}x{frames[0].shape[0]} like the first frame"
+            )
+        frames.append(frame)
+    stack = np.stack(frames)
+    if stack.dtype != np.uint8:
+        stack = _to_uint8(stack, None)
+    return Clip(stack, None, f"folder:{path.resolve().parent}", None, "images", len(files))
+
+
+# ---------------------------------------------------------------- seed-format HDF5
+
+
+def hdf5_clips(path: Path) -> list[str]:
+    """Names of the clip datasets at the root of a seed-format HDF5 file, in file order."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+    except OSError as exc:
+        raise SonosslError(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())[:120]})") from None
+    if not names:
+        raise SonosslError(f"{path}: HDF5 file holds no datasets at its root")
+    return names
+
+
+def read_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+    """One dataset ``uint8 [T, H, W]`` or ``[T, H, W, 3]`` of a seed-format HDF5 file.
+
+    dataset: its name; may be left out only when the file holds a single dataset.
+    """
+    import h5py
+
+    if dataset is None:
+        names = hdf5_clips(path)
+        if len(names) != 1:
+            raise SonosslError(f"{path}: HDF5 file holds {len(names)} clips; name one (dataset=...)")
+        dataset = names[0]
+    try:
+        with h5py.File(path, "r") as f:
+            ds = f.get(dataset)
+            if not isinstance(ds, h5py.Dataset):
+                raise SonosslError(f"{path}::{dataset}: no such dataset")
+            if ds.dtype != np.uint8 or ds.ndim not in (3, 4) or (ds.ndim == 4 and ds.shape[3] != 3) or ds.shape[0] < 1:
+                raise SonosslError(
+                    f"{path}::{dataset}: expected uint8 [frames, H, W] or [frames, H, W, 3], got {ds.dtype} {ds.shape}"
+                )
+            n = int(ds.shape[0])
+            idx = _frame_indices(n, frame_skip, max_frames)
+            frames = ds[idx[0] : idx[-1] + 1 : frame_skip]
+    except OSError as exc:
+        raise SonosslError(f"{path}::{dataset}: could not be read ({' '.join(str(exc).split())[:120]})") from None
+    if frames.ndim == 4:
+        frames = luminance(frames)
+    return Clip(np.ascontiguousarray(frames), None, f"hdf5:{path.resolve()}::{dataset}", None, "hdf5", n)
+
+
 # ---------------------------------------------------------------- registry
 
 Reader = Callable[..., Clip]
-READERS: dict[str, Reader] = {"dicom": read_dicom, "video": read_video}
+READERS: dict[str, Reader] = {"dicom": read_dicom, "video": read_video, "images": read_images, "hdf5": read_hdf5}
 
 
-def read_source(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
-    """Decode one source file into a :class:`Clip` (see the module docstring).
+def read_source(
+    path: Path, *, frame_skip: int = 1, max_frames: int | None = None, dataset: str | None = None
+) -> Clip:
+    """Decode one source (file or image folder) into a :class:`Clip` (see the module docstring).
 
-    frame_skip: keep frames 0, k, 2k, ...; max_frames: stop after that many kept frames.
-    Raises :class:`SonosslError` for an empty, unsupported or unreadable file.
+    frame_skip: keep frames 0, k, 2k, ...; max_frames: stop after that many kept frames;
+    dataset: for an HDF5 source, the clip to read (see :func:`hdf5_clips`).
+    Raises :class:`SonosslError` for an empty, unsupported or unreadable source.
     """
     path = Path(path)
     if frame_skip < 1:
@@ -297,10 +432,15 @@ def read_source(path: Path, *, frame_skip: int = 1, max_frames: int | None = Non
         raise SonosslError(f"{path}: empty file")
     kind = sniff_kind(path)
     if kind is None:
-        raise SonosslError(f"{path}: not a DICOM file or a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
+        if path.is_dir():
+            raise SonosslError(f"{path}: not an image folder (needs images and no video or DICOM files)")
+        raise SonosslError(f"{path}: not a DICOM file, a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or HDF5")
     if kind not in READERS:
         raise SonosslError(f"{path}: {kind} sources are not supported yet")
-    return READERS[kind](path, frame_skip=frame_skip, max_frames=max_frames)
+    if dataset is not None and kind != "hdf5":
+        raise SonosslError(f"{path}: dataset={dataset!r} given, but this is a {kind} source, not HDF5")
+    extra = {"dataset": dataset} if kind == "hdf5" else {}
+    return READERS[kind](path, frame_skip=frame_skip, max_frames=max_frames, **extra)
 
 
 def iter_clips(paths: list[Path], **kwargs) -> Iterator[tuple[Path, Clip]]:
