@@ -252,3 +252,54 @@ def test_ingest_dedup_counts_kept_frames(tmp_path, scans):
     assert store.record(kept["still.dcm"]["video_id"]).n_frames == 2 and s.frames_kept == 8
     with pytest.raises(SonosslError, match="dedup"):
         ingest([src], tmp_path / "g.h5", dedup=-1, progress=False)
+
+
+GENUINE = ["examples_ybr_color.dcm", "examples_palette.dcm", "examples_jpeg2k.dcm", "examples_rgb_color.dcm"]
+
+
+def test_genuine_ultrasound_dicoms_ingest_without_their_patient_values(tmp_path, scans):
+    """pydicom's genuine US files: every frame stored, and none of their patient/study attribute
+    values (names, ids, dates, institution) in any byte of the store or the manifest."""
+    import pydicom
+
+    src = tmp_path / "src"
+    src.mkdir()
+    values = set()
+    for name in GENUINE:
+        path = scans.pydicom_file(name)
+        (src / name).write_bytes(path.read_bytes())
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for kw in ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "SeriesDate", "ContentDate",
+                   "InstitutionName", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+            v = str(ds.get(kw, "") or "").strip()
+            if len(v) >= 4:  # shorter values occur by chance in compressed pixel bytes
+                values.add(v.encode())
+    assert values  # the files do carry such values, so the check below can fail
+    out = tmp_path / "frames.h5"
+    s = ingest([src], out, frame_skip=1, size=48, val_fraction=0.0, progress=False)
+    assert (s.ok, s.error) == (len(GENUINE), 0)
+    assert {r.n_frames for r in FrameStore(out).videos} == {30, 1}
+    for blob in (out.read_bytes(), s.manifest.read_bytes()):
+        assert not [v for v in values if v in blob]
+
+
+def test_videos_made_from_the_genuine_cine_ingest_to_the_same_content(tmp_path, scans):
+    """The 30-frame cine loop, re-encoded as MP4 and AVI, stores what the DICOM stores (codec loss)."""
+    from sonossl.data.readers import read_source
+
+    frames = read_source(scans.pydicom_file("examples_ybr_color.dcm")).frames
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cine.dcm").write_bytes(scans.pydicom_file("examples_ybr_color.dcm").read_bytes())
+    scans.video(src / "cine.mp4", frames)
+    scans.video(src / "cine.avi", frames)
+    out = tmp_path / "frames.h5"
+    s = ingest([src], out, frame_skip=1, size=64, val_fraction=0.0, progress=False)
+    assert (s.ok, s.error) == (3, 0)
+    _, rows = _manifest(s.manifest)
+    store = FrameStore(out)
+    clips = {r["source"].rsplit(".", 1)[-1]: store.read_clip(r["video_id"]).astype(int) for r in rows}
+    assert all(c.shape == (30, 64, 64) for c in clips.values())
+    for codec in ("mp4", "avi"):
+        assert np.abs(clips[codec] - clips["dcm"]).mean() < 6, codec
+        assert np.abs(clips[codec] - np.roll(clips["dcm"], 8, axis=2)).mean() > 6  # a shifted image is farther

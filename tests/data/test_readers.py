@@ -167,8 +167,10 @@ def test_find_sources_yields_image_folders_not_their_images(tmp_path, scans):
     mixed = _write_images(tmp_path / "root" / "mixed", frames)
     scans.dicom(mixed / "scan.dcm", frames)  # images beside a DICOM: not an image clip
     (tmp_path / "root" / "empty").mkdir()
-    found = [p.relative_to(tmp_path / "root").as_posix() for p in find_sources([tmp_path / "root"])]
+    found = [p.relative_to(tmp_path / "root").as_posix() for p in find_sources([tmp_path / "root"], image_folders=True)]
     assert found == ["clipA", "clipA/sub", "mixed/frame_000.png", "mixed/frame_001.png", "mixed/scan.dcm"]
+    singles = find_sources([tmp_path / "root" / "clipA"])  # the default (predict): one source per image
+    assert [p.name for p in singles] == ["frame_000.png", "frame_001.png"] * 2
     assert sniff_kind(mixed) is None and sniff_kind(tmp_path / "root" / "empty") is None
     with pytest.raises(SonosslError, match="not an image folder"):
         read_source(mixed)
@@ -198,3 +200,31 @@ def test_seed_hdf5_datasets_read_one_at_a_time(tmp_path, scans):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5" * 20)
     with pytest.raises(SonosslError, match="not a readable HDF5"):
         hdf5_clips(tmp_path / "junk.h5")
+
+
+# One genuine file per transfer syntax / photometric interpretation the issue lists; each must
+# decode to grey uint8 frames of the file's size (pydicom + pylibjpeg plugins, no network).
+SYNTAXES = {
+    "SC_rgb_rle_2frame.dcm": "RLE, RGB, 2 frames",
+    "MR_small_jpeg_ls_lossless.dcm": "JPEG-LS lossless, 16-bit MONOCHROME2",
+    "JPEGLSNearLossless_08.dcm": "JPEG-LS near-lossless, 8-bit",
+    "SC_rgb_jls_lossy_line.dcm": "JPEG-LS lossy, RGB",
+    "MR_small_jp2klossless.dcm": "JPEG 2000 lossless (YBR_RCT family)",
+    "JPEG2000.dcm": "JPEG 2000 lossy",
+    "SC_rgb_jpeg_dcmtk.dcm": "JPEG baseline, YBR_FULL_422",
+    "SC_ybr_full_422_uncompressed.dcm": "uncompressed YBR_FULL_422",
+}
+
+
+@pytest.mark.parametrize("name", list(SYNTAXES))
+def test_every_listed_transfer_syntax_decodes(scans, name):
+    import pydicom
+
+    from sonossl.data.readers import read_source
+
+    path = scans.pydicom_file(name)
+    ds = pydicom.dcmread(path)
+    clip = read_source(path)
+    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    assert clip.frames.dtype == np.uint8 and clip.frames.shape == (n, ds.Rows, ds.Columns), SYNTAXES[name]
+    assert clip.frames.std() > 1  # an image, not a blank
