@@ -141,6 +141,34 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- study
+def cmd_study(a: argparse.Namespace) -> int:
+    from sonossl.study.grid import load_study
+    from sonossl.study.runner import run_study
+
+    if a.study is None and a.preset is None:
+        raise SonosslError("study: give STUDY.yaml or --preset")
+    plan = load_study(a.study, preset=a.preset)
+    if a.dry_run:
+        print(plan.describe(sample=a.sample))
+        for line in plan.missing_paths():
+            print(f"  warning: {line}")
+        return 0
+    if a.out is None:
+        raise SonosslError("study: --out is required (the study folder)")
+    slurm = {"partition": a.slurm_partition, "timeout_min": a.slurm_timeout_min, "gpus": a.slurm_gpus,
+             "cpus": a.slurm_cpus, "mem": a.slurm_mem}
+    s = run_study(plan, a.out, workers=a.workers, launcher=a.launcher, resume=a.resume, overwrite=a.overwrite,
+                  imagenet_weights=a.imagenet_weights, save_models=a.save_models, slurm=slurm)
+    print(f"{s.ran} runs done now, {s.already_done} were already complete, {len(s.failed)} failed, "
+          f"{len(s.blocked)} not started (a run they need failed)")
+    for key, msg in s.failed.items():
+        print(f"  failed: {key}: {msg}", file=sys.stderr)
+    if s.results:
+        print(f"wrote {s.results}, {s.report}")
+    return 1 if s.failed or s.blocked else 0
+
+
 # ------------------------------------------------------------------------------------------ demo
 def cmd_demo(a: argparse.Namespace) -> int:
     from sonossl.demo import run_demo
@@ -239,6 +267,24 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="summary.csv, paired differences and report.html from DIR/results.csv")
     s.add_argument("dir", type=Path)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("study", help="a whole study (pretrainings x evaluations) from STUDY.yaml, resumable")
+    s.add_argument("study", nargs="?", type=Path, help="study file (YAML); see sonossl/study/grid.py")
+    s.add_argument("--preset", help="a built-in study (paper); a study file given too overrides its keys")
+    s.add_argument("--out", type=Path)
+    s.add_argument("--workers", type=int, default=1, help="units run at once (local: processes sharing the cores)")
+    s.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local")
+    s.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
+    s.add_argument("--sample", type=int, default=6, help="runs listed by --dry-run")
+    s.add_argument("--imagenet-weights", type=Path)
+    s.add_argument("--save-models", action="store_true", help="keep model.pt in every evaluation run folder")
+    s.add_argument("--slurm-partition")
+    s.add_argument("--slurm-timeout-min", type=int, default=24 * 60)
+    s.add_argument("--slurm-gpus", type=int, default=1)
+    s.add_argument("--slurm-cpus", type=int, default=8)
+    s.add_argument("--slurm-mem", default="64G")
+    _out_flags(s)
+    s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("demo", help="synth -> ingest -> pretrain -> evaluate -> report on built-in data (CPU, minutes)")
     s.add_argument("--out", type=Path, default=Path("demo_out"))

@@ -101,6 +101,15 @@ def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.where(counts > 0, len(labels) / counts.clamp(min=1), torch.zeros_like(counts))
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` of each mini-batch; a last batch of one sample joins the one before it, as
+    batch norm cannot train on a single sample (25 images at batch 8 are 8, 8, 9)."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def plan_epochs(n: int, s: FitSettings) -> int:
     """Epochs to run: ``s.epochs``, cut to ``max_steps`` and raised to ``min_steps`` optimiser steps."""
     spe = math.ceil(n / s.batch_size)
@@ -163,8 +172,8 @@ def fit(
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(n, generator=g)
-        for i in range(0, n, s.batch_size):
-            idx = order[i : i + s.batch_size]
+        for lo, hi in batch_bounds(n, s.batch_size):
+            idx = order[lo:hi]
             xb = x_train[idx]
             if augment is not None:
                 xb = torch.stack([augment(im) for im in xb])

@@ -124,12 +124,25 @@ def save_model(path: Path, model: Classifier, init: InitSpec, data: LabelledData
 
 
 def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = False,
-             progress: Callable[[str], None] | None = print, save_models: bool = True) -> Path:
-    """Run the grid of ``cfg``; returns the path of ``results.csv``."""
+             progress: Callable[[str], None] | None = print, save_models: bool = True,
+             cache: dict | None = None) -> Path:
+    """Run the grid of ``cfg``; returns the path of ``results.csv``.
+
+    cache: a dict kept by a caller that evaluates many single runs in one process (the study
+    runner): the decoded labelled set and each init's frozen features are kept there and reused,
+    instead of being recomputed per run. Results are the same with or without it.
+    """
     if cfg.out is None:
         raise SonosslError("evaluate: --out is required")
     init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
-    data = load_labelled(cfg.labels, train_csv=cfg.train_csv, val_csv=cfg.val_csv, test_csv=cfg.test_csv, size=cfg.image_size)
+    data_key = ("data", str(cfg.labels), str(cfg.train_csv), str(cfg.val_csv), str(cfg.test_csv), cfg.image_size)
+    data = cache.get(data_key) if cache is not None else None
+    if data is None:
+        data = load_labelled(cfg.labels, train_csv=cfg.train_csv, val_csv=cfg.val_csv, test_csv=cfg.test_csv, size=cfg.image_size)
+        if cache is not None:  # one labelled set at a time; features of up to 8 inits
+            for k in [k for k in cache if k[0] == "data" or (k[0] == "features" and k[3] != data_key)]:
+                del cache[k]
+            cache[data_key] = data
     y_train = data.train.labels.numpy()
     subsets = {(f, s): stratified_subset(y_train, f, s, data.class_names, str(data.train.source)) for s in cfg.seeds for f in cfg.fractions}
     device = _device(cfg.accelerator)
@@ -142,7 +155,7 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     done = {run_key(r["init"], r["protocol"], float(r["fraction"]), int(r["seed"])) for r in rows}
 
     n_classes = len(data.class_names)
-    features: dict[str, torch.Tensor] | None = None
+    cache = cache if cache is not None else {}  # within this call at least: features once per backbone
     plan = [(p, f, s) for p in cfg.protocol for f in cfg.fractions for s in cfg.seeds]
     for i, (protocol, fraction, seed) in enumerate(plan, start=1):
         key = run_key(init.label, protocol, fraction, seed)
@@ -159,9 +172,17 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
             settings.epochs = cfg.linear_epochs
         model = Classifier(init.build(cfg.imagenet_weights), n_classes, cfg.dropout)
         if protocol == "linear":
-            if features is None:  # the frozen backbone's features: once per init, shared by every fraction and seed
+            # The frozen backbone's features, computed once per backbone: a pretrained or ImageNet
+            # one is shared by every fraction and seed; a random one is drawn per seed.
+            feat_key = ("features", init.source, init.backbone, data_key, seed if init.source == "random" else None)
+            features = cache.get(feat_key)
+            if features is None:
                 enc = model.encoder.to(device)
                 features = {s.name: predict_logits(enc, s.images, 256, device, amp) for s in (data.train, data.valid, data.test)}
+                feats = [k for k in cache if k[0] == "features"]
+                for k in feats[:max(0, len(feats) - 7)]:
+                    del cache[k]
+                cache[feat_key] = features
             model.encoder.requires_grad_(False)
             model.head[0].fit(features["train"][idx])
             result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels, n_classes, settings)

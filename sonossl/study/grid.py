@@ -1,0 +1,331 @@
+"""``study.yaml``: the whole study as one file, validated at the edge, expanded into runs.
+
+A study declares where the data is, which pretrainings to run (method x pairs mode x
+pretraining-data variant) and which evaluations (labelled datasets x initialisations x
+protocols x label fractions x seeds)::
+
+    name: planes-study
+    data:
+      unlabelled: scans/               # clips (ingested once per variant) or a frames.h5 store
+      labelled:
+        planes: planes/                # train.csv, valid.csv, test.csv (image_path,class)
+    ingest: {size: 64, val_fraction: 0.1}
+    variants:                          # pretraining-data variants: ingest options each
+      all: {frame_skip: 2}
+      half-clips: {frame_skip: 2, clips: 60}
+    pretrain:
+      preset: cpu                      # cpu | paper, per-method recipes from the preset
+      methods: [barlowtwins, simclr]
+      pairs: [augment]
+      variants: [all, half-clips]
+      options: {epochs: 8}             # any `sonossl pretrain` key
+    evaluate:
+      inits: [random, imagenet, pretrained]   # 'pretrained' = every declared pretraining
+      protocols: [linear, finetune]
+      fractions: [1, 10, 100]
+      seeds: [0, 1, 2]
+      options: {batch_size: 32}        # any `sonossl evaluate` key
+
+Relative paths are relative to the study file. A pretraining is named
+``<method>-<pairs>-<variant>``. Every problem (unknown key, wrong type, fraction outside
+(0, 100], an init naming an undeclared pretraining, an option `pretrain`/`evaluate` would refuse,
+a missing path) is one :class:`SonosslError` line naming the key, raised before any run starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sonossl.config import EvaluateConfig, PretrainConfig, build_config, read_config_file, read_preset, validated
+from sonossl.errors import SonosslError
+
+STUDY_PRESET_DIR = Path(__file__).parent / "presets"
+BASELINE_INITS = ("random", "imagenet")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataSpec(_Strict):
+    unlabelled: Path | None = None  # folder/files of clips, or a frames .h5 store
+    labelled: dict[str, Path] = Field(min_length=1)
+
+
+class IngestSpec(_Strict):
+    size: int = Field(64, gt=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    crop: Literal["auto", "dicom", "none"] = "auto"
+    salt: str = "sonossl"
+
+
+class VariantSpec(_Strict):
+    """A pretraining-data variant: how the unlabelled clips are curated (variance vs size)."""
+
+    frame_skip: int = Field(1, ge=1)
+    clips: int | None = Field(None, gt=0)  # keep this many clips (a seeded draw of the sources)
+    max_frames_per_video: int | None = Field(None, gt=0)
+    dedup: float | None = Field(None, gt=0)
+
+
+class PretrainGrid(_Strict):
+    preset: Literal["cpu", "paper"] = "cpu"
+    methods: list[str] = Field(min_length=1)
+    pairs: list[Literal["augment", "temporal"]] = Field(default_factory=lambda: ["augment"], min_length=1)
+    variants: list[str] = Field(default_factory=lambda: ["all"], min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluateGrid(_Strict):
+    datasets: list[str] | None = None  # default: every labelled dataset
+    inits: list[str] = Field(default_factory=lambda: ["random", "imagenet", "pretrained"], min_length=1)
+    protocols: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"], min_length=1)
+    fractions: list[float] = Field(default_factory=lambda: [1, 10, 100], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        for f in v:
+            if not 0 < f <= 100:
+                raise ValueError(f"fraction {f:g} outside (0, 100] (percent of the labelled train split)")
+        return sorted(set(v))
+
+
+class StudySpec(_Strict):
+    name: str = "study"
+    data: DataSpec
+    ingest: IngestSpec = Field(default_factory=IngestSpec)
+    variants: dict[str, VariantSpec] = Field(default_factory=lambda: {"all": VariantSpec()})
+    pretrain: PretrainGrid | None = None
+    evaluate: EvaluateGrid = Field(default_factory=EvaluateGrid)
+    context: dict[str, str] = Field(default_factory=dict)  # free text for the report: data, aims
+
+
+# ------------------------------------------------------------------------------------------ units
+@dataclass(frozen=True)
+class IngestUnit:
+    variant: str
+    options: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"ingest/{self.variant}"
+
+    def deps(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class PretrainUnit:
+    name: str
+    method: str
+    pairs: str
+    variant: str
+    config: dict[str, Any]  # PretrainConfig values, paths filled in by the runner
+    needs_ingest: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"pretrain/{self.name}"
+
+    def deps(self) -> tuple[str, ...]:
+        return (f"ingest/{self.variant}",) if self.needs_ingest else ()
+
+
+@dataclass(frozen=True)
+class EvalUnit:
+    dataset: str
+    init: str  # random | imagenet | a pretraining name
+    protocol: str
+    fraction: float
+    seed: int
+    config: dict[str, Any] = field(hash=False, compare=False, default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"eval/{self.dataset}/{self.init}/{self.protocol}/{self.fraction:g}/{self.seed}"
+
+    @property
+    def folder(self) -> str:
+        return f"evals/{self.dataset}/{self.init}/{self.protocol}-{self.fraction:g}-s{self.seed}"
+
+    def deps(self) -> tuple[str, ...]:
+        return () if self.init in BASELINE_INITS else (f"pretrain/{self.init}",)
+
+
+@dataclass
+class Plan:
+    """The expanded study: units in the order they are run and reported."""
+
+    spec: StudySpec
+    root: Path  # the folder relative paths are resolved against
+    ingests: list[IngestUnit]
+    pretrains: list[PretrainUnit]
+    evals: list[EvalUnit]
+
+    @property
+    def units(self) -> list:
+        return [*self.ingests, *self.pretrains, *self.evals]
+
+    def pretrain_by_name(self) -> dict[str, PretrainUnit]:
+        return {p.name: p for p in self.pretrains}
+
+    def missing_paths(self) -> list[str]:
+        """One line per declared path that does not exist (checked before any run starts)."""
+        out = []
+        d = self.spec.data
+        if d.unlabelled is not None and self.pretrains and not d.unlabelled.exists():
+            out.append(f"data.unlabelled: {d.unlabelled} not found")
+        for name, path in d.labelled.items():
+            if name in self.datasets and not path.exists():
+                out.append(f"data.labelled.{name}: {path} not found")
+        return out
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.spec.evaluate.datasets or self.spec.data.labelled)
+
+    def describe(self, sample: int = 5) -> str:
+        ev = self.spec.evaluate
+        inits = sorted({u.init for u in self.evals}, key=lambda i: (i not in BASELINE_INITS, i))
+        lines = [f"study {self.spec.name!r}: {len(self.ingests)} ingestions, {len(self.pretrains)} pretrainings, "
+                 f"{len(self.evals)} evaluations",
+                 f"  evaluations = {len(self.datasets)} datasets x {len(inits)} inits x {len(ev.protocols)} protocols x "
+                 f"{len(ev.fractions)} fractions x {len(ev.seeds)} seeds",
+                 f"  inits: {', '.join(inits)}"]
+        if self.pretrains:
+            pg = self.spec.pretrain
+            lines.append(f"  pretrainings = {len(pg.methods)} methods x {len(pg.pairs)} pairs modes x "
+                         f"{len(pg.variants)} data variants (preset {pg.preset})")
+        step = max(1, len(self.units) // sample)
+        lines.append("  sample: " + "; ".join(u.key for u in self.units[::step][:sample]))
+        return "\n".join(lines)
+
+
+def _resolve(path: Path | None, root: Path) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def load_study(path: Path | str | None = None, *, preset: str | None = None,
+               overrides: dict[str, Any] | None = None) -> Plan:
+    """Read ``study.yaml`` (or a built-in ``preset``, overlaid by ``path`` when both are given),
+    validate it and expand it into a :class:`Plan`."""
+    values: dict[str, Any] = {}
+    root = Path.cwd()
+    if preset is not None:
+        p = STUDY_PRESET_DIR / f"{preset}.yaml"
+        if not p.is_file():
+            names = sorted(q.stem for q in STUDY_PRESET_DIR.glob("*.yaml"))
+            raise SonosslError(f"unknown study preset {preset!r}; expected one of: {', '.join(names)}")
+        values = read_config_file(p)
+    if path is not None:
+        path = Path(path)
+        values = _deep_merge(values, read_config_file(path))
+        root = path.resolve().parent
+    if overrides:
+        values = _deep_merge(values, overrides)
+    if not values:
+        raise SonosslError("study: give a study file or --preset")
+    source = str(path) if path is not None else f"preset {preset}"
+    return expand(validated(StudySpec, values, source), root, source)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def expand(spec: StudySpec, root: Path, source: str = "study") -> Plan:
+    """Resolve paths and expand the grids; errors name the key."""
+    from sonossl.methods import METHODS
+
+    spec = spec.model_copy(deep=True)
+    spec.data.unlabelled = _resolve(spec.data.unlabelled, root)
+    spec.data.labelled = {k: _resolve(v, root) for k, v in spec.data.labelled.items()}
+    store_given = spec.data.unlabelled is not None and spec.data.unlabelled.suffix in (".h5", ".hdf5")
+
+    ingests: list[IngestUnit] = []
+    pretrains: list[PretrainUnit] = []
+    pg = spec.pretrain
+    if pg is not None:
+        if spec.data.unlabelled is None:
+            raise SonosslError(f"{source}: data.unlabelled is required when pretrainings are declared")
+        for m in pg.methods:
+            if m not in METHODS:
+                raise SonosslError(f"{source}: pretrain.methods: unknown method {m!r}; expected one of: {', '.join(METHODS)}")
+        for v in pg.variants:
+            if v not in spec.variants:
+                raise SonosslError(f"{source}: pretrain.variants: {v!r} is not declared under variants "
+                                   f"(declared: {', '.join(spec.variants)})")
+            if store_given and spec.variants[v] != VariantSpec():
+                raise SonosslError(f"{source}: variants.{v}: data.unlabelled is a frame store, which is used as is; "
+                                   "variant options need clips to ingest")
+        for key in ("method", "frames", "out", "pairs", "val_frames"):
+            if key in pg.options:
+                raise SonosslError(f"{source}: pretrain.options.{key}: set by the study grid, not an option")
+        if not store_given:
+            for v in pg.variants:
+                opts = {**spec.ingest.model_dump(), **spec.variants[v].model_dump()}
+                ingests.append(IngestUnit(v, opts))
+        for method in pg.methods:
+            for pairs in pg.pairs:
+                for variant in pg.variants:
+                    cfg = {**read_preset(pg.preset, method), **pg.options, "method": method, "pairs": pairs}
+                    cfg.setdefault("image_size", spec.ingest.size)
+                    checked = build_config(PretrainConfig, cfg, source=f"{source}: pretrain ({method})")  # validate now
+                    _check_method_options(method, checked, f"{source}: pretrain ({method}, {pairs})")
+                    pretrains.append(PretrainUnit(f"{method}-{pairs}-{variant}", method, pairs, variant, cfg,
+                                                  needs_ingest=not store_given))
+
+    ev = spec.evaluate
+    datasets = list(ev.datasets or spec.data.labelled)
+    for d in datasets:
+        if d not in spec.data.labelled:
+            raise SonosslError(f"{source}: evaluate.datasets: {d!r} is not declared under data.labelled "
+                               f"(declared: {', '.join(spec.data.labelled)})")
+    names = [p.name for p in pretrains]
+    inits: list[str] = []
+    for i in ev.inits:
+        if i == "pretrained":
+            inits += names
+        elif i in BASELINE_INITS or i in names:
+            inits.append(i)
+        else:
+            raise SonosslError(f"{source}: evaluate.inits: {i!r} is neither random, imagenet, pretrained nor a declared "
+                               f"pretraining (declared: {', '.join(names) or 'none'})")
+    inits = list(dict.fromkeys(inits))
+    for key in ("init", "out", "labels", "train_csv", "val_csv", "test_csv", "protocol", "fractions", "seeds"):
+        if key in ev.options:
+            raise SonosslError(f"{source}: evaluate.options.{key}: set by the study grid, not an option")
+    eval_cfg = {"image_size": spec.ingest.size, **ev.options}
+    build_config(EvaluateConfig, eval_cfg, source=f"{source}: evaluate.options")
+    evals = [EvalUnit(d, i, p, f, s, eval_cfg) for d in datasets for i in inits for p in ev.protocols
+             for f in ev.fractions for s in ev.seeds]
+    if not evals and not pretrains:
+        raise SonosslError(f"{source}: the study declares no runs")
+    return Plan(spec, root, ingests, pretrains, evals)
+
+
+def _check_method_options(method: str, cfg: PretrainConfig, source: str) -> None:
+    """The method's own option model and setting checks, so a misspelt option or an impossible
+    setting (a MoCo queue smaller than the batch, ...) fails now rather than mid-study."""
+    from sonossl.errors import SonosslError as _E
+    from sonossl.methods import METHODS
+    from sonossl.methods.base import parse_options
+
+    cls = METHODS[method]
+    try:
+        cls.check_config(cfg, parse_options(cls.Options, method, cfg.method_options))
+    except _E as exc:
+        raise _E(f"{source}: {exc}") from None

@@ -1,0 +1,27 @@
+"""Classifier training details: mini-batches batch norm can train on."""
+
+from __future__ import annotations
+
+import torch
+
+from sonossl.downstream.classifier import Classifier, FitSettings, batch_bounds, fit
+from sonossl.models.backbones import build_encoder
+
+
+def test_batch_bounds_never_leave_a_single_sample_batch():
+    assert batch_bounds(25, 8) == [(0, 8), (8, 16), (16, 25)]
+    assert batch_bounds(24, 8) == [(0, 8), (8, 16), (16, 24)]
+    assert batch_bounds(1, 8) == [(0, 1)]
+    for n in range(2, 40):
+        b = batch_bounds(n, 8)
+        assert b[0][0] == 0 and b[-1][1] == n and all(hi - lo >= 2 for lo, hi in b)
+        assert all(b[i][1] == b[i + 1][0] for i in range(len(b) - 1))
+
+
+def test_finetune_with_n_one_more_than_a_multiple_of_the_batch_trains():
+    torch.manual_seed(0)
+    model = Classifier(build_encoder("resnet18", "random"), 3, 0.5)
+    x = torch.randint(0, 255, (9, 1, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2] * 3)
+    result = fit(model, x, y, x, y, 3, FitSettings(epochs=1, batch_size=8))
+    assert result.steps == 1  # one batch of 9, not 8 + a batch of 1 that batch norm refuses

@@ -1,0 +1,75 @@
+"""study.yaml validation and expansion: every mistake is one line naming the key, before any run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_study
+
+from sonossl.cli import main
+from sonossl.errors import SonosslError
+from sonossl.study.grid import load_study
+
+
+def _edit(path: Path, fn) -> Path:
+    spec = yaml.safe_load(path.read_text())
+    fn(spec)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_expansion_counts_and_order(tmp_path, study_data):
+    plan = load_study(write_study(tmp_path / "s.yaml", study_data, methods=("barlowtwins", "simclr"), seeds=(0, 1, 2),
+                                  fractions=(10, 50, 100)))
+    assert [u.key for u in plan.ingests] == ["ingest/all"]
+    assert [p.name for p in plan.pretrains] == ["barlowtwins-augment-all", "simclr-augment-all"]
+    assert len(plan.evals) == 3 * 2 * 3 * 3  # inits x protocols x fractions x seeds
+    assert {u.init for u in plan.evals} == {"random", "barlowtwins-augment-all", "simclr-augment-all"}
+    assert plan.evals[-1].deps() == ("pretrain/simclr-augment-all",)
+    assert plan.evals[0].deps() == ()
+
+
+def test_relative_paths_resolve_against_the_study_file(tmp_path, study_data):
+    path = write_study(tmp_path / "s.yaml", study_data)
+    _edit(path, lambda s: s["data"].update(labelled={"planes": "lab"}))
+    plan = load_study(path)
+    assert plan.spec.data.labelled["planes"] == tmp_path / "lab"
+    assert plan.missing_paths() == [f"data.labelled.planes: {tmp_path / 'lab'} not found"]
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda s: s.update(bogus=1), "unknown key 'bogus'"),
+    (lambda s: s["evaluate"].update(fractions=[0, 10]), "fraction 0 outside (0, 100]"),
+    (lambda s: s["evaluate"].update(fractions=[150]), "fraction 150 outside (0, 100]"),
+    (lambda s: s["evaluate"].update(inits=["random", "moco-augment-all"]), "'moco-augment-all' is neither"),
+    (lambda s: s["pretrain"].update(methods=["simclrr"]), "unknown method 'simclrr'"),
+    (lambda s: s["pretrain"].update(variants=["half"]), "'half' is not declared under variants"),
+    (lambda s: s["pretrain"]["options"].update(batch_sise=8), "unknown key 'batch_sise'"),
+    (lambda s: s["pretrain"]["options"].update(batch_size=1), "batch_size"),
+    (lambda s: s["evaluate"]["options"].update(lr=-1), "lr"),
+    (lambda s: s["evaluate"].update(datasets=["other"]), "'other' is not declared under data.labelled"),
+    (lambda s: s["variants"]["all"].update(frame_skip=0), "frame_skip"),
+])
+def test_bad_study_is_one_line_naming_the_key(tmp_path, study_data, edit, expected):
+    path = _edit(write_study(tmp_path / "s.yaml", study_data), edit)
+    with pytest.raises(SonosslError) as exc:
+        load_study(path)
+    assert expected in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_cli_refuses_a_missing_dataset_before_any_run(tmp_path, study_data, capsys):
+    path = _edit(write_study(tmp_path / "s.yaml", study_data), lambda s: s["data"].update(labelled={"planes": "nope"}))
+    assert main(["study", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.labelled.planes" in err[0] and "not found" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_paper_preset_lists_at_least_500_evaluations(capsys):
+    assert main(["study", "--preset", "paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "540 evaluations" in out and "9 inits x 2 protocols x 6 fractions x 5 seeds" in out
+    plan = load_study(preset="paper")
+    assert len(plan.evals) >= 500 and len(plan.pretrains) == 7

@@ -1,0 +1,132 @@
+"""The study runner: dependency order, resume after kill -9 with nothing repeated or lost,
+identical results however it was interrupted, and the SLURM path through submitit's local executor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_study
+
+from sonossl.cli import main
+
+
+def _study(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sonossl", "study", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def _done(db: Path) -> set[str]:
+    if not db.is_file():
+        return set()
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return {k for (k,) in con.execute("SELECT key FROM done")}
+    except sqlite3.OperationalError:
+        return set()
+
+
+def test_sigkill_midway_then_resume_repeats_nothing_and_matches_an_uninterrupted_run(tmp_path, study_data):
+    # ingest, BT, 2 inits x 2 protocols x 2 seeds
+    study = write_study(tmp_path / "s.yaml", study_data, fractions=(100,))
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+
+    p = _study([str(study), "--out", str(clean), "--workers", "2"])
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+
+    p = _study([str(study), "--out", str(killed), "--workers", "2"])
+    deadline = time.time() + 400
+    while len({k for k in _done(killed / "study.db") if k.startswith("eval/")}) < 3:
+        assert p.poll() is None, p.communicate()[0]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)  # the runner and its workers, as a node failure would
+    p.wait()
+    before = _done(killed / "study.db")
+    assert 0 < len(before) < 10
+    run_files = {f: f.stat().st_mtime_ns for f in (killed / "evals").rglob("run.json")}
+
+    p = _study([str(study), "--out", str(killed), "--workers", "2", "--resume"])
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    assert f"{len(before)} already complete" in out
+    after = _done(killed / "study.db")
+    assert len(after) == 1 + 1 + 8 and before <= after  # ingest, pretrain, 8 evaluations: none lost
+    # runs that had finished before the kill were not run again
+    finished_before = {f for f in run_files if _unit_of(killed, f) in before}
+    assert all(f.stat().st_mtime_ns == run_files[f] for f in finished_before)
+    assert (killed / "results.csv").read_bytes() == (clean / "results.csv").read_bytes()
+    assert (killed / "report.html").is_file()
+
+
+def _unit_of(study: Path, run_json: Path) -> str:
+    folder = run_json.parent.parent.relative_to(study / "evals")  # <dataset>/<init>/<protocol>-<fraction>-s<seed>
+    dataset, init, leaf = folder.parts
+    protocol, fraction, seed = leaf.rsplit("-", 2)
+    return f"eval/{dataset}/{init}/{protocol}/{fraction}/{seed[1:]}"
+
+
+def test_results_columns_and_grid_order(tmp_path, study_data, capsys):
+    study = write_study(tmp_path / "s.yaml", study_data, protocols=("linear",), fractions=(100,), seeds=(0,))
+    assert main(["study", str(study), "--out", str(tmp_path / "o")]) == 0
+    lines = (tmp_path / "o" / "results.csv").read_text().splitlines()
+    assert lines[0] == ("init,protocol,fraction,seed,n_train,macro_f1,balanced_accuracy,accuracy,"
+                        "dataset,pretrain,method,pairs,data_variant")
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["random", "barlowtwins-augment-all"]
+    assert lines[2].endswith(",planes,barlowtwins-augment-all,barlowtwins,augment,all")
+    assert "ETA" in capsys.readouterr().out
+    # a finished study is not overwritten silently; resuming it runs nothing
+    assert main(["study", str(study), "--out", str(tmp_path / "o")]) == 2
+    assert main(["study", str(study), "--out", str(tmp_path / "o"), "--resume"]) == 0
+    assert "0 runs done now, 4 were already complete" in capsys.readouterr().out
+
+
+def test_changed_settings_of_completed_runs_are_refused_on_resume(tmp_path, study_data, capsys):
+    study = write_study(tmp_path / "s.yaml", study_data, inits=("random",), protocols=("linear",), fractions=(100,),
+                        seeds=(0,))
+    assert main(["study", str(study), "--out", str(tmp_path / "o")]) == 0
+    spec = yaml.safe_load(study.read_text())
+    spec["evaluate"]["options"]["linear_epochs"] = 7
+    study.write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    assert main(["study", str(study), "--out", str(tmp_path / "o"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "settings of completed run eval/planes/random/linear/100/0 changed" in err and "\n" not in err
+
+
+def test_a_failing_run_is_recorded_and_the_rest_go_on(tmp_path, study_data, capsys):
+    study = write_study(tmp_path / "s.yaml", study_data, inits=("random",), protocols=("linear",), fractions=(100,),
+                        seeds=(0,))
+    spec = yaml.safe_load(study.read_text())
+    bad = tmp_path / "bad_labels"
+    bad.mkdir()
+    for split in ("train", "valid", "test"):
+        (bad / f"{split}.csv").write_text("path,label\nx.png,4CH\n")
+    spec["data"]["labelled"]["broken"] = str(bad)
+    study.write_text(yaml.safe_dump(spec))
+    assert main(["study", str(study), "--out", str(tmp_path / "o")]) == 1
+    captured = capsys.readouterr()
+    assert "failed: eval/broken/random/linear/100/0" in captured.err and "image_path" in captured.err
+    rows = (tmp_path / "o" / "results.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("random,linear,100,0")
+
+
+@pytest.mark.timeout(600)
+def test_slurm_path_through_submitit_local_executor(tmp_path, study_data, capsys):
+    pytest.importorskip("submitit")
+    study = write_study(tmp_path / "s.yaml", study_data, protocols=("linear",), fractions=(100,), seeds=(0,))
+    assert main(["study", str(study), "--out", str(tmp_path / "o"), "--launcher", "submitit-local",
+                 "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs done now" in out
+    assert len((tmp_path / "o" / "results.csv").read_text().splitlines()) == 3
+    logs = list((tmp_path / "o" / "submitit").glob("*_result.pkl")) + list((tmp_path / "o" / "submitit").glob("*.out"))
+    assert logs, "submitit wrote no job files"
