@@ -1,12 +1,13 @@
 """``sonossl demo``: the whole study, small, on built-in synthetic data, on a CPU, in minutes.
 
-synth -> ingest -> BarlowTwins pretraining (cpu preset, a wall-clock budget) -> evaluate
-random vs BarlowTwins (and ImageNet when torchvision's cache holds the weights), linear and
-fine-tune, several label fractions and seeds -> ``results.csv``, ``summary.csv``,
-``differences.csv``, ``report.html`` and a printed table of what was measured.
+synth -> a small study through the same runner and report as ``sonossl study``: ingest ->
+BarlowTwins pretraining (cpu preset, a wall-clock budget) -> evaluate random vs BarlowTwins (and
+ImageNet when torchvision's cache holds the weights), linear and fine-tune, several label
+fractions and seeds -> ``results.csv``, ``summary.csv``, ``differences.csv``, ``report.html``
+and a printed table of what was measured.
 
-Every stage writes into ``OUT/`` and is skipped on ``--resume`` once its output is complete, so
-an interrupted demo continues where it stopped.
+Every run is recorded in ``OUT/study.db`` as it finishes and skipped on ``--resume``, so an
+interrupted demo continues where it stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sonossl.config import EvaluateConfig, PretrainConfig, build_config, read_preset
+from sonossl.errors import SonosslError
 from sonossl.outputs import claim_output_dir
 
 
@@ -52,84 +53,72 @@ def _say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_demo(out: Path, *, quick: bool = False, resume: bool = False, overwrite: bool = False, seeds: list[int] | None = None) -> Path:
-    from sonossl.data.ingest import ingest
-    from sonossl.data.synthetic import synthesize
-    from sonossl.downstream.evaluate import RESULT_COLUMNS, evaluate, read_results, write_csv_atomic
-    from sonossl.methods.train import run_pretrain
-    from sonossl.models.backbones import imagenet_available
-    from sonossl.study.report import format_table, load_results, paired_differences, summarise, write_report
+def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
+    """The demo as a study (see :mod:`sonossl.study.grid`) over the synthetic data in ``data``."""
+    return {
+        "name": "demo",
+        "data": {"unlabelled": str(data / "videos"), "labelled": {"synthetic": str(data / "labelled")}},
+        "ingest": {"size": plan.image_size, "val_fraction": 0.1},
+        "variants": {"all": {"frame_skip": plan.frame_skip}},
+        "pretrain": {"preset": "cpu", "methods": ["barlowtwins"], "variants": ["all"],
+                     "options": {"epochs": plan.pretrain_epochs, "max_time_s": plan.pretrain_seconds, "seed": 0,
+                                 "image_size": plan.image_size}},
+        "evaluate": {"inits": ["random", *(["imagenet"] if imagenet else []), "pretrained"],
+                     "protocols": list(plan.protocols), "fractions": list(plan.fractions), "seeds": list(plan.seeds),
+                     "options": {"backbone": "resnet18", "image_size": plan.image_size, "batch_size": 32,
+                                 "max_steps": plan.finetune_max_steps, "min_steps": plan.finetune_min_steps}},
+        "context": {
+            "data": f"synthetic fetal echo (sonossl synth, seed 0): {plan.videos} unlabelled clips x {plan.frames} frames "
+                    f"(ingested with frame skip {plan.frame_skip}), {plan.labelled_per_class} labelled images per class "
+                    "(train, valid, test), 5 classes",
+            "pretraining": f"BarlowTwins, ResNet-18, {plan.image_size} px, cpu preset, {plan.pretrain_epochs} epochs capped "
+                           f"at {plan.pretrain_seconds:.0f} s",
+        },
+    }
 
-    plan = QUICK if quick else FULL
+
+def run_demo(out: Path, *, quick: bool = False, resume: bool = False, overwrite: bool = False,
+             seeds: list[int] | None = None, plan: DemoPlan | None = None) -> Path:
+    from sonossl.data.synthetic import synthesize
+    from sonossl.models.backbones import imagenet_available
+    from sonossl.config import validated
+    from sonossl.study.grid import StudySpec, expand
+    from sonossl.study.report import format_table, load_results, paired_differences, summarise
+    from sonossl.study.runner import run_study
+
+    plan = plan or (QUICK if quick else FULL)
     if seeds:
         plan = DemoPlan(**{**asdict(plan), "seeds": tuple(seeds)})
     out = claim_output_dir(out, resume=resume, overwrite=overwrite)
     t_start = time.time()
-    timings: dict[str, float] = {}
 
-    data = out / "data"
+    data = out / "source"
     if not (data / "labelled" / "test.csv").is_file():
         _say(f"synthesising {plan.videos} unlabelled clips of {plan.frames} frames and "
              f"{sum(plan.labelled_per_class) * 5} labelled images (seed 0)")
-        t = time.time()
         if data.exists():
             shutil.rmtree(data)
         synthesize(data, videos=plan.videos, frames=plan.frames, size=plan.synth_size, seed=0, fmt="dicom",
                    labelled_per_class=plan.labelled_per_class)
-        timings["synth_s"] = time.time() - t
-
-    frames = out / "frames.h5"
-    if not frames.is_file():
-        _say("ingesting the clips into the frame store (fan crop, text blanked, pseudonymous ids)")
-        t = time.time()
-        summary = ingest([data / "videos"], frames, frame_skip=plan.frame_skip, size=plan.image_size, val_fraction=0.1,
-                         overwrite=True, progress=False)
-        timings["ingest_s"] = time.time() - t
-        _say(f"{summary.ok} clips ingested ({summary.error} errors), {summary.frames_kept} frames")
-
-    run = out / "pretrain" / "barlowtwins"
-    if not (run / "backbone.pt").is_file():
-        _say(f"BarlowTwins pretraining, cpu preset, {plan.pretrain_epochs} epochs, capped at {plan.pretrain_seconds:.0f} s")
-        t = time.time()
-        cfg = build_config(PretrainConfig, read_preset("cpu", "barlowtwins"),
-                           {"method": "barlowtwins", "frames": frames, "out": run, "max_time_s": plan.pretrain_seconds,
-                            "epochs": plan.pretrain_epochs, "monitor_labels": data / "labelled",
-                            "image_size": plan.image_size, "seed": 0}, source="demo")
-        run_pretrain(cfg, resume=True, progress=False)
-        timings["pretrain_s"] = time.time() - t
-        epochs = [json.loads(line) for line in open(run / "stats.jsonl") if '"kind": "epoch"' in line]
-        if epochs:
-            _say("pretraining kNN accuracy (k=10, valid) by epoch: "
-                 + " ".join(f"{e['knn10_accuracy']:.2f}" for e in epochs if "knn10_accuracy" in e))
-
-    inits = ["random", str(run)] + (["imagenet"] if imagenet_available("resnet18") else [])
-    if "imagenet" not in inits:
+    imagenet = imagenet_available("resnet18")
+    if not imagenet:
         _say("ImageNet weights for resnet18 are not in torchvision's cache: comparing random and BarlowTwins only")
-    rows: list[dict] = []
-    for init in inits:
-        name = "barlowtwins" if init == str(run) else init
-        t = time.time()
-        _say(f"evaluating init={name}: {', '.join(plan.protocols)} x fractions {list(plan.fractions)} x seeds {list(plan.seeds)}")
-        cfg = build_config(EvaluateConfig, {
-            "labels": data / "labelled", "init": init, "backbone": "resnet18", "protocol": list(plan.protocols),
-            "fractions": list(plan.fractions), "seeds": list(plan.seeds), "out": out / "evals" / name,
-            "image_size": plan.image_size, "batch_size": 32, "max_steps": plan.finetune_max_steps,
-            "min_steps": plan.finetune_min_steps}, source="demo")
-        path = evaluate(cfg, resume=True, progress=lambda m: _say("  " + m), save_models=False)
-        rows += read_results(path)
-        timings[f"evaluate_{name}_s"] = time.time() - t
-    write_csv_atomic(out / "results.csv", rows, RESULT_COLUMNS)
+    study = expand(validated(StudySpec, demo_study(data, plan, imagenet), "demo"), out, "demo")
+    _say(study.describe().splitlines()[0])
+    summary = run_study(study, out, workers=1, resume=True, log=_say)
+    if summary.failed or summary.blocked:
+        raise SonosslError(f"demo: {len(summary.failed)} runs failed ({next(iter(summary.failed.values()), '')}); "
+                           f"see {out / 'logs'}; rerun with --resume")
 
-    context = {"data": f"synthetic fetal echo, {plan.videos} unlabelled clips x {plan.frames} frames (skip {plan.frame_skip}), "
-                       f"{plan.labelled_per_class} labelled images per class (train, valid, test)",
-               "pretraining": f"BarlowTwins, ResNet-18, {plan.image_size} px, {plan.pretrain_epochs} epochs capped at {plan.pretrain_seconds:.0f} s",
-               "evaluation": f"{', '.join(plan.protocols)}; fractions {list(plan.fractions)} %; seeds {list(plan.seeds)}",
-               "wall time": f"{time.time() - t_start:.0f} s this invocation"}
-    paths = write_report(out, context=context)
+    epochs = [json.loads(line) for line in open(out / "pretrain" / "barlowtwins-augment-all" / "stats.jsonl")
+              if '"kind": "epoch"' in line]
+    knn = [e["knn10_accuracy"] for e in epochs if "knn10_accuracy" in e]
     df = load_results(out / "results.csv")
     print()
     print(format_table(summarise(df), paired_differences(df)))
     print(f"\nseeds {list(plan.seeds)}; 95 % CIs are Student t over seeds; 'real' = the paired CI excludes zero.")
-    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {time.time() - t_start:.0f}s")
-    print(f"wrote {out / 'results.csv'}, {paths['summary']}, {paths['differences']}, {paths['report']}")
+    if knn:
+        print("BarlowTwins kNN accuracy (k=10, valid) by epoch: " + " ".join(f"{k:.2f}" for k in knn))
+    print(f"total {time.time() - t_start:.0f} s this invocation; per-run times in {out / 'study.db'}")
+    print(f"wrote {out / 'results.csv'}, {out / 'summary.csv'}, {out / 'differences.csv'}, {summary.report}")
     return out / "results.csv"
