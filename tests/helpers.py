@@ -60,3 +60,30 @@ def run_gloo(worker, out: Path, world: int = 2) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torch.multiprocessing.spawn(_gloo_entry, args=(worker, world, port, str(out)), nprocs=world, join=True)
+
+
+def write_study(path: Path, data: Path, *, methods=("barlowtwins",), inits=("random", "pretrained"),
+                protocols=("linear", "finetune"), fractions=(50, 100), seeds=(0, 1), **extra) -> Path:
+    """A tiny ``study.yaml`` over ``data`` (from ``synthesize``): runs of a few steps each; no
+    ``pretrain`` section when no init needs one."""
+    spec = {
+        "name": "tiny",
+        "data": {"unlabelled": str(data / "videos"), "labelled": {"planes": str(data / "labelled")}},
+        "ingest": {"size": 32, "val_fraction": 0.2},
+        "variants": {"all": {"frame_skip": 2}},
+        "pretrain": {"preset": "cpu", "methods": list(methods), "variants": ["all"],
+                     "options": {"max_steps": 3, "batch_size": 8, "epochs": 1, "num_workers": 0,
+                                 "method_options": {"projector": [64, 64]}} if list(methods) == ["barlowtwins"] else
+                                {"max_steps": 3, "batch_size": 8, "epochs": 1, "num_workers": 0}},
+        "evaluate": {"inits": list(inits), "protocols": list(protocols), "fractions": list(fractions),
+                     "seeds": list(seeds), "options": {"batch_size": 8, "epochs": 2, "linear_epochs": 5,
+                                                       "max_steps": 4}},
+    }
+    for k, v in extra.items():
+        spec[k] = v
+    if "pretrained" not in inits and not any("-" in i for i in inits):
+        del spec["pretrain"]
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec))
+    return path

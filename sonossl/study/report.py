@@ -1,16 +1,42 @@
-"""Tables, statistics and ``report.html`` from a ``results.csv``.
+"""Tables, statistics and ``report.html`` for an evaluation or a whole study folder.
 
-``summary.csv``: one row per (init, protocol, fraction): runs, mean, std and a 95 % confidence
-interval over seeds (Student t, n - 1 degrees of freedom) for each metric.
-``differences.csv``: each init against a baseline (``random``, and ``imagenet`` when present),
-paired by seed: mean difference in macro F1 with its 95 % t interval; a difference is called
-*real* only when that interval excludes zero.
+Inputs (only ``results.csv`` is required; a missing file or column skips that part of the report):
+
+    DIR/results.csv    init,protocol,fraction,seed,n_train,macro_f1,balanced_accuracy,accuracy
+                       [,dataset,pretrain,method,pairs,data_variant]
+    DIR/runs.csv       init,protocol,fraction,seed,dataset,run_dir  (run_dir relative to DIR, holding
+                       predictions.csv and confusion.png)
+    DIR/pretrain/<name>/stats.jsonl   pretraining logs ("kind": "step" | "epoch" lines)
+    DIR/study.json     {"name": ..., "context": {...}}
+
+Outputs:
+
+``summary.csv``: one row per cell (dataset x init x protocol x fraction): runs, the pretraining
+descriptors, and for each metric the mean, std and a 95 % confidence interval over seeds
+(Student t, n - 1 degrees of freedom).
+
+``differences.csv``: each init against each baseline present (``imagenet`` and ``random``), per
+cell, paired by seed (the same seed draws the same labelled subset, so the pairing removes the
+subset-to-subset variation). For the paired differences in macro F1 it gives
+
+- the mean and a 95 % Student t interval;
+- a 95 % percentile bootstrap interval: ``BOOTSTRAP_RESAMPLES`` resamples with replacement of the
+  seed-paired differences, RNG seeded with ``BOOTSTRAP_SEED`` so the file is reproducible. With
+  few seeds it under-covers (with 3 seeds there are only 10 distinct resamples), so it is a
+  distribution-free check on the t interval, not a replacement;
+- the two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``; exact for small n),
+  computed wherever there are at least 2 pairs and not all differences are zero. With n non-zero
+  differences the exact p can never go below 2 / 2**n, i.e. never below 0.05 for n < 6; the
+  ``note`` column says so for those cells;
+- ``real``: True only when *both* the t and the bootstrap interval exclude zero. Otherwise the
+  difference is reported as noise at this number of seeds (which is not evidence of no effect).
+
+A run recorded twice (same cell and seed, e.g. after a resume) counts once: the last record.
 """
 
 from __future__ import annotations
 
-import base64
-import io
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,11 +46,29 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from scipy import stats
 
 from sonossl.errors import SonosslError
+from sonossl.study.figures import (
+    Figure,
+    confusion_figure,
+    curve_figures,
+    file_data_uri,
+    pretrain_figure,
+    protocol_name,
+    ranking_figures,
+)
 
 METRICS = ["macro_f1", "balanced_accuracy", "accuracy"]
+DESCRIPTORS = ["pretrain", "method", "pairs", "data_variant"]
+BASELINES = ("imagenet", "random")
+BOOTSTRAP_RESAMPLES = 5000
+BOOTSTRAP_SEED = 0
+WILCOXON_MIN_N = 6  # the smallest n at which an exact two-sided signed-rank p can reach 0.05 (2/2**6 = 0.031)
 TEMPLATES = Path(__file__).parent / "templates"
 
+__all__ = ["bootstrap_interval", "format_table", "load_results", "paired_differences", "summarise", "t_interval",
+           "what_won", "wilcoxon_test", "write_report", "curve_figures"]
 
+
+# ------------------------------------------------------------------------------------ statistics
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """Mean and two-sided t confidence interval; (mean, nan, nan) for fewer than two values."""
     values = np.asarray(values, dtype=float)
@@ -35,117 +79,379 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, f
     return mean, mean - half, mean + half
 
 
+def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (n,): the (1-level)/2 and (1+level)/2
+    quantiles of the means of ``n_resamples`` resamples of size n drawn with replacement, from
+    ``numpy.random.default_rng(seed)``. (nan, nan) for fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def wilcoxon_test(values: np.ndarray) -> tuple[float, str]:
+    """Two-sided Wilcoxon signed-rank test of paired differences ``values`` (n,) against zero.
+
+    Returns (p, note). p is nan with fewer than 2 values or when every difference is zero; zero
+    differences are dropped (scipy's ``zero_method="wilcox"``). The note explains a p that cannot
+    be small: with n non-zero differences the exact p is at least 2 / 2**n (0.25 for n = 3)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), f"{len(values)} paired seed(s): no test"
+    nonzero = int(np.count_nonzero(values))
+    if nonzero == 0:
+        return float("nan"), "all paired differences are zero: no test"
+    p = float(stats.wilcoxon(values).pvalue)
+    if nonzero < WILCOXON_MIN_N:
+        return p, (f"only {nonzero} non-zero paired difference(s): the exact two-sided p cannot go below "
+                   f"{2 / 2 ** nonzero:.3g}, so it cannot reach 0.05 whatever the effect; read the intervals")
+    return p, ""
+
+
+# ---------------------------------------------------------------------------------------- tables
 def load_results(path: Path) -> pd.DataFrame:
+    """``results.csv`` -> DataFrame; descriptor/dataset columns, when present, have '' for missing values."""
     if not path.is_file():
         raise SonosslError(f"{path}: results.csv not found")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise SonosslError(f"{path}: not a readable CSV ({e})") from None
     missing = [c for c in ["init", "protocol", "fraction", "seed", *METRICS] if c not in df.columns]
     if missing:
         raise SonosslError(f"{path}: missing column(s) {', '.join(missing)}")
     if df.empty:
         raise SonosslError(f"{path}: no results yet")
-    return df
+    for c in ["dataset", *DESCRIPTORS]:
+        if c in df.columns:
+            df[c] = df[c].fillna("").astype(str)
+    df["init"] = df["init"].astype(str)
+    df["protocol"] = df["protocol"].astype(str)
+    df["fraction"] = df["fraction"].astype(float)
+    return df.drop_duplicates(subset=_cell_keys(df) + ["seed"], keep="last").reset_index(drop=True)
+
+
+def _cell_keys(df: pd.DataFrame) -> list[str]:
+    return (["dataset"] if "dataset" in df.columns else []) + ["init", "protocol", "fraction"]
+
+
+def order_inits(inits) -> list[str]:
+    """Baselines first (random, imagenet), then the pretrainings alphabetically."""
+    inits = set(inits)
+    return [b for b in ("random", "imagenet") if b in inits] + sorted(inits - {"random", "imagenet"})
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset,) init, protocol, fraction: runs, n_train, descriptors, and per metric
+    ``{m}_mean``, ``{m}_std``, ``{m}_ci_low``, ``{m}_ci_high`` (95 % t over seeds)."""
     rows = []
-    for (init, protocol, fraction), g in df.groupby(["init", "protocol", "fraction"], sort=True):
-        row = {"init": init, "protocol": protocol, "fraction": fraction, "runs": len(g), "n_train": int(g["n_train"].iloc[0]) if "n_train" in g else None}
+    for key, g in df.groupby(_cell_keys(df), sort=True):
+        row = dict(zip(_cell_keys(df), key))
+        row.update({"runs": len(g), "n_train": int(g["n_train"].iloc[0]) if "n_train" in g and pd.notna(g["n_train"].iloc[0]) else None})
+        for c in DESCRIPTORS:
+            if c in g:
+                row[c] = next((v for v in g[c] if v), "")
         for m in METRICS:
             mean, lo, hi = t_interval(g[m].to_numpy())
-            row.update({f"{m}_mean": mean, f"{m}_std": float(g[m].std(ddof=1)) if len(g) > 1 else float("nan"), f"{m}_ci_low": lo, f"{m}_ci_high": hi})
+            row.update({f"{m}_mean": mean, f"{m}_std": float(g[m].std(ddof=1)) if len(g) > 1 else float("nan"),
+                        f"{m}_ci_low": lo, f"{m}_ci_high": hi})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def paired_differences(df: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
-    """Each init minus each baseline present, paired on (protocol, fraction, seed)."""
+def paired_differences(df: pd.DataFrame, metric: str = "macro_f1", n_resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
+    """Each init minus each baseline present (imagenet, random), paired on (dataset, protocol,
+    fraction, seed). Columns: [dataset,] init, baseline, protocol, fraction, pairs, diff_mean,
+    diff_std, diff_ci_low, diff_ci_high (t), boot_ci_low, boot_ci_high, wilcoxon_p, real, note."""
+    ds = ["dataset"] if "dataset" in df.columns else []
+    pair_keys = ds + ["protocol", "fraction", "seed"]
     rows = []
-    for baseline in [b for b in ("random", "imagenet") if b in set(df["init"])]:
-        base = df[df["init"] == baseline].set_index(["protocol", "fraction", "seed"])[metric]
-        for init in sorted(set(df["init"]) - {baseline}):
-            cur = df[df["init"] == init].set_index(["protocol", "fraction", "seed"])[metric]
+    for baseline in [b for b in BASELINES if b in set(df["init"])]:
+        base = df[df["init"] == baseline].set_index(pair_keys)[metric]
+        for init in order_inits(set(df["init"]) - {baseline}):
+            cur = df[df["init"] == init].set_index(pair_keys)[metric]
             joined = pd.concat([cur.rename("x"), base.rename("b")], axis=1, join="inner").reset_index()
-            for (protocol, fraction), g in joined.groupby(["protocol", "fraction"], sort=True):
-                diff = (g["x"] - g["b"]).to_numpy()
+            for key, g in joined.groupby(ds + ["protocol", "fraction"], sort=True):
+                diff = (g["x"] - g["b"]).to_numpy(dtype=float)
                 mean, lo, hi = t_interval(diff)
-                real = bool(len(diff) > 1 and (lo > 0 or hi < 0))
-                rows.append({"init": init, "baseline": baseline, "protocol": protocol, "fraction": fraction, "pairs": len(diff),
-                             "diff_mean": mean, "diff_ci_low": lo, "diff_ci_high": hi, "real": real})
-    return pd.DataFrame(rows)
+                blo, bhi = bootstrap_interval(diff, n_resamples=n_resamples, seed=seed)
+                p, note = wilcoxon_test(diff)
+                real = bool(len(diff) > 1 and (lo > 0 or hi < 0) and (blo > 0 or bhi < 0))
+                rows.append({**dict(zip(ds + ["protocol", "fraction"], key)), "init": init, "baseline": baseline,
+                             "pairs": len(diff), "diff_mean": mean,
+                             "diff_std": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"),
+                             "diff_ci_low": lo, "diff_ci_high": hi, "boot_ci_low": blo, "boot_ci_high": bhi,
+                             "wilcoxon_p": p, "real": real, "note": note})
+    cols = ds + ["init", "baseline", "protocol", "fraction", "pairs", "diff_mean", "diff_std", "diff_ci_low",
+                 "diff_ci_high", "boot_ci_low", "boot_ci_high", "wilcoxon_p", "real", "note"]
+    return pd.DataFrame(rows, columns=cols)
 
 
-def _png_data_uri(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+def _ci(lo: float, hi: float, signed: bool = False) -> str:
+    if np.isnan(lo):
+        return "n<2"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(lo)} to {f.format(hi)}"
 
 
-def curve_figures(summary: pd.DataFrame, metric: str = "macro_f1") -> dict[str, str]:
-    """Metric against label fraction (log x), one line per init with its 95 % CI band, per protocol."""
-    import matplotlib
+def what_won(summary: pd.DataFrame, diffs: pd.DataFrame, metric: str = "macro_f1") -> list[dict]:
+    """The best init (highest mean ``metric``) per (dataset,) protocol and fraction, in words.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figs = {}
-    for protocol, g in summary.groupby("protocol"):
-        fig, ax = plt.subplots(figsize=(5.2, 3.6))
-        for init, h in g.groupby("init"):
-            h = h.sort_values("fraction")
-            (line,) = ax.plot(h["fraction"], h[f"{metric}_mean"], marker="o", label=init)
-            if h[f"{metric}_ci_low"].notna().any():
-                ax.fill_between(h["fraction"], h[f"{metric}_ci_low"], h[f"{metric}_ci_high"], alpha=0.2, color=line.get_color())
-        ax.set_xscale("log")
-        ticks = sorted(g["fraction"].unique())
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("labelled train images used (%)")
-        ax.set_ylabel(metric.replace("_", " "))
-        ax.set_title(f"{protocol}: {metric.replace('_', ' ')} vs label fraction (mean, 95% CI)", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        figs[protocol] = _png_data_uri(fig)
-        plt.close(fig)
-    return figs
+    Returns one dict per (dataset, protocol): {dataset, protocol, title, cells}; each cell:
+    {fraction, best, where, score, runner_up, headline, comparisons: [{numbers, words, text, verdict}]}
+    where verdict is 'real', 'noise' or 'undetermined' and headline/text are the whole sentences."""
+    multi = "dataset" in summary.columns and summary["dataset"].nunique() > 1
+    groups = ["dataset", "protocol"] if "dataset" in summary.columns else ["protocol"]
+    out = []
+    for key, g in summary.groupby(groups, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        dataset = key[0] if len(key) == 2 else ""
+        protocol = key[-1]
+        items = []
+        for fraction, cell in g.groupby("fraction", sort=True):
+            cell = cell.sort_values(f"{metric}_mean", ascending=False)
+            best = cell.iloc[0]
+            label = metric.replace("_", " ").replace(" f1", " F1")
+            where = f"{fraction:g} % of the labels"
+            if pd.notna(best.get("n_train")):
+                where += f" ({int(best['n_train'])} training images)"
+            score = (f"{label} {best[f'{metric}_mean']:.3f} (95 % CI {_ci(best[f'{metric}_ci_low'], best[f'{metric}_ci_high'])}, "
+                     f"{int(best['runs'])} seed{'s' if best['runs'] != 1 else ''})")
+            runner_up = f"runner-up {cell.iloc[1]['init']} {cell.iloc[1][f'{metric}_mean']:.3f}" if len(cell) > 1 else ""
+            headline = f"{where}: {best['init']} scored {score}" + (f"; {runner_up}" if runner_up else "")
+            comparisons = []
+            for baseline in BASELINES:
+                if baseline == best["init"] or baseline not in set(cell["init"]) or diffs.empty:
+                    continue
+                sel = (diffs["init"] == best["init"]) & (diffs["baseline"] == baseline) & (diffs["protocol"] == protocol) \
+                    & np.isclose(diffs["fraction"], fraction)
+                if "dataset" in diffs.columns and dataset:
+                    sel &= diffs["dataset"] == dataset
+                if not sel.any():
+                    continue
+                d = diffs[sel].iloc[0]
+                name = "ImageNet" if baseline == "imagenet" else "random initialisation"
+                if d["pairs"] < 2:
+                    verdict, words = "undetermined", "cannot tell with fewer than 2 paired seeds"
+                elif d["real"]:
+                    verdict, words = "real", "a real difference (both intervals exclude zero)"
+                else:
+                    verdict, words = "noise", f"not distinguishable from noise with {int(d['pairs'])} seeds"
+                p = f", Wilcoxon p = {d['wilcoxon_p']:.3g}" if not np.isnan(d["wilcoxon_p"]) else ""
+                numbers = (f"vs {name}: {d['diff_mean']:+.3f} (95 % t CI {_ci(d['diff_ci_low'], d['diff_ci_high'], True)}; "
+                           f"bootstrap {_ci(d['boot_ci_low'], d['boot_ci_high'], True)}{p})")
+                comparisons.append({"verdict": verdict, "numbers": numbers, "words": words, "text": f"{numbers}: {words}"})
+            items.append({"fraction": fraction, "best": best["init"], "where": where, "score": score, "runner_up": runner_up,
+                          "headline": headline, "comparisons": comparisons})
+        title = protocol_name(protocol) + (f" on {dataset}" if multi else "")
+        out.append({"dataset": dataset, "protocol": protocol, "title": title, "cells": items})
+    return out
 
 
 def format_table(summary: pd.DataFrame, diffs: pd.DataFrame, metric: str = "macro_f1") -> str:
-    """The plain-text table the demo prints: mean [95 % CI] per cell, and each init minus random."""
+    """The plain-text table the demo and ``sonossl report`` print: mean [95 % CI] per cell, and each
+    init minus random (real/noise as in ``differences.csv``)."""
+    multi = "dataset" in summary.columns and summary["dataset"].nunique() > 1
+    width = max(14, *(len(i) for i in summary["init"]))
     lines = []
-    header = f"{'protocol':<9} {'fraction':>8} {'init':<14} {'runs':>4} {metric + ' mean [95% CI]':>28}   diff vs random [95% CI]"
+    header = (f"{'dataset':<12} " if multi else "") + \
+        f"{'protocol':<9} {'fraction':>8} {'init':<{width}} {'runs':>4} {metric + ' mean [95% CI]':>28}   diff vs random [95% CI]"
     lines.append(header)
     lines.append("-" * len(header))
-    for _, r in summary.sort_values(["protocol", "fraction", "init"]).iterrows():
+    sort = (["dataset"] if "dataset" in summary.columns else []) + ["protocol", "fraction", "init"]
+    for _, r in summary.sort_values(sort).iterrows():
         ci = f"[{r[f'{metric}_ci_low']:.3f}, {r[f'{metric}_ci_high']:.3f}]" if not np.isnan(r[f"{metric}_ci_low"]) else "[n<2]"
-        d = diffs[(diffs["init"] == r["init"]) & (diffs["baseline"] == "random") & (diffs["protocol"] == r["protocol"]) & (diffs["fraction"] == r["fraction"])] if len(diffs) else diffs
         dtxt = ""
-        if len(d):
-            d = d.iloc[0]
-            dci = f"[{d['diff_ci_low']:+.3f}, {d['diff_ci_high']:+.3f}]" if not np.isnan(d["diff_ci_low"]) else "[n<2]"
-            dtxt = f"{d['diff_mean']:+.3f} {dci}{'  real' if d['real'] else '  noise'}"
-        lines.append(f"{r['protocol']:<9} {r['fraction']:>7g}% {r['init']:<14} {int(r['runs']):>4} {r[f'{metric}_mean']:>12.3f} {ci:>15}   {dtxt}")
+        if len(diffs):
+            sel = (diffs["init"] == r["init"]) & (diffs["baseline"] == "random") & (diffs["protocol"] == r["protocol"]) \
+                & np.isclose(diffs["fraction"], r["fraction"])
+            if "dataset" in diffs.columns and "dataset" in r:
+                sel &= diffs["dataset"] == r["dataset"]
+            if sel.any():
+                d = diffs[sel].iloc[0]
+                dci = f"[{d['diff_ci_low']:+.3f}, {d['diff_ci_high']:+.3f}]" if not np.isnan(d["diff_ci_low"]) else "[n<2]"
+                dtxt = f"{d['diff_mean']:+.3f} {dci}{'  real' if d['real'] else '  noise'}"
+        lines.append((f"{str(r['dataset'])[:12]:<12} " if multi else "") +
+                     f"{r['protocol']:<9} {r['fraction']:>7g}% {r['init']:<{width}} {int(r['runs']):>4} "
+                     f"{r[f'{metric}_mean']:>12.3f} {ci:>15}   {dtxt}")
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------- the rest of a study folder
+def load_study(out: Path) -> dict:
+    """``DIR/study.json`` as a dict ({} when absent)."""
+    path = out / "study.json"
+    if not path.is_file():
+        return {}
+    try:
+        study = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SonosslError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(study, dict):
+        raise SonosslError(f"{path}: expected a JSON object")
+    return study
+
+
+def load_pretrain_curves(out: Path) -> dict[str, list[dict]]:
+    """``DIR/pretrain/<name>/stats.jsonl`` -> {name: records}. Lines that do not parse (e.g. the last
+    line of a killed run) are skipped."""
+    curves = {}
+    for path in sorted(out.glob("pretrain/*/stats.jsonl")):
+        recs = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                recs.append(rec)
+        if recs:
+            curves[path.parent.name] = recs
+    return curves
+
+
+def _confusion_from_predictions(paths: list[Path]) -> tuple[np.ndarray, list[str], int]:
+    """Pooled confusion matrix (classes, classes), rows = true, from predictions.csv files
+    (columns true, predicted[, p_<class>...]); class order from the p_ columns, else sorted. Also returns
+    how many files were read (unreadable ones are skipped)."""
+    frames = []
+    for p in paths:
+        try:
+            f = pd.read_csv(p)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue
+        if {"true", "predicted"} <= set(f.columns):
+            frames.append(f)
+    if not frames:
+        return np.zeros((0, 0), dtype=int), [], 0
+    prob_cols = [c[2:] for c in frames[0].columns if c.startswith("p_")]
+    names = prob_cols or sorted(set().union(*(set(f["true"].astype(str)) | set(f["predicted"].astype(str)) for f in frames)))
+    index = {c: i for i, c in enumerate(names)}
+    cm = np.zeros((len(names), len(names)), dtype=int)
+    for f in frames:
+        for t, p in zip(f["true"].astype(str), f["predicted"].astype(str)):
+            if t in index and p in index:
+                cm[index[t], index[p]] += 1
+    return cm, names, len(frames)
+
+
+def confusion_figures(out: Path, df: pd.DataFrame, summary: pd.DataFrame, metric: str = "macro_f1") -> list[Figure]:
+    """For each (dataset,) protocol: the best init at the smallest and at the largest fraction. Its
+    confusion matrix is pooled over all its seeds from each run's predictions.csv (via runs.csv); when
+    no predictions.csv exists, the confusion.png of the seed whose score is closest to the cell median
+    is shown instead. Skipped without ``runs.csv``."""
+    path = out / "runs.csv"
+    if not path.is_file():
+        return []
+    try:
+        runs = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return []
+    if not {"init", "protocol", "fraction", "seed", "run_dir"} <= set(runs.columns):
+        return []
+    runs["fraction"] = runs["fraction"].astype(float)
+    by_ds = "dataset" in summary.columns and "dataset" in runs.columns
+    if by_ds:
+        runs["dataset"] = runs["dataset"].fillna("").astype(str)
+    multi = "dataset" in summary.columns and summary["dataset"].nunique() > 1
+    figs = []
+    for key, g in summary.groupby((["dataset"] if "dataset" in summary.columns else []) + ["protocol"], sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        dataset, protocol = (key[0] if len(key) == 2 else ""), key[-1]
+        fractions = sorted(g["fraction"].unique())
+        for fraction in dict.fromkeys([fractions[0], fractions[-1]]):
+            cell = g[np.isclose(g["fraction"], fraction)].sort_values(f"{metric}_mean", ascending=False)
+            init = cell.iloc[0]["init"]
+            sel = (runs["init"] == init) & (runs["protocol"] == protocol) & np.isclose(runs["fraction"], fraction)
+            if by_ds:
+                sel &= runs["dataset"] == dataset
+            dirs = [(int(r.seed), out / str(r.run_dir)) for r in runs[sel].itertuples()]
+            where = f"{init}, {protocol_name(protocol)}, {fraction:g} % labels" + (f" [{dataset}]" if multi else "")
+            preds = [d / "predictions.csv" for _, d in dirs if (d / "predictions.csv").is_file()]
+            cm, names, n_read = _confusion_from_predictions(preds) if preds else (None, [], 0)
+            if names:
+                uri = confusion_figure(cm, names, f"{where}\n{n_read} seed(s) pooled")
+                caption = f"{n_read} seed(s) pooled; rows: true class, columns: predicted"
+            else:
+                pngs = {s: d / "confusion.png" for s, d in dirs if (d / "confusion.png").is_file()}
+                if not pngs:
+                    continue
+                scores = df[(df["init"] == init) & (df["protocol"] == protocol) & np.isclose(df["fraction"], fraction)]
+                if by_ds and "dataset" in df.columns:
+                    scores = scores[scores["dataset"] == dataset]
+                scores = scores[scores["seed"].isin(list(pngs))].set_index("seed")[metric]
+                seed = int((scores - scores.median()).abs().idxmin()) if len(scores) else next(iter(pngs))
+                uri = file_data_uri(pngs[seed])
+                caption = f"seed {seed} (the run closest to the median of its cell)"
+            figs.append(Figure("confusion", where,
+                               f"Confusion matrix of the best initialisation, {where}: rows are the true class, "
+                               "columns the predicted class, diagonal cells are correct predictions", uri, caption))
+    return figs
+
+
+# ------------------------------------------------------------------------------------------ report
+def _facts(df: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
+    """What was run, read off the results themselves."""
+    facts = {}
+    if "dataset" in df.columns and df["dataset"].str.len().gt(0).any():
+        facts["labelled data"] = ", ".join(sorted(set(df["dataset"]) - {""}))
+    inits = []
+    for init in order_inits(df["init"]):
+        row = summary[summary["init"] == init].iloc[0]
+        desc = [f"{c.replace('_', ' ')} {row[c]}" for c in ("method", "pairs", "data_variant") if c in row and row[c]]
+        inits.append(init + (f" ({', '.join(desc)})" if desc else ""))
+    facts["initialisations"] = "; ".join(inits)
+    facts["protocols"] = ", ".join(protocol_name(p) for p in sorted(df["protocol"].unique()))
+    facts["label fractions"] = ", ".join(f"{f:g} %" for f in sorted(df["fraction"].unique()))
+    facts["seeds"] = f"{df['seed'].nunique()} ({', '.join(str(s) for s in sorted(df['seed'].unique()))})"
+    facts["downstream runs"] = str(len(df))
+    return facts
+
+
 def write_report(out: Path, results_csv: Path | None = None, context: dict | None = None) -> dict[str, Path]:
-    """Write ``summary.csv``, ``differences.csv`` and ``report.html`` into ``out``."""
+    """Write ``summary.csv``, ``differences.csv`` and ``report.html`` into ``out``; returns their paths
+    (keys summary, differences, report). ``context`` (e.g. {"data": ..., "pretraining": ...}) overrides
+    ``out/study.json``'s ``context``."""
+    out = Path(out)
     results_csv = results_csv or out / "results.csv"
     df = load_results(results_csv)
     summary = summarise(df)
     diffs = paired_differences(df)
     paths = {"summary": out / "summary.csv", "differences": out / "differences.csv", "report": out / "report.html"}
-    summary.to_csv(paths["summary"], index=False, float_format="%.6f")
-    diffs.to_csv(paths["differences"], index=False, float_format="%.6f")
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    pct = "{:g}".format  # fractions as written in results.csv (1, 12.5, 100), not 1.000000
+    summary.assign(fraction=summary["fraction"].map(pct)).to_csv(paths["summary"], index=False, float_format="%.6f")
+    diffs.assign(fraction=diffs["fraction"].map(pct)).to_csv(paths["differences"], index=False, float_format="%.6f")
+
+    study = load_study(out)
+    ctx = {**(study.get("context") or {}), **(context or {})}
+    order = order_inits(df["init"])
+    figures: list[Figure] = curve_figures(summary, order=order) + ranking_figures(summary)
+    figures += confusion_figures(out, df, summary)
+    pre = pretrain_figure(load_pretrain_curves(out))
+    figures += [pre] if pre else []
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
+        title=str(study.get("name") or ""),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        context=context or {},
-        figures=curve_figures(summary),
+        context={str(k): str(v) for k, v in ctx.items()},
+        facts=_facts(df, summary),
+        won=what_won(summary, diffs),
+        seeds_min=int(summary["runs"].min()), seeds_max=int(summary["runs"].max()),
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        figures=figures,
+        sections=[("curves", "Macro F1 against the fraction of labels"), ("ranking", "Which initialisation ranks first at each fraction"),
+                  ("confusion", "Where the best models go wrong"), ("pretraining", "Pretraining curves")],
         summary=summary.to_dict("records"),
         diffs=diffs.to_dict("records"),
+        has_dataset="dataset" in summary.columns and summary["dataset"].nunique() > 1,
         n_runs=len(df),
-        inits=sorted(set(df["init"])),
+        inits=order,
     )
     tmp = paths["report"].with_suffix(".html.tmp")
     tmp.write_text(html)

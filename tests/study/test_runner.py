@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_study
+from helpers import write_study
 
 from sonossl.cli import main
 
