@@ -171,7 +171,12 @@ class EvaluateConfig(Config):
     @field_validator("fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
-        for f in v:
-            if not 0 < f <= 100:
-                raise ValueError(f"fraction {f} outside (0, 100] (percent of the labelled train split)")
-        return sorted(set(v))
+        return check_fractions(v)
+
+
+def check_fractions(v: list[float]) -> list[float]:
+    """Label fractions in percent, each in (0, 100]; sorted, without repeats."""
+    for f in v:
+        if not 0 < f <= 100:
+            raise ValueError(f"fraction {f:g} outside (0, 100] (percent of the labelled train split)")
+    return sorted(set(v))

@@ -15,7 +15,7 @@ def test_wrong_type_and_range_name_the_key():
         build_config(PretrainConfig, {"image_size": 0})
     with pytest.raises(SonosslError, match=r"epochs: .*integer"):
         build_config(PretrainConfig, {"epochs": "many"})
-    with pytest.raises(SonosslError, match=r"fraction 150.0 outside \(0, 100\]"):
+    with pytest.raises(SonosslError, match=r"fraction 150 outside \(0, 100\]"):
         build_config(EvaluateConfig, {"fractions": [1, 150]})
 
 

@@ -40,7 +40,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sonossl.config import EvaluateConfig, PretrainConfig, build_config, read_config_file, read_preset, validated
+from sonossl.config import (EvaluateConfig, PretrainConfig, build_config, check_fractions, read_config_file, read_preset,
+                            validated)
 from sonossl.errors import SonosslError
 
 STUDY_PRESET_DIR = Path(__file__).parent / "presets"
@@ -91,10 +92,7 @@ class EvaluateGrid(_Strict):
     @field_validator("fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
-        for f in v:
-            if not 0 < f <= 100:
-                raise ValueError(f"fraction {f:g} outside (0, 100] (percent of the labelled train split)")
-        return sorted(set(v))
+        return check_fractions(v)
 
 
 class StudySpec(_Strict):

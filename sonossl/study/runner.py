@@ -312,46 +312,53 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
     return summary
 
 
-def _ready(unit, done: set[str]) -> bool:
-    return all(d in done for d in unit.deps())
+class _Tally:
+    """Done, failed and blocked units as outcomes arrive, with a progress line per outcome."""
+
+    def __init__(self, todo: list, done: set[str], progress: _Progress, summary: StudySummary):
+        self.todo, self.done, self.progress, self.summary = todo, done, progress, summary
+        self.failed: set[str] = set()
+
+    def settle(self, outcome: Outcome) -> None:
+        if outcome.ok:
+            self.done.add(outcome.key)
+            self.summary.ran += 0 if outcome.skipped else 1
+        else:
+            self.failed.add(outcome.key)
+            self.summary.failed[outcome.key] = outcome.message
+        settled = self.done | self.failed | set(self.summary.blocked)
+        self.progress.report(self.done, [u.key for u in self.todo if u.key not in settled], outcome)
+
+    def blocked(self, unit) -> bool:
+        """A unit that needs a failed (or itself blocked) unit: recorded as blocked."""
+        if any(d in self.failed or d in self.summary.blocked for d in unit.deps()):
+            self.summary.blocked.append(unit.key)
+            return True
+        return False
+
+    def ready(self, unit) -> bool:
+        return all(d in self.done for d in unit.deps())
 
 
 def _run_local(todo: list, ctx: Context, workers: int, done: set[str], progress: _Progress, summary: StudySummary) -> None:
-    failed: set[str] = set()
-    pending = list(todo)
-
-    def settle(outcome: Outcome) -> None:
-        if outcome.ok:
-            done.add(outcome.key)
-            summary.ran += 0 if outcome.skipped else 1
-        else:
-            failed.add(outcome.key)
-            summary.failed[outcome.key] = outcome.message
-        progress.report(done, [u.key for u in pending], outcome)
-
-    def blocked(unit) -> bool:
-        return any(d in failed or d in summary.blocked for d in unit.deps())
-
+    tally = _Tally(todo, done, progress, summary)
     if workers == 1:
-        for unit in list(pending):
-            pending.remove(unit)
-            if blocked(unit):
-                summary.blocked.append(unit.key)
-                continue
-            settle(run_unit(unit, ctx))
+        for unit in todo:
+            if not tally.blocked(unit):
+                tally.settle(run_unit(unit, ctx))
         return
 
     threads = max(1, (os.cpu_count() or 1) // workers)
+    pending = list(todo)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
         running: dict = {}
         while pending or running:
             for unit in list(pending):
                 if len(running) >= workers:
                     break
-                if blocked(unit):
+                if tally.blocked(unit):
                     pending.remove(unit)
-                    summary.blocked.append(unit.key)
-                elif _ready(unit, done):
+                elif tally.ready(unit):
                     pending.remove(unit)
                     running[pool.submit(run_unit, unit, ctx)] = unit
             if not running:
@@ -362,9 +369,9 @@ def _run_local(todo: list, ctx: Context, workers: int, done: set[str], progress:
             for fut in finished:
                 unit = running.pop(fut)
                 try:
-                    settle(fut.result())
+                    tally.settle(fut.result())
                 except Exception as exc:  # the worker process itself died (e.g. out of memory)
-                    settle(Outcome(unit.key, False, 0.0, f"worker died: {type(exc).__name__}: {exc}"))
+                    tally.settle(Outcome(unit.key, False, 0.0, f"worker died: {type(exc).__name__}: {exc}"))
 
 
 class _Job:
@@ -397,15 +404,9 @@ def _run_submitit(todo: list, ctx: Context, workers: int, done: set[str], progre
         if slurm.get("partition"):
             params["slurm_partition"] = slurm["partition"]
     executor.update_parameters(**params)
-    failed: set[str] = set()
+    tally = _Tally(todo, done, progress, summary)
     for kind in (IngestUnit, PretrainUnit, EvalUnit):
-        wave = [u for u in todo if isinstance(u, kind)]
-        runnable = []
-        for u in wave:
-            if any(d in failed or d in summary.blocked for d in u.deps()):
-                summary.blocked.append(u.key)
-            else:
-                runnable.append(u)
+        runnable = [u for u in todo if isinstance(u, kind) and not tally.blocked(u)]
         # The local executor starts every job of an array at once: keep it to `workers` at a time.
         chunk = len(runnable) if cluster == "slurm" else workers
         for i in range(0, len(runnable), max(1, chunk)):
@@ -417,14 +418,9 @@ def _run_submitit(todo: list, ctx: Context, workers: int, done: set[str], progre
                 try:
                     outcome = job.result()
                 except Exception as exc:  # the job itself failed (killed, out of memory, ...)
-                    outcome = Outcome(u.key, False, 0.0, f"job {job.job_id} failed: {str(exc).splitlines()[-1] if str(exc) else type(exc).__name__}")
-                if outcome.ok:
-                    done.add(u.key)
-                    summary.ran += 0 if outcome.skipped else 1
-                else:
-                    failed.add(u.key)
-                    summary.failed[u.key] = outcome.message
-                progress.report(done, [x.key for x in todo if x.key not in done and x.key not in failed], outcome)
+                    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                    outcome = Outcome(u.key, False, 0.0, f"job {job.job_id} failed: {last}")
+                tally.settle(outcome)
 
 
 def export_results(plan: Plan, out: Path, store: ResultsStore) -> Path | None:
