@@ -113,6 +113,7 @@ def evaluate_config(a: argparse.Namespace):
     flags = {k: getattr(a, k) for k in ("labels", "train_csv", "val_csv", "test_csv", "init", "imagenet_weights", "backbone",
                                         "fractions", "seeds", "out", "image_size", "epochs", "linear_epochs", "batch_size",
                                         "max_steps", "min_steps", "lr", "accelerator")}
+    flags["allow_outside_root"] = a.allow_outside_root or None
     flags["protocol"] = a.protocol.split(",") if a.protocol else None
     return build_config(EvaluateConfig, read_config_file(a.config) if a.config else {}, flags, source=str(a.config or "evaluate"))
 
@@ -260,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float)
     s.add_argument("--accelerator", choices=["auto", "cpu", "gpu"])
     s.add_argument("--no-save-models", action="store_true", help="skip model.pt in each run folder")
+    s.add_argument("--allow-outside-root", action="store_true",
+                   help="let CSV image paths point outside the CSV's folder (refused by default)")
     s.add_argument("--quiet", action="store_true")
     _out_flags(s)
     s.set_defaults(func=cmd_evaluate)

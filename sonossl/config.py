@@ -145,6 +145,7 @@ class EvaluateConfig(Config):
     train_csv: Path | None = None
     val_csv: Path | None = None
     test_csv: Path | None = None
+    allow_outside_root: bool = False  # CSV image paths may leave the CSV's folder (../, absolute, symlinks out)
     init: str = "random"  # random | imagenet | pretrain run folder | backbone.pt
     imagenet_weights: Path | None = None
     backbone: str | None = None  # taken from the pretrain run when init is one

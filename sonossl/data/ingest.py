@@ -14,6 +14,9 @@ What leaves ingestion, and what does not:
   the dataset name in the store. ``group_id`` = the same hash of the patient/study key (the
   raw ``PatientID`` or ``StudyInstanceUID``, else the source's folder). Neither can be turned
   back into a path or an identifier without the salt and the candidate values.
+- A DICOM or video whose scan region cannot be found (``crop="auto"``: no usable DICOM regions,
+  no motion, no speckle) is an ``error`` row, not a whole screen with its burned-in text in the
+  store; ``crop="none"`` keeps whole frames when the user says so.
 - The store holds frames (burned-in text is outside the crop), the pseudonyms, the split, fps,
   frame skip and crop box. No DICOM attribute value, no path. Logs name clips by ``video_id``.
 - ``FRAMES.manifest.csv`` (beside the store) maps sources to pseudonyms with the outcome of each:
@@ -135,6 +138,9 @@ def process_source(source: Path, opts: dict[str, Any], dataset: str | None = Non
         crop = opts["crop"]
         if crop == "auto":
             box, mask, how = locate_scan_region(clip.frames, clip.regions)
+            if how == "full" and clip.kind in ("dicom", "video"):  # a scanner screen: keeping it all keeps its burned-in text
+                raise SonosslError("no scan region found (no usable DICOM regions, no moving fan); the whole screen "
+                                   "may hold burned-in patient text, so it is not stored; pass --crop none to keep whole frames")
         elif crop == "dicom" and regions_box(clip.regions, h, w) is not None:
             box, mask, how = regions_box(clip.regions, h, w), regions_mask(clip.regions, h, w), "dicom"
         else:

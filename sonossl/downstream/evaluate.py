@@ -138,7 +138,8 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     data_key = ("data", str(cfg.labels), str(cfg.train_csv), str(cfg.val_csv), str(cfg.test_csv), cfg.image_size)
     data = cache.get(data_key) if cache is not None else None
     if data is None:
-        data = load_labelled(cfg.labels, train_csv=cfg.train_csv, val_csv=cfg.val_csv, test_csv=cfg.test_csv, size=cfg.image_size)
+        data = load_labelled(cfg.labels, train_csv=cfg.train_csv, val_csv=cfg.val_csv, test_csv=cfg.test_csv, size=cfg.image_size,
+                             allow_outside_root=cfg.allow_outside_root)
         if cache is not None:  # one labelled set at a time; features of up to 8 inits
             for k in [k for k in cache if k[0] == "data" or (k[0] == "features" and k[3] != data_key)]:
                 del cache[k]
@@ -148,6 +149,8 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     device = _device(cfg.accelerator)
     amp = torch.bfloat16 if (device == "cuda" and cfg.precision in ("auto", "bf16-mixed")) else None
 
+    if init.source not in ("random", "imagenet"):
+        init.build(cfg.imagenet_weights)  # a checkpoint that will be refused is refused before --out exists
     out = claim_output_dir(cfg.out, resume=resume, overwrite=overwrite)
     dump_config(cfg, out / "config.yaml")
     results_path = out / "results.csv"

@@ -19,7 +19,7 @@ import torch
 from sonossl.downstream.classifier import Classifier
 from sonossl.downstream.evaluate import MODEL_FORMAT
 from sonossl.errors import SonosslError
-from sonossl.models.backbones import build_encoder, get_spec
+from sonossl.models.backbones import build_encoder, get_spec, load_error
 
 REQUIRED_KEYS = ("format", "backbone", "class_names", "preprocessing", "state_dict")
 # run.json fields that describe the training; paths (init_source) are left out of model cards
@@ -69,7 +69,7 @@ def load_model(model: Path, device: str = "cpu") -> LoadedModel:
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, truncated, or pickled code
-        raise SonosslError(f"{path}: not a loadable model.pt ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+        raise SonosslError(f"{path}: not a loadable model.pt ({load_error(exc)})") from None
     if not isinstance(bundle, dict) or any(k not in bundle for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(bundle, dict) or k not in bundle]
         raise SonosslError(f"{path}: not a sonossl model.pt (missing {', '.join(missing)}); expected the model.pt of an evaluate run")

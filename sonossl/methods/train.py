@@ -35,6 +35,7 @@ from sonossl.errors import SonosslError
 from sonossl.methods import get_method
 from sonossl.methods.base import SSLMethod, parse_options
 from sonossl.methods.monitors import Monitors
+from sonossl.models.backbones import load_error
 from sonossl.outputs import claim_output_dir
 
 CKPT_NAME = "last.ckpt"
@@ -147,6 +148,33 @@ def _timer_stopped(trainer: pl.Trainer) -> bool:
     return any(isinstance(c, Timer) and c.time_remaining() is not None and c.time_remaining() <= 0 for c in trainer.callbacks)
 
 
+def check_checkpoint(path: Path) -> int:
+    """Refuse a checkpoint that does not load with ``weights_only=True`` (pickled code, a
+    truncated or foreign file) before Lightning meets it, with one line naming the file.
+    Returns its ``global_step``."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return int(ckpt["global_step"])
+    except Exception as exc:
+        raise SonosslError(f"{path}: not a loadable weights-only checkpoint ({load_error(exc)}); "
+                           "remove it to start afresh, or --overwrite") from None
+
+
+def trim_stats(path: Path, step: int) -> None:
+    """Drop the ``stats.jsonl`` lines written after the checkpoint being resumed (``step`` >
+    its global step): the resumed run does those steps again and writes them once more."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):  # a line cut by the crash
+            continue
+    atomic_write_text(path, "".join(keep))
+
+
 def _launcher_rank_zero() -> bool:
     """False in processes started by a DDP launcher for ranks > 0 (they must not touch the folder)."""
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
@@ -188,11 +216,6 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if accelerator == "gpu" else "32-true")
     store = FrameStore(cfg.frames)
 
-    out = Path(cfg.out)
-    ckpt = _prepare_folder(out, cfg, resume, overwrite) if _launcher_rank_zero() else None
-    if not _launcher_rank_zero() and resume and (out / "checkpoints" / CKPT_NAME).is_file():
-        ckpt = out / "checkpoints" / CKPT_NAME
-
     # Lightning 2.6 calls a deprecated torch pytree API on every fit; nothing for a user to act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     if not progress:  # quiet: no "GPU available" banners or tips, warnings still shown
@@ -204,13 +227,24 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
         store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
         frame_stride=cfg.frame_stride, seed=cfg.seed,
     )
+    monitors = Monitors(store, cfg.image_size, cfg.monitor_labels)  # reads (and checks) the monitor's labelled set
+    out = Path(cfg.out)
+    resume_step = None
+    if resume and (out / "checkpoints" / CKPT_NAME).is_file():
+        resume_step = check_checkpoint(out / "checkpoints" / CKPT_NAME)
+    # the folder is touched only once the input has passed every check above (nothing half-written)
+    ckpt = _prepare_folder(out, cfg, resume, overwrite) if _launcher_rank_zero() else None
+    if ckpt is not None and resume_step is not None:
+        trim_stats(out / "stats.jsonl", resume_step)
+    if not _launcher_rank_zero() and resume and (out / "checkpoints" / CKPT_NAME).is_file():
+        ckpt = out / "checkpoints" / CKPT_NAME
 
     callbacks: list[Callback] = [
         RunCheckpoint(
             dirpath=out / "checkpoints", filename="last", save_top_k=0, save_last=True,
             train_time_interval=timedelta(seconds=cfg.checkpoint_every_s), save_on_train_epoch_end=True,
         ),
-        Monitors(store, cfg.image_size, cfg.monitor_labels),  # before StatsWriter: it writes their figures
+        monitors,  # before StatsWriter: it writes their figures
         StatsWriter(out / "stats.jsonl"),
         FinalOutputs(out),
     ]

@@ -60,6 +60,18 @@ def imagenet_cache_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
+def load_error(exc: BaseException) -> str:
+    """One short line saying why ``torch.load(..., weights_only=True)`` refused a file: torch's
+    own message runs over many lines (and carries terminal colour codes)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:  # a pickle that would build an object: the classic code-execution vector
+        return f"it holds pickled objects, not only tensors (would call {found.group(1)}); refused"
+    return f"{type(exc).__name__}: {' '.join(text.split())[:160]}"
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Load a tensor-only checkpoint safely (``weights_only=True``); refuse anything else."""
     path = Path(path)
@@ -68,7 +80,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code, truncated file, not a torch file
-        raise SonosslError(f"{path}: not a loadable weights-only checkpoint ({type(exc).__name__}: {exc})") from None
+        raise SonosslError(f"{path}: not a loadable weights-only checkpoint ({load_error(exc)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
