@@ -138,11 +138,18 @@ class FrameStore:
             self._h5 = None
 
 
+TMP_SUFFIX = ".writing"
+
+
 class FrameStoreWriter:
     """Writes a store atomically: ``with FrameStoreWriter(path) as w: w.add_video(...)``.
 
     Data go to ``<path>.partial`` and are renamed to ``path`` on a clean exit; on an exception
     the partial file is kept (``resume=True`` continues it) and ``path`` is never touched.
+    A clip is written under a temporary name and renamed when complete (one metadata update),
+    so a clip cut off by a kill is dropped on resume rather than taken for a finished one; a
+    partial file that a kill left unreadable is set aside (``.partial.corrupt``) and the store
+    is started again.
     """
 
     def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False):
@@ -155,7 +162,13 @@ class FrameStoreWriter:
             os.replace(self.path, self.partial)  # continue the finished store
         elif not resume and self.partial.exists():
             self.partial.unlink()
-        self._f = h5py.File(self.partial, "a")
+        try:
+            self._f = h5py.File(self.partial, "a")
+        except OSError:  # cut off mid-write by a kill: HDF5 metadata may be unreadable
+            os.replace(self.partial, self.partial.with_name(self.partial.name + ".corrupt"))
+            self._f = h5py.File(self.partial, "a")
+        for name in [k for k in self._f.keys() if k.endswith(TMP_SUFFIX)]:
+            del self._f[name]  # a clip whose write did not finish
         self._f.attrs["sonossl_format"] = FORMAT_VERSION
 
     def __contains__(self, key: str) -> bool:
@@ -182,9 +195,11 @@ class FrameStoreWriter:
             raise ValueError(f"frames must be uint8 [T>=1, H, W(, 3)], got {frames.dtype} {frames.shape}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if key in self._f:
-            del self._f[key]
-        ds = self._f.create_dataset(key, data=frames, chunks=(1, *frames.shape[1:]))
+        tmp = key + TMP_SUFFIX
+        for name in (key, tmp):
+            if name in self._f:
+                del self._f[name]
+        ds = self._f.create_dataset(tmp, data=frames, chunks=(1, *frames.shape[1:]))
         ds.attrs.update({"video_id": video_id, "group_id": group_id, "split": split})
         if fps is not None:
             ds.attrs["fps"] = float(fps)
@@ -192,6 +207,8 @@ class FrameStoreWriter:
             ds.attrs["frame_skip"] = int(frame_skip)
         if crop_box is not None:
             ds.attrs["crop_box"] = np.asarray(crop_box, dtype=np.int64)
+        self._f.flush()
+        self._f.move(tmp, key)  # the clip exists under its name only once it is complete
         self._f.flush()
 
     def records(self) -> list[VideoRecord]:
