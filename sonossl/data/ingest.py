@@ -46,7 +46,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from sonossl.data.framestore import FrameStore, FrameStoreWriter
-from sonossl.data.readers import HDF5_SUFFIXES, find_sources, hdf5_clips, read_source
+from sonossl.data.readers import HDF5_SUFFIXES, Box, Clip, find_sources, hdf5_clips, read_source
 from sonossl.data.sector import crop_to_region, full_frame, locate_scan_region, regions_box, regions_mask
 from sonossl.errors import SonosslError
 
@@ -126,6 +126,25 @@ def _one_line(exc: BaseException, source: Path, dataset: str | None = None) -> s
     return text[:300]
 
 
+def scan_region(clip: Clip, crop: str) -> tuple[Box, np.ndarray, str]:
+    """The region of ``clip`` to keep under ``--crop auto|dicom|none``: box, mask and how it was
+    found (``dicom``, ``motion``, ``texture`` or ``full``). Shared by ``ingest`` and ``predict``.
+
+    With ``auto``, a scanner screen (DICOM or video) where no fan is found is refused rather than
+    kept whole: the whole screen may hold burned-in patient text.
+    """
+    _, h, w = clip.frames.shape
+    if crop == "auto":
+        box, mask, how = locate_scan_region(clip.frames, clip.regions)
+        if how == "full" and clip.kind in ("dicom", "video"):
+            raise SonosslError("no scan region found (no usable DICOM regions, no moving fan); the whole screen "
+                               "may hold burned-in patient text, so it is not used; pass --crop none to keep whole frames")
+        return box, mask, how
+    if crop == "dicom" and regions_box(clip.regions, h, w) is not None:
+        return regions_box(clip.regions, h, w), regions_mask(clip.regions, h, w), "dicom"
+    return (*full_frame(h, w), "full")
+
+
 def process_source(source: Path, opts: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
     """Decode, crop, resize and (``opts["dedup"]``) deduplicate one source (one ``dataset`` of
     an HDF5 file); never raises (errors come back as ``status=error``).
@@ -134,17 +153,8 @@ def process_source(source: Path, opts: dict[str, Any], dataset: str | None = Non
     """
     try:
         clip = read_source(source, frame_skip=opts["frame_skip"], max_frames=opts["max_frames"], dataset=dataset)
-        _, h, w = clip.frames.shape
         crop = opts["crop"]
-        if crop == "auto":
-            box, mask, how = locate_scan_region(clip.frames, clip.regions)
-            if how == "full" and clip.kind in ("dicom", "video"):  # a scanner screen: keeping it all keeps its burned-in text
-                raise SonosslError("no scan region found (no usable DICOM regions, no moving fan); the whole screen "
-                                   "may hold burned-in patient text, so it is not stored; pass --crop none to keep whole frames")
-        elif crop == "dicom" and regions_box(clip.regions, h, w) is not None:
-            box, mask, how = regions_box(clip.regions, h, w), regions_mask(clip.regions, h, w), "dicom"
-        else:
-            (box, mask), how = full_frame(h, w), "full"
+        box, mask, how = scan_region(clip, crop)
         frames = crop_to_region(clip.frames, box, mask, opts["size"])
         note = f"crop: {how}" + (" (no usable DICOM regions)" if crop == "dicom" and how != "dicom" else "")
         if opts.get("dedup") is not None:

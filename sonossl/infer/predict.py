@@ -42,7 +42,8 @@ from PIL import Image
 
 from sonossl.data.labelled import IMAGE_SUFFIXES, load_image
 from sonossl.data.readers import find_sources, read_source
-from sonossl.data.sector import crop_to_region, full_frame, locate_scan_region, regions_box, regions_mask
+from sonossl.data.ingest import scan_region
+from sonossl.data.sector import crop_to_region
 from sonossl.errors import SonosslError
 from sonossl.infer.model import LoadedModel, load_model
 
@@ -87,13 +88,10 @@ def read_input(path: Path, image_size: int, *, frame_skip: int = 1, crop: str = 
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return Frames(load_image(path, image_size)[None], np.zeros(1, np.int64))
     clip = read_source(path, frame_skip=frame_skip)
-    _, h, w = clip.frames.shape
-    if crop == "auto":  # the branches of sonossl.data.ingest.process_source
-        box, mask, _ = locate_scan_region(clip.frames, clip.regions)
-    elif crop == "dicom" and regions_box(clip.regions, h, w) is not None:
-        box, mask = regions_box(clip.regions, h, w), regions_mask(clip.regions, h, w)
-    else:
-        box, mask = full_frame(h, w)
+    try:
+        box, mask, _ = scan_region(clip, crop)  # as ingest crops, so the model sees what it was trained on
+    except SonosslError as exc:
+        raise SonosslError(f"{path}: {exc}") from None
     frames = crop_to_region(clip.frames, box, mask, image_size)
     return Frames(frames, np.arange(len(frames), dtype=np.int64) * frame_skip, clip.frames, box, mask)
 
@@ -221,7 +219,6 @@ def predict(
                 except Exception as exc:  # one unreadable input must not stop the others
                     msg = " ".join(str(exc).split()).replace(f"{src}: ", "")[:300] or type(exc).__name__
                     summary.errors.append((str(src), msg))
-                    print(f"sonossl predict: skipped {src}: {msg}", file=sys.stderr)
                     bar.advance(task)
                     continue
                 probs = frame_probabilities(m, fr.frames, batch_size)
@@ -242,9 +239,11 @@ def predict(
                         Image.fromarray(fr.display(k)).save(img)
                         best_rows.append([str(src), name, int(fr.index[k]), f"{curve[k, c]:.5f}", str(img.relative_to(part_dir))])
                 bar.advance(task)
-        if summary.sources == 0:
+        if summary.sources == 0:  # one line, the first reasons in it
             raise SonosslError(f"no input could be predicted ({len(summary.errors)} unreadable: "
                                f"{'; '.join(f'{s}: {e}' for s, e in summary.errors[:3])})")
+        for src, msg in summary.errors:  # some were predicted: say which were not
+            print(f"sonossl predict: skipped {src}: {msg}", file=sys.stderr)
         for p in ours:  # the previous outputs (--overwrite) go only once the new ones are complete
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         if summary.clips:

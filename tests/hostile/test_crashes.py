@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_PRETRAIN, run_cli_process, spawn_cli, tiny_store, write_yaml
+from hostile_kit import TINY_PRETRAIN, run_cli_process, spawn_cli, tiny_store, write_yaml
 from helpers import make_labelled
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import TINY_PRETRAIN, tiny_store, write_yaml
+from hostile_kit import TINY_PRETRAIN, tiny_store, write_yaml
 from helpers import make_labelled
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY_PRETRAIN, tiny_store, write_yaml
+from hostile_kit import TINY_PRETRAIN, tiny_store, write_yaml
 from helpers import make_labelled
 from PIL import Image
 
@@ -366,11 +366,12 @@ def test_bad_models_and_inputs_for_predict(sonossl, tiny_model: dict, scans, tmp
     assert sum("skipped" in line for line in err) == 2
     with open(out.with_name("pred_errors.csv")) as fh:
         assert sorted(Path(r["source"]).name for r in csv.DictReader(fh)) == ["bad.mp4", "zero.dcm"]
-    # only corrupt inputs: exit 2, one summary line after the per-input notes, the old outputs untouched
+    # only corrupt inputs: exit 2, one line naming them, the old outputs untouched
     before = out.read_bytes()
     rc, err = sonossl("predict", "--model", tiny_model["run"], src / "zero.dcm", src / "bad.mp4", "--out", out,
                       "--overwrite", "--quiet")
-    assert rc == 2 and err[-1].startswith("sonossl predict: error: no input could be predicted"), err
+    assert rc == 2 and len(err) == 1 and err[0].startswith("sonossl predict: error: no input could be predicted"), err
+    assert "zero.dcm" in err[0] and "bad.mp4" in err[0]
     assert out.read_bytes() == before and not list(tmp_path.glob("*.partial"))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pydicom
-from conftest import TINY_PRETRAIN, write_yaml
+from hostile_kit import TINY_PRETRAIN, write_yaml
 from PIL import Image, ImageDraw
 
 from sonossl.data.synthetic import synthesize
