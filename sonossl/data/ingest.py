@@ -7,6 +7,12 @@ resize to ``size x size``, optionally drop near-duplicate frames (``dedup``, see
 A seed-format HDF5 source holds many clips: each of its datasets is ingested as its own source,
 named ``file.h5::dataset`` in the manifest.
 
+Memory does not grow with the source: a clip is read in two passes, first a sample of at most 64
+frames spread over it (the scan region and, for 16-bit data without a VOI window, the grey
+range), then every kept frame, cropped and resized 32 at a time; what is held is the output
+(``T x size x size`` bytes) and one chunk of source frames. Workers hold at most ``2 x workers``
+clips in flight.
+
 What leaves ingestion, and what does not:
 
 - ``video_id`` = HMAC-SHA256(``salt``, resolved source path, plus ``::dataset`` for HDF5), first
@@ -46,8 +52,9 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from sonossl.data.framestore import FrameStore, FrameStoreWriter
-from sonossl.data.readers import HDF5_SUFFIXES, Box, Clip, find_sources, hdf5_clips, read_source
-from sonossl.data.sector import crop_to_region, full_frame, locate_scan_region, regions_box, regions_mask
+from sonossl.data.readers import HDF5_SUFFIXES, Box, Clip, find_sources, hdf5_clips, open_source
+from sonossl.data.sector import (MAX_FRAMES_FOR_MOTION, crop_to_region, full_frame, locate_scan_region, regions_box,
+                                 regions_mask)
 from sonossl.errors import SonosslError
 
 log = logging.getLogger(__name__)
@@ -95,6 +102,7 @@ def assign_splits(group_ids: list[str], val_fraction: float, seed: int = 0) -> d
 # ---------------------------------------------------------------- one source (runs in a worker)
 
 DEDUP_SIDE = 32
+STREAM_CHUNK = 32  # source frames decoded before a crop-and-resize step
 
 
 def dedup_indices(frames: np.ndarray, threshold: float, side: int = DEDUP_SIDE) -> list[int]:
@@ -152,18 +160,33 @@ def process_source(source: Path, opts: dict[str, Any], dataset: str | None = Non
     The raw group key is hashed here, so it never leaves the worker.
     """
     try:
-        clip = read_source(source, frame_skip=opts["frame_skip"], max_frames=opts["max_frames"], dataset=dataset)
+        st = open_source(source, frame_skip=opts["frame_skip"], max_frames=opts["max_frames"], dataset=dataset)
+        # Pass 1: the scan region and grey range from a sample of frames spread over the clip.
+        sample = st.sample(MAX_FRAMES_FOR_MOTION)
+        grey_range = st.range_of(sample)
         crop = opts["crop"]
-        box, mask, how = scan_region(clip, crop)
-        frames = crop_to_region(clip.frames, box, mask, opts["size"])
+        box, mask, how = scan_region(Clip(np.stack([st.to_uint8(f, grey_range) for f in sample]), st.fps,
+                                          st.group_key, st.regions, st.kind, int(st.frames_in or len(sample))), crop)
+        del sample
+        # Pass 2: every kept frame, decoded, cropped and resized a chunk at a time, so memory holds
+        # the output (frames x size x size) and one chunk of source frames, not the source clip.
+        chunks, chunk = [], []
+        for frame in st.frames():
+            chunk.append(st.to_uint8(frame, grey_range))
+            if len(chunk) == STREAM_CHUNK:
+                chunks.append(crop_to_region(np.stack(chunk), box, mask, opts["size"]))
+                chunk = []
+        if chunk:
+            chunks.append(crop_to_region(np.stack(chunk), box, mask, opts["size"]))
+        frames = np.concatenate(chunks)
         note = f"crop: {how}" + (" (no usable DICOM regions)" if crop == "dicom" and how != "dicom" else "")
         if opts.get("dedup") is not None:
             kept = dedup_indices(frames if frames.ndim == 3 else frames.mean(-1).astype(np.uint8), opts["dedup"])
             note += f"; dedup dropped {len(frames) - len(kept)}"
             frames = frames[kept]
         return {
-            "status": "ok", "frames": frames, "frames_in": clip.frames_in, "box": box, "fps": clip.fps,
-            "group_id": pseudonym(clip.group_key, opts["salt"]), "message": note,
+            "status": "ok", "frames": frames, "frames_in": int(st.frames_in or len(frames)), "box": box, "fps": st.fps,
+            "group_id": pseudonym(st.group_key, opts["salt"]), "message": note,
         }  # fmt: skip
     except Exception as exc:  # one bad file must not stop the run
         return {"status": "error", "message": _one_line(exc, source, dataset)}

@@ -15,8 +15,10 @@ it to the reader registered for that kind in :data:`READERS`. Every reader retur
 - ``regions``: the DICOM ultrasound regions (``SequenceOfUltrasoundRegions``) as pixel boxes
   ``(x0, y0, x1, y1)``, exclusive ends, or ``None``.
 
-Frames are decoded one at a time and ``frame_skip`` is applied while decoding, so memory is
-bounded by the frames kept.
+Frames are decoded one at a time and ``frame_skip`` is applied while decoding.
+``open_source(path)`` returns a :class:`Stream` (the header now, frames on demand, a sample spread
+over the clip), which ``ingest`` uses to stream a clip of any length in two passes;
+``read_source(path)`` decodes every kept frame into a :class:`Clip`.
 
 Two further kinds:
 
@@ -60,6 +62,80 @@ class Clip:
     regions: list[Box] | None
     kind: Kind
     frames_in: int
+
+
+KIND_WORDS = {"dicom": "DICOM", "video": "video", "images": "image folder", "hdf5": "HDF5 dataset"}
+
+
+@dataclass
+class Stream:
+    """One source opened for streaming: the header at once, the frames one at a time.
+
+    ``frames_in``/``n_kept``: frames in the source and frames kept (after ``frame_skip`` and
+    ``max_frames``); ``None`` for a video whose container does not say, until a full pass.
+    Frames come out grey, ``uint8`` or wider (16-bit DICOM, images); :meth:`to_uint8` brings
+    them to 8 bits with the VOI ``window`` when the file has one, else with a ``(lo, hi)``
+    range, and inverts MONOCHROME1.
+    """
+
+    kind: Kind
+    frames_in: int | None
+    n_kept: int | None
+    fps: float | None
+    group_key: str
+    regions: list[Box] | None
+    _frames: Callable[[list[int] | None], Iterator[np.ndarray]]
+    window: tuple[float, float] | None = None
+    invert: bool = False
+    path: Path | None = None
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Every kept frame, in order, one at a time."""
+        return self._frames(None)
+
+    def sample(self, k: int) -> list[np.ndarray]:
+        """Up to ``k`` kept frames spread evenly over the clip (all of them when there are <= k),
+        holding at most ``2k`` frames at any time."""
+        if self.n_kept is not None:
+            positions = sorted(set(np.linspace(0, self.n_kept - 1, min(k, self.n_kept)).astype(int).tolist()))
+            out = list(self._frames(positions))
+        else:  # length unknown: keep every s-th frame, thinning by half whenever 2k are held
+            out, step = [], 1
+            for i, frame in enumerate(self.frames()):
+                if i % step == 0:
+                    out.append(frame)
+                    if len(out) >= 2 * k:
+                        out, step = out[::2], step * 2
+            if len(out) > k:
+                out = [out[j] for j in np.linspace(0, len(out) - 1, k).astype(int)]
+        if not out:
+            raise SonosslError(f"{self.path}: {KIND_WORDS[self.kind]} with no frames")
+        return out
+
+    def range_of(self, frames: list[np.ndarray]) -> tuple[float, float] | None:
+        """The grey range that :meth:`to_uint8` maps to 0-255: the VOI window, else the min/max of
+        ``frames``; None for 8-bit sources."""
+        if frames[0].dtype == np.uint8:
+            return None
+        if self.window is not None:
+            centre, width = self.window
+            return centre - width / 2, centre + width / 2
+        return float(min(f.min() for f in frames)), float(max(f.max() for f in frames))
+
+    def to_uint8(self, frame: np.ndarray, grey_range: tuple[float, float] | None) -> np.ndarray:
+        if frame.dtype != np.uint8:
+            lo, hi = grey_range if grey_range is not None else (float(frame.min()), float(frame.max()))
+            frame = np.clip(np.rint((frame.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-6))), 0, 255).astype(np.uint8)
+        return 255 - frame if self.invert else frame
+
+    def read(self) -> Clip:
+        """Every kept frame decoded into a :class:`Clip` (8 bits over the whole clip's range)."""
+        raw = list(self.frames())
+        if not raw:
+            raise SonosslError(f"{self.path}: {KIND_WORDS[self.kind]} with no frames")
+        grey_range = self.range_of(raw)
+        stack = np.stack([self.to_uint8(f, grey_range) for f in raw])
+        return Clip(stack, self.fps, self.group_key, self.regions, self.kind, int(self.frames_in or len(raw)))
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -236,10 +312,9 @@ def _frame_indices(n: int, frame_skip: int, max_frames: int | None) -> list[int]
     return idx[:max_frames] if max_frames else idx
 
 
-def read_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
-    """A single- or multi-frame DICOM, native or compressed, one frame decoded at a time."""
+def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Stream:
+    """A single- or multi-frame DICOM, native or compressed: the header now, frames one at a time."""
     import pydicom
-    from pydicom.pixels import iter_pixels
 
     ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
     if "Rows" not in ds or "Columns" not in ds:
@@ -252,25 +327,29 @@ def read_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
     if int(ds.get("BitsStored", 8)) > 8 and "WindowCenter" in ds and "WindowWidth" in ds:
         window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
     indices = _frame_indices(n, frame_skip, max_frames)
-    frames = []
-    try:
-        for arr in iter_pixels(path, indices=indices):
-            frames.append(_grey(arr, ds, photometric, path))
-    except SonosslError:
-        raise
-    except Exception as exc:
-        detail = " ".join(str(exc).split())[:200]
-        raise SonosslError(
-            f"{path}: pixel data could not be decoded, truncated or corrupt? ({type(exc).__name__}: {detail})"
-        ) from None
-    if not frames:
-        raise SonosslError(f"{path}: DICOM with no frames")
-    stack = np.stack(frames)
-    if stack.dtype != np.uint8:
-        stack = _to_uint8(stack, window)  # min/max over the kept frames, or the VOI window
-    if photometric == "MONOCHROME1":
-        stack = 255 - stack
-    return Clip(stack, _dicom_fps(ds), _group_key(ds, path), _dicom_regions(ds), "dicom", n)
+
+    def frames(positions: list[int] | None) -> Iterator[np.ndarray]:
+        from pydicom.pixels import iter_pixels
+
+        wanted = indices if positions is None else [indices[i] for i in positions]
+        try:
+            for arr in iter_pixels(path, indices=wanted):
+                yield _grey(arr, ds, photometric, path)
+        except SonosslError:
+            raise
+        except Exception as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise SonosslError(
+                f"{path}: pixel data could not be decoded, truncated or corrupt? ({type(exc).__name__}: {detail})"
+            ) from None
+
+    return Stream("dicom", n, len(indices), _dicom_fps(ds), _group_key(ds, path), _dicom_regions(ds), frames,
+                  window=window, invert=photometric == "MONOCHROME1", path=path)
+
+
+def read_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+    """A single- or multi-frame DICOM, native or compressed, decoded into a :class:`Clip`."""
+    return open_dicom(path, frame_skip=frame_skip, max_frames=max_frames).read()
 
 
 def _grey(arr: np.ndarray, ds, photometric: str, path: Path) -> np.ndarray:
@@ -292,32 +371,51 @@ def _grey(arr: np.ndarray, ds, photometric: str, path: Path) -> np.ndarray:
 # ---------------------------------------------------------------- video
 
 
-def read_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+def open_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Stream:
     """MP4/AVI/MOV/MKV through PyAV; every ``frame_skip``-th frame is converted, the rest only decoded."""
     import av
 
-    frames: list[np.ndarray] = []
-    n = 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise SonosslError(f"{path}: no video stream")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else None
-            for frame in container.decode(stream):
-                if n % frame_skip == 0:
-                    if max_frames and len(frames) >= max_frames:
-                        n = max(n, int(stream.frames or 0))
-                        break
-                    frames.append(frame.to_ndarray(format="gray"))
-                n += 1
+            n = int(stream.frames or 0) or None  # the container's count, when it has one
     except av.error.FFmpegError as exc:
         raise SonosslError(f"{path}: not a readable video ({exc})") from None
-    if not frames:
-        raise SonosslError(f"{path}: video with no frames")
-    return Clip(np.stack(frames), fps, f"folder:{path.resolve().parent}", None, "video", n)
+    kept = None if n is None else len(_frame_indices(n, frame_skip, max_frames))
+    st = Stream("video", n, kept, fps, f"folder:{path.resolve().parent}", None, lambda positions: iter(()), path=path)
+
+    def frames(positions: list[int] | None) -> Iterator[np.ndarray]:
+        wanted = None if positions is None else set(positions)
+        decoded = kept_so_far = 0
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    if decoded % frame_skip == 0:
+                        if max_frames and kept_so_far >= max_frames:
+                            decoded = max(decoded, int(stream.frames or 0))
+                            break
+                        if wanted is None or kept_so_far in wanted:
+                            yield frame.to_ndarray(format="gray")
+                        kept_so_far += 1
+                    decoded += 1
+        except av.error.FFmpegError as exc:
+            raise SonosslError(f"{path}: not a readable video ({exc})") from None
+        if positions is None:  # a full pass: now the counts are known
+            st.frames_in, st.n_kept = max(decoded, st.frames_in or 0), kept_so_far
+
+    st._frames = frames
+    return st
+
+
+def read_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+    """A video file decoded into a :class:`Clip`."""
+    return open_video(path, frame_skip=frame_skip, max_frames=max_frames).read()
 
 
 # ---------------------------------------------------------------- image folder
@@ -334,30 +432,38 @@ def _image_grey(img) -> np.ndarray:
     return luminance(np.asarray(img.convert("RGB")))  # RGB, RGBA (alpha dropped), P, CMYK, YCbCr, LA
 
 
-def read_images(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+def open_images(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Stream:
     """A folder of PNG/JPEG/BMP/TIFF frames, sorted by name; only the kept images are decoded."""
     from PIL import Image
 
     files = image_files(path)
     if not files:
         raise SonosslError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    frames = []
-    for i in _frame_indices(len(files), frame_skip, max_frames):
-        try:
-            with Image.open(files[i]) as img:
-                frame = _image_grey(img)
-        except (OSError, ValueError) as exc:
-            raise SonosslError(f"{path}: image {files[i].name} could not be read ({type(exc).__name__})") from None
-        if frames and frame.shape != frames[0].shape:
-            raise SonosslError(
-                f"{path}: image {files[i].name} is {frame.shape[1]}x{frame.shape[0]}, "
-                f"expected {frames[0].shape[1]}x{frames[0].shape[0]} like the first frame"
-            )
-        frames.append(frame)
-    stack = np.stack(frames)
-    if stack.dtype != np.uint8:
-        stack = _to_uint8(stack, None)
-    return Clip(stack, None, f"folder:{path.resolve().parent}", None, "images", len(files))
+    indices = _frame_indices(len(files), frame_skip, max_frames)
+    first_shape: list[tuple[int, ...]] = []
+
+    def frames(positions: list[int] | None) -> Iterator[np.ndarray]:
+        for i in (indices if positions is None else [indices[k] for k in positions]):
+            try:
+                with Image.open(files[i]) as img:
+                    frame = _image_grey(img)
+            except (OSError, ValueError) as exc:
+                raise SonosslError(f"{path}: image {files[i].name} could not be read ({type(exc).__name__})") from None
+            if not first_shape:
+                first_shape.append(frame.shape)
+            elif frame.shape != first_shape[0]:
+                raise SonosslError(
+                    f"{path}: image {files[i].name} is {frame.shape[1]}x{frame.shape[0]}, "
+                    f"expected {first_shape[0][1]}x{first_shape[0][0]} like the first frame"
+                )
+            yield frame
+
+    return Stream("images", len(files), len(indices), None, f"folder:{path.resolve().parent}", None, frames, path=path)
+
+
+def read_images(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+    """A folder of images decoded into a :class:`Clip`."""
+    return open_images(path, frame_skip=frame_skip, max_frames=max_frames).read()
 
 
 # ---------------------------------------------------------------- seed-format HDF5
@@ -377,7 +483,7 @@ def hdf5_clips(path: Path) -> list[str]:
     return names
 
 
-def read_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+def open_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, max_frames: int | None = None) -> Stream:
     """One dataset ``uint8 [T, H, W]`` or ``[T, H, W, 3]`` of a seed-format HDF5 file.
 
     dataset: its name; may be left out only when the file holds a single dataset.
@@ -399,25 +505,39 @@ def read_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, ma
                     f"{path}::{dataset}: expected uint8 [frames, H, W] or [frames, H, W, 3], got {ds.dtype} {ds.shape}"
                 )
             n = int(ds.shape[0])
-            idx = _frame_indices(n, frame_skip, max_frames)
-            frames = ds[idx[0] : idx[-1] + 1 : frame_skip]
     except OSError as exc:
         raise SonosslError(f"{path}::{dataset}: could not be read ({' '.join(str(exc).split())[:120]})") from None
-    if frames.ndim == 4:
-        frames = luminance(frames)
-    return Clip(np.ascontiguousarray(frames), None, f"hdf5:{path.resolve()}::{dataset}", None, "hdf5", n)
+    indices = _frame_indices(n, frame_skip, max_frames)
+
+    def frames(positions: list[int] | None) -> Iterator[np.ndarray]:
+        try:
+            with h5py.File(path, "r") as f:
+                ds = f[dataset]
+                for i in (indices if positions is None else [indices[k] for k in positions]):
+                    frame = ds[i]
+                    yield luminance(frame) if frame.ndim == 3 else frame
+        except OSError as exc:
+            raise SonosslError(f"{path}::{dataset}: could not be read ({' '.join(str(exc).split())[:120]})") from None
+
+    return Stream("hdf5", n, len(indices), None, f"hdf5:{path.resolve()}::{dataset}", None, frames, path=path)
+
+
+def read_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
+    """One dataset of a seed-format HDF5 file decoded into a :class:`Clip`."""
+    return open_hdf5(path, dataset=dataset, frame_skip=frame_skip, max_frames=max_frames).read()
 
 
 # ---------------------------------------------------------------- registry
 
-Reader = Callable[..., Clip]
-READERS: dict[str, Reader] = {"dicom": read_dicom, "video": read_video, "images": read_images, "hdf5": read_hdf5}
+Opener = Callable[..., Stream]
+OPENERS: dict[str, Opener] = {"dicom": open_dicom, "video": open_video, "images": open_images, "hdf5": open_hdf5}
 
 
-def read_source(
+def open_source(
     path: Path, *, frame_skip: int = 1, max_frames: int | None = None, dataset: str | None = None
-) -> Clip:
-    """Decode one source (file or image folder) into a :class:`Clip` (see the module docstring).
+) -> Stream:
+    """Open one source (file or image folder) as a :class:`Stream`: its header now, its frames
+    one at a time on demand (see the module docstring).
 
     frame_skip: keep frames 0, k, 2k, ...; max_frames: stop after that many kept frames;
     dataset: for an HDF5 source, the clip to read (see :func:`hdf5_clips`).
@@ -435,12 +555,20 @@ def read_source(
         if path.is_dir():
             raise SonosslError(f"{path}: not an image folder (needs images and no video or DICOM files)")
         raise SonosslError(f"{path}: not a DICOM file, a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or HDF5")
-    if kind not in READERS:
+    if kind not in OPENERS:
         raise SonosslError(f"{path}: {kind} sources are not supported yet")
     if dataset is not None and kind != "hdf5":
         raise SonosslError(f"{path}: dataset={dataset!r} given, but this is a {kind} source, not HDF5")
     extra = {"dataset": dataset} if kind == "hdf5" else {}
-    return READERS[kind](path, frame_skip=frame_skip, max_frames=max_frames, **extra)
+    return OPENERS[kind](path, frame_skip=frame_skip, max_frames=max_frames, **extra)
+
+
+def read_source(
+    path: Path, *, frame_skip: int = 1, max_frames: int | None = None, dataset: str | None = None
+) -> Clip:
+    """Decode one source into a :class:`Clip` (every kept frame in memory; ``ingest`` streams
+    with :func:`open_source` instead). Arguments and errors as :func:`open_source`."""
+    return open_source(path, frame_skip=frame_skip, max_frames=max_frames, dataset=dataset).read()
 
 
 def iter_clips(paths: list[Path], **kwargs) -> Iterator[tuple[Path, Clip]]:
