@@ -1,0 +1,33 @@
+"""Every registered method through the command line with the cpu preset's own settings: two
+steps on a frame store, a backbone.pt that torchvision's constructor loads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from sonossl.cli import main
+from sonossl.methods import METHODS
+
+
+def test_the_registry_holds_the_seven_methods():
+    assert sorted(METHODS) == ["ae", "barlowtwins", "byol", "dino", "moco", "simclr", "vicreg"]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_cpu_preset_pretrains_and_writes_a_torchvision_backbone(method, frames, tmp_path, capsys):
+    out = tmp_path / method
+    rc = main(["pretrain", "--method", method, "--preset", "cpu", "--frames", str(frames), "--out", str(out),
+               "--max-steps", "2", "--batch-size", "8", "--image-size", "32", "--num-workers", "0", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    state = torch.load(out / "backbone.pt", weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+
+
+def test_an_unknown_method_lists_the_valid_ones(frames, tmp_path, capsys):
+    assert main(["pretrain", "--method", "swav", "--frames", str(frames), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown method 'swav'" in err and all(m in err for m in METHODS) and "\n" not in err
+    assert not (tmp_path / "x").exists()
