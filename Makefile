@@ -26,5 +26,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
+# CPU benchmarks (benchmarks/README.md): about 12-17 minutes on 2 cores; THREADS=1 on a shared machine
+bench: $(STAMP)
+	bash benchmarks/run_all.sh
+
 clean:
 	rm -rf demo_out demo_out_quick .pytest_cache

@@ -7,7 +7,7 @@ seeds 0, 1, 2, with random initialisation as the baseline. It prints one markdow
 pretraining images/s (median over epochs after the first), final kNN accuracy (k=10, valid), and
 macro-F1 mean [95 % t-CI] per protocol.
 
-    python benchmarks/method_comparison.py --out /tmp/method_comparison   # ~1 h on 2 cores
+    python benchmarks/method_comparison.py --out /tmp/method_comparison   # ~1.5 h on 2 cores
 
 Resumable: rerun the same command and finished pretrainings and evaluations are skipped.
 """
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--cap-s", type=float, default=240.0, help="wall-clock cap per pretraining")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--finetune-steps", default="60,30", help="max,min optimiser steps per fine-tuning run")
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -57,15 +58,17 @@ def main() -> None:
         ingest([data / "videos"], frames, frame_skip=FULL.frame_skip, size=FULL.image_size, val_fraction=0.1,
                overwrite=True, progress=False)
 
+    ft_max, ft_min = (int(v) for v in args.finetune_steps.split(","))
+
     def run_eval(init: str, name: str) -> Path:
         cfg = build_config(EvaluateConfig, {
             "labels": data / "labelled", "init": init, "backbone": "resnet18", "protocol": ["linear", "finetune"],
-            "fractions": [10], "seeds": list(SEEDS), "out": out / "evals" / name, "image_size": FULL.image_size,
-            "batch_size": 32, "max_steps": FULL.finetune_max_steps, "min_steps": FULL.finetune_min_steps},
+            "fractions": [10], "seeds": list(SEEDS), "out": out / f"evals-ft{ft_max}" / name, "image_size": FULL.image_size,
+            "batch_size": 32, "max_steps": ft_max, "min_steps": ft_min},
             source="method_comparison")
         return evaluate(cfg, resume=True, progress=None, save_models=False)
 
-    rows = [("random", "-", float("nan"), float("nan"), run_eval("random", "random"))]
+    rows = [("random", "-", 0, float("nan"), float("nan"), run_eval("random", "random"))]
     for method in args.methods.split(","):
         for pairs in ("augment", "temporal"):
             if method == "ae" and pairs == "temporal":
@@ -79,13 +82,13 @@ def main() -> None:
                     source="method_comparison")
                 run_pretrain(cfg, resume=True, progress=False)
             ips, knn, n_ep = _stats(run)
-            rows.append((method, pairs, ips, knn, run_eval(str(run), f"{method}-{pairs}")))
+            rows.append((method, pairs, n_ep, ips, knn, run_eval(str(run), f"{method}-{pairs}")))
             print(f"[{time.strftime('%H:%M:%S')}] {method}/{pairs}: {n_ep} epochs, {ips:.0f} img/s, kNN {knn:.3f}, "
                   f"{time.time() - t:.0f} s", flush=True)
 
-    print("\n| method | pairs | pretrain images/s | final kNN | linear 10 % macro-F1 | fine-tune 10 % macro-F1 |")
-    print("|---|---|---|---|---|---|")
-    for method, pairs, ips, knn, res in rows:
+    print("\n| method | pairs | epochs | pretrain images/s | final kNN | linear 10 % macro-F1 | fine-tune 10 % macro-F1 |")
+    print("|---|---|---|---|---|---|---|")
+    for method, pairs, n_ep, ips, knn, res in rows:
         summary = summarise(load_results(res))
         cells = []
         for protocol in ("linear", "finetune"):
@@ -93,9 +96,10 @@ def main() -> None:
             cells.append(f"{s['macro_f1_mean']:.3f} [{s['macro_f1_ci_low']:.3f}, {s['macro_f1_ci_high']:.3f}]")
         ips_s = "-" if ips != ips else f"{ips:.0f}"
         knn_s = "-" if knn != knn else f"{knn:.3f}"
-        print(f"| {method} | {pairs} | {ips_s} | {knn_s} | {cells[0]} | {cells[1]} |")
+        print(f"| {method} | {pairs} | {n_ep or '-'} | {ips_s} | {knn_s} | {cells[0]} | {cells[1]} |")
     print(f"\nResNet-18, 64 px, cpu preset, {args.epochs} epochs (cap {args.cap_s:.0f} s) per pretraining; "
-          f"evaluation seeds {list(SEEDS)}; 95 % CI Student t over seeds.")
+          f"evaluation seeds {list(SEEDS)}, fine-tuning {ft_max} steps (at least {ft_min}), batch 32; "
+          "95 % CI Student t over seeds.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""GPU: SSL images/s against supervised images/s, same backbone, batch and resolution.
+
+ResNet-50 at 256 px (the ``paper`` preset), bf16 autocast, channels_last model and inputs:
+
+- ``supervised``: ``Encoder -> Linear(2048, 5)`` cross-entropy on one batch of ``--batch`` images;
+- each SSL method (``--methods``, paper-preset heads): ``forward_loss`` on ``--batch`` pairs (or
+  its views), backward, the method's optimiser, and the EMA of its momentum targets
+  (``lightly.models.utils.update_momentum`` at a fixed 0.99; the schedule is host arithmetic).
+
+Both use the method's optimiser class and groups (``build_optimizer``), so the ratio measures what
+SSL adds on top of supervised training: the heads, the loss, the target network. Images/s
+counts every view that goes through the backbone with a gradient (SSL: 2 x batch per step;
+supervised: batch), so a ratio of 1 means the SSL step runs the backbone as fast as supervised
+training does. With ``--compile on`` the encoder trunk is ``torch.compile``d in both (the heads
+and losses stay eager). The host never waits inside the timed loop: one synchronisation before
+and one after ``--steps`` steps. Target: SSL / supervised >= 0.85.
+
+    python benchmarks/gpu_throughput.py [--methods barlowtwins byol] [--batch 128] [--size 256] [--compile off on] [--json F]
+    python benchmarks/gpu_throughput.py --device cpu --tiny      # smoke check without a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from lightly.models.utils import update_momentum
+from torch import nn
+
+from common import machine, median, write_json, preset_config
+from sonossl.methods import get_method
+from sonossl.methods.optim import build_optimizer
+from sonossl.models.backbones import build_encoder
+
+N_CLASSES = 5
+
+
+class Supervised(nn.Module):
+    def __init__(self, backbone: str):
+        super().__init__()
+        self.encoder = build_encoder(backbone)
+        self.fc = nn.Linear(self.encoder.feature_dim, N_CLASSES)
+
+    def forward_loss(self, batch):
+        x, y = batch
+        return F.cross_entropy(self.fc(self.encoder(x)).float(), y), {}
+
+    def momentum_pairs(self):
+        return []
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run(name: str, a, device: str, compiled: bool) -> dict:
+    """Median images/s over ``a.repeats`` blocks of ``a.steps`` steps, after ``a.warmup`` steps."""
+    overrides = dict(backbone=a.backbone, image_size=a.size, batch_size=a.batch, accelerator="cpu", precision="32")
+    cfg = preset_config("barlowtwins" if name == "supervised" else name, "paper", **overrides)
+    torch.manual_seed(0)
+    if name == "supervised":
+        model = Supervised(a.backbone)
+    else:
+        model = get_method(name)(cfg)
+    model = model.to(device).to(memory_format=torch.channels_last).train()
+    if compiled:
+        model.encoder.trunk = torch.compile(model.encoder.trunk)
+    pairs = model.momentum_pairs()
+    targets = {id(t) for _, t in pairs}
+    opt = build_optimizer([m for m in model.children() if id(m) not in targets], cfg.optimizer, cfg.lr_weights,
+                          cfg.lr_biases, cfg.weight_decay, cfg.batch_size)
+    g = torch.Generator().manual_seed(0)
+    if name == "supervised":
+        x = torch.rand(a.batch, 1, a.size, a.size, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+        batch = (x, torch.randint(0, N_CLASSES, (a.batch,), generator=g).to(device))
+        images_per_step = a.batch
+    else:
+        sizes = [t.size for t in model.view_transforms()]
+        batch = tuple(torch.rand(a.batch, 1, s, s, generator=g).to(device).contiguous(memory_format=torch.channels_last) for s in sizes)
+        images_per_step = a.batch * len(sizes) if name != "moco" else a.batch  # moco: one view gets a gradient
+    dtype = torch.bfloat16
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.split(":")[0], dtype=dtype):
+            loss, _ = model.forward_loss(batch)
+        loss.backward()
+        opt.step()
+        for online, target in pairs:
+            update_momentum(online, target, 0.99)
+
+    t0 = time.perf_counter()
+    for _ in range(a.warmup):
+        step()
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    rates = []
+    for _ in range(a.repeats):
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            step()
+        sync(device)
+        rates.append(images_per_step * a.steps / (time.perf_counter() - t))
+    del model, opt, batch
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {"images_per_s": round(median(rates), 1), "raw": [round(r, 1) for r in rates], "warmup_s": round(warm_s, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="resnet18, 32 px, batch 4, 1 step x 2 repeats: a CPU smoke check")
+    ap.add_argument("--methods", nargs="+", default=["barlowtwins", "byol"])
+    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", nargs="+", choices=["off", "on"], default=None, help="default: off on (GPU), off (--tiny)")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    if a.tiny:
+        a.backbone, a.size, a.batch, a.steps, a.warmup, a.repeats = "resnet18", 32, 4, 1, 1, 2
+    modes = a.compile or (["off"] if a.tiny or not a.device.startswith("cuda") else ["off", "on"])
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("torch._inductor").setLevel(logging.ERROR)
+    if a.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    print(f"{a.backbone} {a.size} px, batch {a.batch}, bf16 autocast, channels_last, {a.device}", flush=True)
+    rows = []
+    for mode in modes:
+        sup = run("supervised", a, a.device, mode == "on")
+        print(f"compile {mode:3s} supervised   {sup['images_per_s']:9.1f} images/s  (warm-up {sup['warmup_s']} s)", flush=True)
+        rows.append({"compile": mode, "name": "supervised", **sup})
+        for m in a.methods:
+            r = run(m, a, a.device, mode == "on")
+            ratio = r["images_per_s"] / sup["images_per_s"]
+            print(f"compile {mode:3s} {m:12s} {r['images_per_s']:9.1f} images/s  SSL/supervised {ratio:.3f} "
+                  f"(target >= 0.85; warm-up {r['warmup_s']} s)", flush=True)
+            rows.append({"compile": mode, "name": m, **r, "ssl_over_supervised": round(ratio, 3)})
+    write_json(a.json, {"figure": "gpu_throughput", "machine": machine(), "device": a.device, "backbone": a.backbone,
+                        "size": a.size, "batch": a.batch, "steps": a.steps, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
