@@ -40,20 +40,20 @@ class LARS(torch.optim.Optimizer):
             for p in g["params"]:
                 if p.grad is None:
                     continue
-                dp = p.grad
-                if g["lars"]:
-                    dp = dp.add(p, alpha=g["weight_decay"])
+                dp, q = p.grad, None
+                if g["lars"]:  # in place on the gradient (zeroed before the next backward): no full-size temporaries
+                    dp = dp.add_(p, alpha=g["weight_decay"])
                     param_norm, update_norm = torch.norm(p), torch.norm(dp)
                     one = torch.ones_like(param_norm)
                     q = torch.where(
                         param_norm > 0.0, torch.where(update_norm > 0, g["eta"] * param_norm / update_norm, one), one
                     )
-                    dp = dp.mul(q)
                 state = self.state[p]
                 if "mu" not in state:
                     state["mu"] = torch.zeros_like(p)
                 mu = state["mu"]
-                mu.mul_(g["momentum"]).add_(dp)
+                mu.mul_(g["momentum"])
+                mu.add_(dp) if q is None else mu.addcmul_(dp, q)
                 p.add_(mu, alpha=-g["lr"])
         return loss
 
