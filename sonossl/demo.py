@@ -105,7 +105,7 @@ def run_demo(out: Path, *, quick: bool = False, resume: bool = False, overwrite:
         _say("ImageNet weights for resnet18 are not in torchvision's cache: comparing random and BarlowTwins only")
     study = expand(validated(StudySpec, demo_study(data, plan, imagenet), "demo"), out, "demo")
     _say(study.describe().splitlines()[0])
-    summary = run_study(study, out, workers=1, resume=True, log=_say)
+    summary = run_study(study, out, workers=1, resume=True, log=lambda m: print(m, flush=True))
     if summary.failed or summary.blocked:
         raise SonosslError(f"demo: {len(summary.failed)} runs failed ({next(iter(summary.failed.values()), '')}); "
                            f"see {out / 'logs'}; rerun with --resume")

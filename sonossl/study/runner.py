@@ -198,16 +198,19 @@ class _Progress:
 
     def report(self, done: set[str], remaining: list[str], last: Outcome | None = None) -> None:
         durations = self.store.durations()
-        eta = 0.0
+        eta, unknown = 0.0, False
         for key in remaining:
             d = durations.get(self.kind_of[key])
-            eta += (sum(d) / len(d)) if d else 0.0
-        eta /= max(1, self.workers)
+            if d:
+                eta += sum(d) / len(d)
+            else:
+                unknown = True  # no run of this kind has finished yet
+        eta_text = "ETA unknown until one run of each kind has finished" if unknown else f"ETA {_fmt(eta / max(1, self.workers))}"
         what = ""
         if last is not None:
             what = f"{last.key} {'ok' if last.ok else 'FAILED'} in {last.wall_s:.0f}s; "
         self.log(f"[study {time.strftime('%H:%M:%S')}] {what}{len(done)}/{self.total} done, {len(remaining)} remaining, "
-                 f"ETA {_fmt(eta)}")
+                 f"{eta_text}")
 
 
 def _fmt(seconds: float) -> str:
