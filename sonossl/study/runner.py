@@ -193,11 +193,16 @@ def _init_worker(threads: int) -> None:
 class _Progress:
     def __init__(self, plan: Plan, store: ResultsStore, workers: int, log: Callable[[str], None]):
         self.total = len(plan.units)
-        self.kind_of = {u.key: type(u).__name__ for u in plan.units}
+        # runs alike in cost: ingestions, pretrainings, and evaluations per protocol (a fine-tuning
+        # run costs many linear probes)
+        self.kind_of = {u.key: type(u).__name__ + (f"/{u.protocol}" if isinstance(u, EvalUnit) else "") for u in plan.units}
         self.store, self.workers, self.log = store, workers, log
 
     def report(self, done: set[str], remaining: list[str], last: Outcome | None = None) -> None:
-        durations = self.store.durations()
+        durations: dict[str, list[float]] = {}
+        for key, wall in self.store.walls().items():
+            if key in self.kind_of:
+                durations.setdefault(self.kind_of[key], []).append(wall)
         eta, unknown = 0.0, False
         for key in remaining:
             d = durations.get(self.kind_of[key])

@@ -65,11 +65,9 @@ class ResultsStore:
         q = "SELECT key, row FROM done" + (" WHERE kind = ?" if kind else "")
         return {k: json.loads(r) for k, r in self._con.execute(q, (kind,) if kind else ())}
 
-    def durations(self) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {}
-        for kind, wall in self._con.execute("SELECT kind, wall_s FROM done"):
-            out.setdefault(kind, []).append(wall)
-        return out
+    def walls(self) -> dict[str, float]:
+        """Wall seconds of each completed unit, by key."""
+        return dict(self._con.execute("SELECT key, wall_s FROM done"))
 
     def failures(self) -> dict[str, str]:
         return dict(self._con.execute("SELECT key, message FROM failed"))
