@@ -7,7 +7,7 @@ seeds 0, 1, 2, with random initialisation as the baseline. It prints one markdow
 pretraining images/s (median over epochs after the first), final kNN accuracy (k=10, valid), and
 macro-F1 mean [95 % t-CI] per protocol.
 
-    python benchmarks/method_comparison.py --out /tmp/method_comparison   # ~1.5 h on 2 cores
+    python benchmarks/method_comparison.py --out DIR --epochs 5 --cap-s 150   # ~35 min on 2 idle cores
 
 Resumable: rerun the same command and finished pretrainings and evaluations are skipped.
 """
@@ -42,7 +42,7 @@ def main() -> None:
     from sonossl.study.report import load_results, summarise
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("/tmp/method_comparison"))
+    ap.add_argument("--out", type=Path, required=True, help="working folder (data, runs, evaluations)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--cap-s", type=float, default=240.0, help="wall-clock cap per pretraining")
     ap.add_argument("--methods", default=",".join(METHODS))

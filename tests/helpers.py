@@ -87,3 +87,44 @@ def write_study(path: Path, data: Path, *, methods=("barlowtwins",), inits=("ran
 
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def one_thread_run(cfg, **kwargs) -> Path:
+    """``run_pretrain(cfg)`` with one torch thread, as the method tests run (tests/methods/conftest):
+    module-scoped fixtures need it too, since another thread count reorders float sums and
+    changes the weights' last bits."""
+    import torch
+
+    from sonossl.methods.train import run_pretrain
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_pretrain(cfg, progress=False, **kwargs)
+    finally:
+        torch.set_num_threads(n)
+
+
+def assert_torchvision_backbone(path: Path) -> dict:
+    """``backbone.pt`` at ``path`` loads into ``torchvision.models.resnet18()``, missing only the
+    classifier; returns the state dict."""
+    import torch
+    import torchvision
+
+    state = torch.load(path, weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    return state
+
+
+def assert_ranks_match(out: Path, loss, lin, *, bias: bool = True, world: int = 2) -> None:
+    """Each DDP rank's saved ``rank{r}.pt`` (loss, weight grad, bias grad) equals the
+    single-process ``loss`` and the gradients in ``lin`` after its backward."""
+    import torch
+
+    for r in range(world):
+        got = torch.load(Path(out) / f"rank{r}.pt", weights_only=True)
+        assert torch.allclose(got["loss"], loss.detach(), rtol=1e-5)
+        assert torch.allclose(got["grad"], lin.weight.grad, rtol=1e-4, atol=1e-6)
+        if bias:
+            assert torch.allclose(got["bias"], lin.bias.grad, rtol=1e-4, atol=1e-6)

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from helpers import assert_torchvision_backbone, one_thread_run
+
 from sonossl.config import PretrainConfig
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method
@@ -114,18 +116,11 @@ def _cfg(frames, out, **kw) -> PretrainConfig:
 def straight(frames, tmp_path_factory):
     """A 2-step denoising run (the lr decays after step 1): the smoke run, and the straight half
     of the resume test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the tests (conftest): another count reorders float sums
-    try:
-        return run_pretrain(_cfg(frames, tmp_path_factory.mktemp("ae") / "straight", max_steps=2), progress=False)
-    finally:
-        torch.set_num_threads(n)
+    return one_thread_run(_cfg(frames, tmp_path_factory.mktemp("ae") / "straight", max_steps=2))
 
 
 def test_two_step_run_writes_a_torchvision_backbone(straight):
-    state = torch.load(straight / "backbone.pt", weights_only=True)
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert_torchvision_backbone(straight / "backbone.pt")
     assert '"method": "ae"' in (straight / "summary.json").read_text()
 
 

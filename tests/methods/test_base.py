@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
-import torchvision
 import yaml
+
+from helpers import assert_torchvision_backbone
 
 from sonossl.config import PretrainConfig
 from sonossl.errors import SonosslError
@@ -28,9 +29,7 @@ def test_two_step_run_writes_the_run_folder(frames, tmp_path):
     assert {"loss", "lr", "images_per_s", "time_s", "epoch"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["images_seen"] == 8 and summary["method"] == "barlowtwins"
-    state = torch.load(out / "backbone.pt", weights_only=True)
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert_torchvision_backbone(out / "backbone.pt")
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)  # no pickled objects
     assert ckpt["global_step"] == 2
     assert not list(out.rglob("*.tmp"))

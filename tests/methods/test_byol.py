@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.utils import update_momentum
+
+from helpers import assert_torchvision_backbone
 
 from sonossl.config import PretrainConfig
 from sonossl.errors import SonosslError
@@ -110,9 +111,7 @@ def test_resume_equals_a_straight_run_including_the_target(frames, tmp_path):
     target weights; the 3-step run is also the smoke test of backbone.pt."""
     run_pretrain(_cfg(frames, tmp_path / "straight", max_steps=6), progress=False)
     run_pretrain(_cfg(frames, tmp_path / "split", max_steps=3), progress=False)
-    state = torch.load(tmp_path / "split/backbone.pt", weights_only=True)
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert_torchvision_backbone(tmp_path / "split/backbone.pt")
     run_pretrain(_cfg(frames, tmp_path / "split", max_steps=6), resume=True, progress=False)
 
     a = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from lightly.models.utils import update_momentum
 from torch import nn
 
-from helpers import run_gloo
+from helpers import assert_torchvision_backbone, run_gloo
 
 from sonossl.config import PretrainConfig
 from sonossl.data.framestore import FrameStore
@@ -185,9 +184,7 @@ def test_resume_equals_a_straight_run_including_teacher_and_centre(frames, tmp_p
         assert torch.equal(a[k], b[k]), k
     assert a["criterion.center"].abs().sum() > 0
 
-    backbone = torch.load(tmp_path / "split/backbone.pt", weights_only=True)
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(backbone, strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    backbone = assert_torchvision_backbone(tmp_path / "split/backbone.pt")
     teacher = {k[len("teacher_encoder.trunk."):]: v for k, v in a.items() if k.startswith("teacher_encoder.trunk.")}
     assert all(torch.equal(backbone[k], teacher[k]) for k in backbone)
     assert not torch.equal(backbone["conv1.weight"], a["encoder.trunk.conv1.weight"])

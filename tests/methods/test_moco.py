@@ -10,11 +10,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from lightly.loss import NTXentLoss
 from torch import nn
 
-from helpers import run_gloo
+from helpers import assert_torchvision_backbone, one_thread_run, run_gloo
 
 from sonossl.config import PretrainConfig
 from sonossl.errors import SonosslError
@@ -201,18 +200,11 @@ def straight(frames, tmp_path_factory):
     """A 2-step run: the smoke run, and the straight half of the resume test. One thread, as
     the split runs get from conftest (whose function-scoped fixture does not cover this one):
     another thread count changes float reductions and the weights' last bits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_pretrain(_cfg(frames, tmp_path_factory.mktemp("moco") / "straight", max_steps=2), progress=False)
-    finally:
-        torch.set_num_threads(n)
+    return one_thread_run(_cfg(frames, tmp_path_factory.mktemp("moco") / "straight", max_steps=2))
 
 
 def test_two_step_run_writes_a_torchvision_backbone(straight):
-    state = torch.load(straight / "backbone.pt", weights_only=True)
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert_torchvision_backbone(straight / "backbone.pt")
     assert json.loads((straight / "summary.json").read_text())["method"] == "moco"
 
 

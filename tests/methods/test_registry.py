@@ -4,8 +4,8 @@ steps on a frame store, a backbone.pt that torchvision's constructor loads."""
 from __future__ import annotations
 
 import pytest
-import torch
-import torchvision
+
+from helpers import assert_torchvision_backbone
 
 from sonossl.cli import main
 from sonossl.methods import METHODS
@@ -21,9 +21,7 @@ def test_cpu_preset_pretrains_and_writes_a_torchvision_backbone(method, frames, 
     rc = main(["pretrain", "--method", method, "--preset", "cpu", "--frames", str(frames), "--out", str(out),
                "--max-steps", "2", "--batch-size", "8", "--image-size", "32", "--num-workers", "0", "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    state = torch.load(out / "backbone.pt", weights_only=True)
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert_torchvision_backbone(out / "backbone.pt")
 
 
 def test_an_unknown_method_lists_the_valid_ones(frames, tmp_path, capsys):

@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
-from helpers import run_gloo
+from helpers import assert_ranks_match, assert_torchvision_backbone, one_thread_run, run_gloo
 
 from sonossl.config import PretrainConfig
 from sonossl.errors import SonosslError
@@ -136,11 +135,7 @@ def test_ddp_gradients_equal_single_process_on_global_batch(tmp_path):
     with torch.no_grad():
         local = m.loss(lin(x1[:5]), lin(x2[:5]))
     assert not torch.allclose(local, loss, rtol=1e-3)
-    for r in range(2):
-        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
-        assert torch.allclose(got["loss"], loss.detach(), rtol=1e-5)
-        assert torch.allclose(got["grad"], lin.weight.grad, rtol=1e-4, atol=1e-6)
-        assert torch.allclose(got["bias"], lin.bias.grad, rtol=1e-4, atol=1e-6)
+    assert_ranks_match(tmp_path, loss, lin)
 
 
 # ---- through run_pretrain ---------------------------------------------------------------------
@@ -157,18 +152,11 @@ def straight(frames, tmp_path_factory):
     """A 2-step run: the smoke run, and the straight half of the resume test. One thread, as
     the split runs get from conftest (whose function-scoped fixture does not cover this one):
     another thread count changes float reductions and the weights' last bits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_pretrain(_cfg(frames, tmp_path_factory.mktemp("simclr") / "straight", max_steps=2), progress=False)
-    finally:
-        torch.set_num_threads(n)
+    return one_thread_run(_cfg(frames, tmp_path_factory.mktemp("simclr") / "straight", max_steps=2))
 
 
 def test_two_step_run_writes_a_torchvision_backbone(straight):
-    state = torch.load(straight / "backbone.pt", weights_only=True)
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert_torchvision_backbone(straight / "backbone.pt")
     assert '"method": "simclr"' in (straight / "summary.json").read_text()
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from lightly.loss import VICRegLoss
 from torch import nn
 
-from helpers import run_gloo
+from helpers import assert_ranks_match, assert_torchvision_backbone, one_thread_run, run_gloo
 
 from sonossl.config import PretrainConfig, validated
 from sonossl.errors import SonosslError
@@ -142,11 +141,7 @@ def test_ddp_gradients_equal_single_process_on_global_batch(tmp_path):
     with torch.no_grad():
         local = m.loss(lin(x1[:5]), lin(x2[:5]))
     assert not torch.allclose(local, loss, rtol=1e-3)
-    for r in range(2):
-        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
-        assert torch.allclose(got["loss"], loss.detach(), rtol=1e-5)
-        assert torch.allclose(got["grad"], lin.weight.grad, rtol=1e-4, atol=1e-6)
-        assert torch.allclose(got["bias"], lin.bias.grad, rtol=1e-4, atol=1e-6)
+    assert_ranks_match(tmp_path, loss, lin)
 
 
 # ---- through run_pretrain ---------------------------------------------------------------------
@@ -161,18 +156,11 @@ def _cfg(frames, out, **kw) -> PretrainConfig:
 @pytest.fixture(scope="module")
 def straight(frames, tmp_path_factory):
     """A 2-step run: the smoke run, and the straight half of the resume test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the tests (conftest): another count reorders float sums
-    try:
-        return run_pretrain(_cfg(frames, tmp_path_factory.mktemp("vicreg") / "straight", max_steps=2), progress=False)
-    finally:
-        torch.set_num_threads(n)
+    return one_thread_run(_cfg(frames, tmp_path_factory.mktemp("vicreg") / "straight", max_steps=2))
 
 
 def test_two_step_run_writes_a_torchvision_backbone(straight):
-    state = torch.load(straight / "backbone.pt", weights_only=True)
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    assert_torchvision_backbone(straight / "backbone.pt")
     assert '"method": "vicreg"' in (straight / "summary.json").read_text()
 
 
