@@ -103,7 +103,8 @@ def run_demo(out: Path, *, quick: bool = False, resume: bool = False, overwrite:
     imagenet = imagenet_available("resnet18")
     if not imagenet:
         _say("ImageNet weights for resnet18 are not in torchvision's cache: comparing random and BarlowTwins only")
-    study = expand(validated(StudySpec, demo_study(data, plan, imagenet), "demo"), out, "demo")
+    # absolute paths: relative ones in a study resolve against its root, not the working directory
+    study = expand(validated(StudySpec, demo_study(data.resolve(), plan, imagenet), "demo"), out, "demo")
     _say(study.describe().splitlines()[0])
     summary = run_study(study, out, workers=1, resume=True, log=lambda m: print(m, flush=True))
     if summary.failed or summary.blocked:

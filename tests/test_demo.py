@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 from sonossl.demo import DemoPlan, run_demo
 
@@ -11,8 +12,9 @@ TINY = DemoPlan(videos=6, frames=8, frame_skip=2, pretrain_seconds=60, pretrain_
                 labelled_per_class=(6, 3, 3), protocols=("linear",))
 
 
-def test_tiny_demo_runs_the_study_and_resumes(tmp_path, capsys):
-    out = tmp_path / "demo"
+def test_tiny_demo_runs_the_study_and_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `make demo` passes a relative --out
+    out = Path("demo")
     run_demo(out, plan=TINY)
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {r["init"] for r in rows} >= {"random", "barlowtwins-augment-all"}
