@@ -191,12 +191,14 @@ def _prepare_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: boo
     return ckpt if resume and ckpt.is_file() else None
 
 
-def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 callbacks: list[Callback] | None = None) -> Path:
     """Pretrain ``cfg.method`` on the ``train`` split of ``cfg.frames``; returns the run folder.
 
     ``resume``: continue from ``out/checkpoints/last.ckpt`` (a fresh start when there is none);
     ``overwrite``: wipe an existing ``out`` first. Without either, an existing non-empty ``out``
-    is refused. Raises :class:`SonosslError` on bad input and when the loss diverges.
+    is refused. ``callbacks``: extra Lightning callbacks (e.g. snapshots), run after the run's own.
+    Raises :class:`SonosslError` on bad input and when the loss diverges.
     """
     if cfg.frames is None:
         raise SonosslError("frames: required (a frame store written by `sonossl ingest`)")
@@ -239,7 +241,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     if not _launcher_rank_zero() and resume and (out / "checkpoints" / CKPT_NAME).is_file():
         ckpt = out / "checkpoints" / CKPT_NAME
 
-    callbacks: list[Callback] = [
+    run_callbacks: list[Callback] = [
         RunCheckpoint(
             dirpath=out / "checkpoints", filename="last", save_top_k=0, save_last=True,
             train_time_interval=timedelta(seconds=cfg.checkpoint_every_s), save_on_train_epoch_end=True,
@@ -248,6 +250,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
         StatsWriter(out / "stats.jsonl"),
         FinalOutputs(out),
     ]
+    callbacks = [*run_callbacks, *(callbacks or [])]
     if progress:
         callbacks.append(RichProgressBar())
     strategy: Any = "auto"
