@@ -5,6 +5,8 @@
   queries, when ``--monitor-labels DIR`` names a labelled set. It follows the representation
   without training anything, the usual SSL health check (e.g. solo-learn's and lightly's kNN
   callbacks).
+- ``knn10_random``: the same kNN accuracy for randomly initialised encoders of the same backbone
+  (mean of 3 fixed seeds, computed once), the reference a pretraining has to rise above.
 - ``collapse_std``: the mean over dimensions of the per-dimension standard deviation of
   L2-normalised backbone features of a fixed sample of stored frames. A collapsed encoder (every
   frame mapped to one point) gives 0; features spread evenly over the unit sphere give about
@@ -52,6 +54,7 @@ class Monitors(Callback):
     def __init__(self, store: FrameStore, image_size: int, labels: Path | None = None, k: int = 10, sample: int = 256):
         self.k = k
         self.labels = load_labelled(labels, size=image_size) if labels is not None else None
+        self.random_knn: float | None = None  # kNN of random initialisation, computed once
         rng = np.random.default_rng(0)  # a fixed sample: the figure moves with the encoder only
         index = [(v.key, i) for v in store.split("train") for i in range(v.n_frames)]
         chosen = sorted(rng.choice(len(index), size=min(sample, len(index)), replace=False).tolist())
@@ -60,6 +63,23 @@ class Monitors(Callback):
         if self.frames.shape[-1] != image_size:
             self.frames = torch.nn.functional.interpolate(self.frames.float(), size=(image_size, image_size), mode="bilinear",
                                                           antialias=True).round().clamp(0, 255).to(torch.uint8)
+
+    def _knn(self, encoder: torch.nn.Module, device: torch.device) -> float:
+        tr = features(encoder, self.labels.train.images, device)
+        va = features(encoder, self.labels.valid.images, device)
+        return knn_accuracy(tr, self.labels.train.labels, va, self.labels.valid.labels, self.k)
+
+    def _random_reference(self, backbone: str, device: torch.device, seeds: int = 3) -> float:
+        """Mean kNN accuracy of ``seeds`` randomly initialised encoders (fixed seeds, the global RNG
+        left as it was): the line a pretraining must rise above."""
+        from sonossl.models.backbones import build_encoder
+
+        accs = []
+        with torch.random.fork_rng(devices=[]):
+            for s in range(seeds):
+                torch.manual_seed(10_000 + s)
+                accs.append(self._knn(build_encoder(backbone).to(device).eval(), device))
+        return float(np.mean(accs))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -73,9 +93,10 @@ class Monitors(Callback):
         logs["collapse_std"] = collapse_std(f)
         logs["collapse_ref"] = float(1 / np.sqrt(f.shape[1]))
         if self.labels is not None:
-            tr = features(encoder, self.labels.train.images, device)
-            va = features(encoder, self.labels.valid.images, device)
-            logs[f"knn{self.k}_accuracy"] = knn_accuracy(tr, self.labels.train.labels, va, self.labels.valid.labels, self.k)
+            logs[f"knn{self.k}_accuracy"] = self._knn(encoder, device)
+            if self.random_knn is None:
+                self.random_knn = self._random_reference(pl_module.cfg.backbone, device)
+            logs[f"knn{self.k}_random"] = self.random_knn
         encoder.train(was_training)
         pl_module.monitor_logs = logs
         for name, value in logs.items():

@@ -1,9 +1,11 @@
 """The report's figures, each a PNG embedded as a ``data:`` URI (nothing is fetched when the page opens).
 
-- ``curve_figures``: metric against label fraction, one line per init with its 95 % CI band, per protocol.
+- ``curve_figures``: metric against label fraction, one line per init with its 95 % CI band (clipped to
+  [0, 1] for display), per protocol.
 - ``ranking_figures``: init x fraction heat-map of the mean metric, each cell annotated with its rank.
 - ``confusion_figure``: a confusion matrix (counts, rows = true class) from arrays.
-- ``pretrain_figure``: pretraining loss per step and kNN accuracy per epoch, one line per pretraining.
+- ``pretrain_figure``: pretraining loss per step and kNN accuracy per epoch, one line per pretraining,
+  with random initialisation's kNN as a dashed reference line.
 
 All functions draw with matplotlib's Agg backend and close their figures.
 """
@@ -92,7 +94,9 @@ def curve_figures(summary: pd.DataFrame, metric: str = "macro_f1", order: list[s
             h = g[g["init"] == init].sort_values("fraction")
             ax.plot(h["fraction"], h[f"{metric}_mean"], marker="o", label=init, color=colors[init])
             if h[f"{metric}_ci_low"].notna().any():
-                ax.fill_between(h["fraction"], h[f"{metric}_ci_low"], h[f"{metric}_ci_high"], alpha=0.15, color=colors[init])
+                # display only: an interval past [0, 1] is drawn clipped; the CSVs keep the raw bounds
+                ax.fill_between(h["fraction"], h[f"{metric}_ci_low"].clip(0, 1), h[f"{metric}_ci_high"].clip(0, 1),
+                                alpha=0.15, color=colors[init])
         ax.set_xscale("log")
         ticks = sorted(g["fraction"].unique())
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -172,6 +176,7 @@ def pretrain_figure(curves: dict[str, list[dict]]) -> Figure | None:
 
     loss = {}
     knn = {}
+    random_ref: dict[str, float] = {}  # kNN of random initialisation, as logged by the monitor
     for name, recs in curves.items():
         steps = [r for r in recs if r.get("kind") == "step" and "loss" in r and "step" in r]
         epochs = [r for r in recs if r.get("kind") == "epoch"]
@@ -181,6 +186,9 @@ def pretrain_figure(curves: dict[str, list[dict]]) -> Figure | None:
         k = [r for r in epochs if r.get("knn10_accuracy") is not None and "epoch" in r]
         if k:
             knn[name] = ([r["epoch"] + 1 for r in k], [r["knn10_accuracy"] for r in k])
+            ref = [r["knn10_random"] for r in k if r.get("knn10_random") is not None]
+            if ref:
+                random_ref[name] = float(ref[-1])
     if not loss and not knn:
         return None
     colors = init_colors(sorted(curves))
@@ -200,6 +208,9 @@ def pretrain_figure(curves: dict[str, list[dict]]) -> Figure | None:
         ax = axes.pop(0)
         for name, (x, y) in knn.items():
             ax.plot(x, y, marker="o", label=name, color=colors[name])
+            if name in random_ref:
+                ax.axhline(random_ref[name], ls="--", lw=1, color=colors[name], alpha=0.7,
+                           label=f"random init ({name}'s backbone)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("kNN-10 accuracy (valid)")
