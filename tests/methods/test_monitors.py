@@ -39,4 +39,19 @@ def test_monitors_reach_stats_jsonl(tmp_path, frames):
     epochs = [json.loads(line) for line in open(tmp_path / "run" / "stats.jsonl") if '"epoch"' in line]
     last = [r for r in epochs if r["kind"] == "epoch"][-1]
     assert 0 <= last["knn10_accuracy"] <= 1 and 0 < last["collapse_std"] < 1
+    # random initialisation's kNN, computed without touching the run's RNG: a reference, not the run's step-0 encoder
+    assert 0 <= last["knn10_random"] <= 1
     assert last["collapse_ref"] == pytest.approx(512 ** -0.5)  # resnet18 features
+
+
+def test_random_reference_is_fixed_and_leaves_the_global_rng_alone(tmp_path, frames):
+    from sonossl.data.framestore import FrameStore
+    from sonossl.methods.monitors import Monitors
+
+    labels = make_labelled(tmp_path / "labels", {"train": 4, "valid": 2, "test": 2}, size=32)
+    m = Monitors(FrameStore(frames), 32, labels)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = m._random_reference("resnet18", torch.device("cpu"), seeds=2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert m._random_reference("resnet18", torch.device("cpu"), seeds=2) == a
