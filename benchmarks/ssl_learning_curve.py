@@ -7,8 +7,8 @@ built-in labelled set (100 images per class in each of train, valid and test, so
 is not noise):
 
 - kNN accuracy (k = 10, cosine, train images as memory) on the valid and on the test split;
-- a linear probe (multinomial logistic regression on L2-normalised frozen features, its inverse
-  regularisation C chosen on the valid split from a small grid) trained on 1, 10 and 100 % of
+- a linear probe (multinomial logistic regression by L-BFGS on L2-normalised frozen features
+  scaled by sqrt(dim), its weight decay chosen on the valid split from 1e-4, 1e-3, 1e-2) trained on 1, 10 and 100 % of
   the train labels (stratified, nested, as the protocol draws them), seeds 0, 1, 2; macro-F1 on
   valid and test.
 
@@ -51,7 +51,7 @@ from sonossl.models.backbones import build_encoder
 
 FRACTIONS = (1.0, 10.0, 100.0)
 PROBE_SEEDS = (0, 1, 2)
-C_GRID = (0.1, 1.0, 10.0, 100.0)
+WD_GRID = (1e-4, 1e-3, 1e-2)
 COLUMNS = ["init", "step", "pairs_seen", "minutes", "metric", "split", "fraction", "seed", "value"]
 
 
@@ -112,17 +112,40 @@ def pretrain(out: Path, method: str, steps: int, threads: int, seed: int) -> Non
     run_pretrain(cfg, resume=resume, overwrite=not resume, progress=False, callbacks=[snaps])
 
 
-def _probe(train_f, train_y, valid_f, valid_y, test_f, test_y, fraction, seed, classes) -> tuple[float, float]:
-    from sklearn.linear_model import LogisticRegression
+def softmax_regression(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float) -> torch.nn.Linear:
+    """Multinomial logistic regression, mean cross-entropy + weight_decay * ||W||^2, by L-BFGS
+    (deterministic; milliseconds on a few hundred 512-d rows). x: (N, dim) float, y: (N,) int64."""
+    head = torch.nn.Linear(x.shape[1], n_classes)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(x), y) + weight_decay * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head
+
+
+def _macro_f1(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     from sklearn.metrics import f1_score
 
-    idx = stratified_subset(train_y, fraction, seed, classes)
+    with torch.no_grad():
+        return float(f1_score(y.numpy(), head(x).argmax(1).numpy(), average="macro"))
+
+
+def _probe(f: dict, y: dict, fraction: float, seed: int, classes: list[str]) -> tuple[float, float]:
+    """(valid, test) macro-F1 of the probe whose weight decay scored best on valid."""
+    idx = torch.from_numpy(stratified_subset(y["train"].numpy(), fraction, seed, classes))
     best = (-1.0, 0.0)
-    for c in C_GRID:
-        clf = LogisticRegression(C=c, max_iter=3000).fit(train_f[idx], train_y[idx])
-        v = f1_score(valid_y, clf.predict(valid_f), average="macro")
+    for wd in WD_GRID:
+        head = softmax_regression(f["train"][idx], y["train"][idx], len(classes), wd)
+        v = _macro_f1(head, f["valid"], y["valid"])
         if v > best[0]:
-            best = (v, f1_score(test_y, clf.predict(test_f), average="macro"))
+            best = (v, _macro_f1(head, f["test"], y["test"]))
     return best
 
 
@@ -132,12 +155,10 @@ def score_encoder(encoder, labelled) -> list[dict]:
     y = {s: getattr(labelled, s).labels for s in ("train", "valid", "test")}
     rows = [{"metric": "knn10", "split": s, "fraction": 100.0, "seed": 0,
              "value": knn_accuracy(f["train"], y["train"], f[s], y[s], 10)} for s in ("valid", "test")]
-    npf = {s: f[s].numpy() for s in f}
-    npy = {s: y[s].numpy() for s in y}
+    scaled = {s: f[s] * math.sqrt(f[s].shape[1]) for s in f}  # unit-norm rows scaled so coordinates are ~1
     for frac in FRACTIONS:
         for seed in PROBE_SEEDS:
-            v, t = _probe(npf["train"], npy["train"], npf["valid"], npy["valid"], npf["test"], npy["test"], frac, seed,
-                          labelled.class_names)
+            v, t = _probe(scaled, y, frac, seed, labelled.class_names)
             rows += [{"metric": "linear_f1", "split": "valid", "fraction": frac, "seed": seed, "value": v},
                      {"metric": "linear_f1", "split": "test", "fraction": frac, "seed": seed, "value": t}]
     return rows
