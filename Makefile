@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sonossl-installed
 
-.PHONY: venv demo demo-quick test test-slow bench clean
+.PHONY: venv demo demo-quick demo-long test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ demo: $(STAMP)
 	$(BIN)/sonossl demo --out demo_out --resume
 
 demo-quick: $(STAMP)
-	$(BIN)/sonossl demo --out demo_out_quick --quick --resume
+	$(BIN)/sonossl demo --out demo_out_quick --plan quick --resume
+
+# pretraining long enough to overtake random initialisation (benchmarks/README.md); about 2 hours on 2 cores
+demo-long: $(STAMP)
+	$(BIN)/sonossl demo --out demo_out_long --plan long --resume
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -31,4 +35,4 @@ bench: $(STAMP)
 	bash benchmarks/run_all.sh
 
 clean:
-	rm -rf demo_out demo_out_quick .pytest_cache
+	rm -rf demo_out demo_out_quick demo_out_long .pytest_cache

@@ -174,7 +174,7 @@ def cmd_study(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from sonossl.demo import run_demo
 
-    run_demo(Path(a.out), quick=a.quick, resume=a.resume, overwrite=a.overwrite, seeds=a.seeds)
+    run_demo(Path(a.out), plan="quick" if a.quick else a.plan, resume=a.resume, overwrite=a.overwrite, seeds=a.seeds)
     return 0
 
 
@@ -290,9 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("demo", help="synth -> ingest -> pretrain -> evaluate -> report on built-in data (CPU, minutes)")
-    s.add_argument("--out", type=Path, default=Path("demo_out"))
-    s.add_argument("--quick", action="store_true", help="fewer seeds and fractions: about 3 minutes")
-    s.add_argument("--seeds", type=_ints, help="override the seeds (default 0,1,2; --quick 0,1)")
+    s.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    s.add_argument("--plan", choices=["quick", "full", "long"], default="full",
+                   help="quick: about 3 minutes; full: about 15 minutes; long: pretraining past the point where it "
+                        "overtakes random initialisation, about 2 hours (2 CPU cores; default full)")
+    s.add_argument("--quick", action="store_true", help="the same as --plan quick")
+    s.add_argument("--seeds", type=_ints, help="override the linear-probe seeds (default 0-4; quick 0-2)")
     _out_flags(s)
     s.set_defaults(func=cmd_demo)
 

@@ -1,29 +1,56 @@
-"""The demo is a small study: synth -> the study runner -> the report, and it resumes."""
+"""The demo is a small study: synth -> the study runner -> the report; it resumes, keeps its best
+fine-tuned model, and the `sonossl predict` command it prints works on a clip."""
 
 from __future__ import annotations
 
 import csv
+import shlex
 from pathlib import Path
 
-from sonossl.demo import DemoPlan, run_demo
+import pytest
 
-TINY = DemoPlan(videos=6, frames=8, frame_skip=2, pretrain_seconds=60, pretrain_epochs=1, fractions=(100,), seeds=(0,),
-                finetune_max_steps=3, finetune_min_steps=1, synth_size=48, image_size=32,
-                labelled_per_class=(6, 3, 3), protocols=("linear",))
+from sonossl.cli import main
+from sonossl.demo import PLANS, DemoPlan, demo_study, run_demo
+
+# The quick plan's shape (linear at two fractions, fine-tuning at 100 % that keeps its model), tiny.
+TINY = DemoPlan("tiny", videos=6, frames=8, frame_skip=2, pretrain_steps=2, pretrain_seconds=60, fractions=(50, 100),
+                seeds=(0, 1), finetune_fractions=(100,), finetune_seeds=(0,), finetune_epochs=1, synth_size=48,
+                image_size=32, labelled_per_class=(6, 3, 3))
 
 
-def test_tiny_demo_runs_the_study_and_resumes(tmp_path, capsys, monkeypatch):
+def test_tiny_demo_runs_the_study_keeps_a_model_and_resumes(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `make demo` passes a relative --out
     out = Path("demo")
     run_demo(out, plan=TINY)
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {r["init"] for r in rows} >= {"random", "barlowtwins-augment-all"}
+    assert {(r["protocol"], r["fraction"]) for r in rows} == {("linear", "50"), ("linear", "100"), ("finetune", "100")}
     assert all(0 <= float(r["macro_f1"]) <= 1 for r in rows)
     for name in ("summary.csv", "differences.csv", "report.html", "study.db", "pretrain/barlowtwins-augment-all/backbone.pt"):
         assert (out / name).is_file(), name
+    kept = sorted(out.glob("evals/**/model.pt"))
+    assert len(kept) == 1 and "finetune" in str(kept[0])  # the best fine-tuned run only; linear runs keep none
     printed = capsys.readouterr().out
-    assert "barlowtwins-augment-all" in printed and "seeds [0]" in printed
+    assert "barlowtwins-augment-all" in printed and "seeds [0, 1]" in printed and "verdict: " in printed
+
+    predict = next(line.strip() for line in printed.splitlines() if line.strip().startswith("sonossl predict"))
+    assert main(shlex.split(predict)[1:]) == 0
+    assert (out / "predictions.csv").is_file() and list(out.glob("**/*timeline*.png"))
+
     before = (out / "results.csv").read_bytes()
     run_demo(out, plan=TINY, resume=True)
     assert "0 to run" in capsys.readouterr().out
     assert (out / "results.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_every_plan_is_a_valid_study_with_one_image_size(tmp_path, name):
+    from sonossl.config import validated
+    from sonossl.study.grid import StudySpec, expand
+
+    study = demo_study(tmp_path, PLANS[name], imagenet=False)
+    assert "image_size" not in study["pretrain"]["options"] and "image_size" not in study["evaluate"]["options"]
+    plan = expand(validated(StudySpec, study, "demo"), tmp_path, "demo")
+    fine = [u for u in plan.evals if u.protocol == "finetune"]
+    assert {u.fraction for u in fine} == set(PLANS[name].finetune_fractions)
+    assert plan.pretrains[0].config["max_steps"] == PLANS[name].pretrain_steps

@@ -81,6 +81,20 @@ class PretrainGrid(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class ProtocolGrid(_Strict):
+    """What one protocol does differently from the evaluate grid: its own fractions, seeds or
+    options (e.g. fine-tuning, the expensive protocol, only at 100 % with longer runs)."""
+
+    fractions: list[float] | None = None
+    seeds: list[int] | None = Field(None, min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else check_fractions(v)
+
+
 class EvaluateGrid(_Strict):
     datasets: list[str] | None = None  # default: every labelled dataset
     inits: list[str] = Field(default_factory=lambda: ["random", "imagenet", "pretrained"], min_length=1)
@@ -88,6 +102,7 @@ class EvaluateGrid(_Strict):
     fractions: list[float] = Field(default_factory=lambda: [1, 10, 100], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
+    per_protocol: dict[Literal["linear", "finetune"], ProtocolGrid] = Field(default_factory=dict)
 
     @field_validator("fractions")
     @classmethod
@@ -303,16 +318,31 @@ def expand(spec: StudySpec, root: Path, source: str = "study") -> Plan:
             raise SonosslError(f"{source}: evaluate.inits: {i!r} is neither random, imagenet, pretrained nor a declared "
                                f"pretraining (declared: {', '.join(names) or 'none'})")
     inits = list(dict.fromkeys(inits))
-    for key in ("init", "out", "labels", "train_csv", "val_csv", "test_csv", "protocol", "fractions", "seeds"):
-        if key in ev.options:
-            raise SonosslError(f"{source}: evaluate.options.{key}: set by the study grid, not an option")
-    eval_cfg = {"image_size": spec.ingest.size, **ev.options}
-    build_config(EvaluateConfig, eval_cfg, source=f"{source}: evaluate.options")
-    evals = [EvalUnit(d, i, p, f, s, eval_cfg) for d in datasets for i in inits for p in ev.protocols
-             for f in ev.fractions for s in ev.seeds]
+    evals = [EvalUnit(d, i, p, f, s, cfg) for p, fractions, seeds, cfg in _protocol_grids(spec, source)
+             for d in datasets for i in inits for f in fractions for s in seeds]
+    evals.sort(key=lambda u: (datasets.index(u.dataset), inits.index(u.init), ev.protocols.index(u.protocol)))
     if not evals and not pretrains:
         raise SonosslError(f"{source}: the study declares no runs")
     return Plan(spec, root, ingests, pretrains, evals)
+
+
+def _protocol_grids(spec: StudySpec, source: str) -> list[tuple[str, list[float], list[int], dict[str, Any]]]:
+    """(protocol, fractions, seeds, evaluate options) per protocol, ``per_protocol`` over the grid's own."""
+    ev = spec.evaluate
+    for p in ev.per_protocol:
+        if p not in ev.protocols:
+            raise SonosslError(f"{source}: evaluate.per_protocol.{p}: not among evaluate.protocols ({', '.join(ev.protocols)})")
+    grids = []
+    for p in ev.protocols:
+        over = ev.per_protocol.get(p, ProtocolGrid())
+        for where, opts in (("evaluate.options", ev.options), (f"evaluate.per_protocol.{p}.options", over.options)):
+            for key in ("init", "out", "labels", "train_csv", "val_csv", "test_csv", "protocol", "fractions", "seeds"):
+                if key in opts:
+                    raise SonosslError(f"{source}: {where}.{key}: set by the study grid, not an option")
+        cfg = {"image_size": spec.ingest.size, **ev.options, **over.options}
+        build_config(EvaluateConfig, cfg, source=f"{source}: evaluate options ({p})")
+        grids.append((p, over.fractions or ev.fractions, over.seeds or ev.seeds, cfg))
+    return grids
 
 
 def _check_method_options(method: str, cfg: PretrainConfig, source: str) -> None:

@@ -63,7 +63,7 @@ class Context:
     labelled: dict[str, str]
     monitor_dataset: str | None
     imagenet_weights: str | None = None
-    save_models: bool = False
+    save_models: bool | str = False  # True: every evaluation run keeps model.pt; a protocol name: that protocol's runs
 
 
 @dataclass
@@ -142,7 +142,8 @@ def _run_eval(unit: EvalUnit, ctx: Context) -> dict[str, Any]:
     cfg = build_config(EvaluateConfig, unit.config, {
         "labels": ctx.labelled[unit.dataset], "init": init, "protocol": [unit.protocol], "fractions": [unit.fraction],
         "seeds": [unit.seed], "out": out, "imagenet_weights": ctx.imagenet_weights}, source=f"evaluate {unit.key}")
-    [row] = read_results(evaluate(cfg, resume=True, progress=None, save_models=ctx.save_models, cache=_EVAL_CACHE))
+    [row] = read_results(evaluate(cfg, resume=True, progress=None, save_models=ctx.save_models in (True, unit.protocol),
+                                       cache=_EVAL_CACHE))
     [run_dir] = [p for p in out.iterdir() if p.is_dir()]
     method, pairs, variant = (unit.init.split("-", 2) if unit.init not in BASELINE_INITS else ("", "", ""))
     return {**row, "init": unit.init, "dataset": unit.dataset, "pretrain": "" if unit.init in BASELINE_INITS else unit.init,
@@ -273,7 +274,7 @@ def _variant_text(v) -> str:
 
 
 def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local", resume: bool = False,
-              overwrite: bool = False, imagenet_weights: Path | None = None, save_models: bool = False,
+              overwrite: bool = False, imagenet_weights: Path | None = None, save_models: bool | str = False,
               slurm: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> StudySummary:
     """Run every unit of ``plan`` not yet complete in ``out``; then write results and the report."""
     if launcher not in LAUNCHERS:
