@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from sonossl.data.sector import CROPS
 from sonossl.errors import SonosslError
 from sonossl.infer.commands import add_embed_parser, add_export_parser, add_predict_parser
 
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path, help="frame store to write (FRAMES.h5)")
     s.add_argument("--frame-skip", type=int, default=5)
     s.add_argument("--size", type=int, default=64)
-    s.add_argument("--crop", choices=["auto", "dicom", "none"], default="auto")
+    s.add_argument("--crop", choices=CROPS, default="auto")
     s.add_argument("--val-fraction", type=float, default=0.1)
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--salt", default="sonossl", help="key of the pseudonymous ids")

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sonossl.errors import SonosslError
+from sonossl.outputs import atomic_write_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -88,7 +89,7 @@ def validated(cls: type[M], values: dict[str, Any], source: str) -> M:
 
 def dump_config(cfg: Config, path: Path) -> None:
     """Write the resolved config beside a run's outputs (YAML, paths as strings)."""
-    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
 
 
 Method = Literal["ae", "simclr", "moco", "byol", "dino", "barlowtwins", "vicreg"]

@@ -30,6 +30,12 @@ from sonossl.errors import SonosslError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
+HDF5_SUFFIXES = frozenset({".h5", ".hdf5"})  # a frame store, or a seed-format HDF5 source of clips
+
+
+def is_hdf5_path(path: str | Path | None) -> bool:
+    """Whether ``path`` names an HDF5 file (a frame store) by its suffix."""
+    return path is not None and Path(path).suffix.lower() in HDF5_SUFFIXES
 
 
 @dataclass(frozen=True)

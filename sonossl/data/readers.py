@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 
+from sonossl.data.framestore import HDF5_SUFFIXES
 from sonossl.errors import SonosslError
 
 Box = tuple[int, int, int, int]
@@ -49,7 +50,6 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg
 SKIP_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".log"}
 SKIP_ENDINGS = (".h5.partial", ".partial")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-HDF5_SUFFIXES = {".h5", ".hdf5"}
 
 
 @dataclass

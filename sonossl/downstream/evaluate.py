@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,14 @@ import yaml
 from sonossl.config import EvaluateConfig, dump_config
 from sonossl.data.labelled import LabelledData, load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
+from sonossl.downstream.modelfile import save_model
 from sonossl.downstream.metrics import per_class_report, save_confusion_png, scores
 from sonossl.downstream.protocol import stratified_subset
 from sonossl.errors import SonosslError
 from sonossl.models.backbones import Encoder, build_encoder, get_spec, imagenet_available, imagenet_cache_path
-from sonossl.outputs import claim_output_dir
+from sonossl.outputs import atomic_write_csv, claim_output_dir
 
 RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy"]
-MODEL_FORMAT = 1
 
 
 @dataclass
@@ -75,17 +74,6 @@ def resolve_init(init: str, backbone: str | None, imagenet_weights: Path | None 
     return InitSpec(str(label), name, str(ckpt), run_cfg.get("image_size"))
 
 
-def write_csv_atomic(path: Path, rows: list[dict], columns: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def read_results(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -101,26 +89,6 @@ def _device(accelerator: str) -> str:
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise SonosslError("--accelerator gpu: no CUDA device is visible")
     return "cuda" if accelerator in ("auto", "gpu") and torch.cuda.is_available() else "cpu"
-
-
-def save_model(path: Path, model: Classifier, init: InitSpec, data: LabelledData, cfg: EvaluateConfig, metrics: dict, run: dict) -> None:
-    """``model.pt``: weights + class names + preprocessing, loadable with ``weights_only=True``."""
-    bundle = {
-        "format": MODEL_FORMAT,
-        "backbone": init.backbone,
-        "class_names": list(data.class_names),
-        "preprocessing": {"image_size": cfg.image_size, "channels": 1, "input": "grey uint8, resized (bilinear, antialiased)",
-                          "normalisation": "x/255, grey replicated to 3 channels, ImageNet mean/std (inside the model)"},
-        "dropout": cfg.dropout,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "init": init.label,
-        "metrics": metrics,
-        "run": run,
-        "train_counts": data.summary(),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(bundle, tmp)
-    os.replace(tmp, path)
 
 
 def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = False,
@@ -216,11 +184,13 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
             for path, t, p, pr in zip(data.test.paths, y_true, y_pred, probs):
                 w.writerow([path, data.class_names[t], data.class_names[p], *[f"{v:.5f}" for v in pr]])
         if save_models:
-            save_model(run_dir / "model.pt", model.cpu(), init, data, cfg, metrics, run_info)
+            save_model(run_dir / "model.pt", model.cpu(), backbone=init.backbone, class_names=data.class_names,
+                       image_size=cfg.image_size, dropout=cfg.dropout, init=init.label, metrics=metrics, run=run_info,
+                       train_counts=data.summary())
         (run_dir / "run.json").write_text(json.dumps({**run_info, **metrics}, indent=1))
         rows.append({"init": init.label, "protocol": protocol, "fraction": f"{fraction:g}", "seed": seed,
                      "n_train": len(idx), **{k: f"{v:.6f}" for k, v in metrics.items()}})
-        write_csv_atomic(results_path, rows, RESULT_COLUMNS)  # the run counts as done only now
+        atomic_write_csv(results_path, rows, RESULT_COLUMNS)  # the run counts as done only now
         if progress:
             progress(f"[{i}/{len(plan)}] {key}: n_train={len(idx)} macro_f1={metrics['macro_f1']:.3f} "
                      f"bal_acc={metrics['balanced_accuracy']:.3f} ({time.time() - t0:.1f}s)")

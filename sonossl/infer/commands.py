@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sonossl.data.sector import CROPS
+
 MODEL_HELP = "evaluate run folder holding model.pt, or a model.pt file"
 
 
@@ -49,7 +51,7 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
                    help="CSV of per-frame predictions; OUT_STEM_clips/ and OUT_STEM_errors.csv go beside it")
     s.add_argument("--smooth", type=int, default=0, help="moving average over K frames for timelines and best frames")
     s.add_argument("--frame-skip", type=int, default=1, help="predict every K-th frame")
-    s.add_argument("--crop", choices=["auto", "dicom", "none"], default="auto", help="scan region crop, as in ingest")
+    s.add_argument("--crop", choices=CROPS, default="auto", help="scan region crop, as in ingest")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -34,7 +34,6 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -42,12 +41,11 @@ from PIL import Image
 
 from sonossl.data.labelled import IMAGE_SUFFIXES, load_image
 from sonossl.data.readers import find_sources, read_source
-from sonossl.data.ingest import scan_region
-from sonossl.data.sector import crop_to_region
+from sonossl.data.sector import CROPS, Crop, crop_to_region, scan_region
 from sonossl.errors import SonosslError
-from sonossl.infer.model import LoadedModel, load_model
+from sonossl.downstream.modelfile import LoadedModel, load_model
+from sonossl.progress import progress_bar
 
-CROPS = ("auto", "dicom", "none")
 PROGRESS_MIN_INPUTS = 4  # a progress bar from this many inputs on
 
 
@@ -89,7 +87,7 @@ def read_input(path: Path, image_size: int, *, frame_skip: int = 1, crop: str = 
         return Frames(load_image(path, image_size)[None], np.zeros(1, np.int64))
     clip = read_source(path, frame_skip=frame_skip)
     try:
-        box, mask, _ = scan_region(clip, crop)  # as ingest crops, so the model sees what it was trained on
+        box, mask, _ = scan_region(clip.frames, clip.regions, clip.kind, crop)  # as ingest crops, so the model sees what it was trained on
     except SonosslError as exc:
         raise SonosslError(f"{path}: {exc}") from None
     frames = crop_to_region(clip.frames, box, mask, image_size)
@@ -148,14 +146,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
-
-
 def _check_options(smooth: int, batch_size: int, frame_skip: int, crop: str) -> None:
     if smooth < 0:
         raise SonosslError(f"--smooth: expected an integer >= 0 (frames), got {smooth}")
@@ -176,7 +166,7 @@ def predict(
     batch_size: int = 64,
     device: str = "auto",
     frame_skip: int = 1,
-    crop: Literal["auto", "dicom", "none"] = "auto",
+    crop: Crop = "auto",
     overwrite: bool = False,
     progress: bool = True,
 ) -> PredictSummary:
@@ -209,7 +199,7 @@ def predict(
     summary = PredictSummary(0, 0, 0)
     best_rows: list[list] = []
     try:
-        with open(part_csv, "w", newline="") as fh, _progress(progress and len(files) >= PROGRESS_MIN_INPUTS) as bar:
+        with open(part_csv, "w", newline="") as fh, progress_bar("predict", progress and len(files) >= PROGRESS_MIN_INPUTS) as bar:
             w = csv.writer(fh)
             w.writerow(["source", "frame", "predicted", *[f"p_{c}" for c in classes]])
             task = bar.add_task("predict", total=len(files))

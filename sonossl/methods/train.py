@@ -36,27 +36,9 @@ from sonossl.methods import get_method
 from sonossl.methods.base import SSLMethod, parse_options
 from sonossl.methods.monitors import Monitors
 from sonossl.models.backbones import load_error
-from sonossl.outputs import claim_output_dir
+from sonossl.outputs import atomic_torch_save, atomic_write_text, claim_output_dir
 
 CKPT_NAME = "last.ckpt"
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path.tmp`` in the same folder, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -42,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sonossl.config import (EvaluateConfig, PretrainConfig, build_config, check_fractions, read_config_file, read_preset,
                             validated)
+from sonossl.data.framestore import is_hdf5_path
+from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
 
 STUDY_PRESET_DIR = Path(__file__).parent / "presets"
@@ -60,7 +62,7 @@ class DataSpec(_Strict):
 class IngestSpec(_Strict):
     size: int = Field(64, gt=0)
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    crop: Literal["auto", "dicom", "none"] = "auto"
+    crop: Crop = "auto"
     salt: str = "sonossl"
 
 
@@ -251,7 +253,7 @@ def expand(spec: StudySpec, root: Path, source: str = "study") -> Plan:
     spec = spec.model_copy(deep=True)
     spec.data.unlabelled = _resolve(spec.data.unlabelled, root)
     spec.data.labelled = {k: _resolve(v, root) for k, v in spec.data.labelled.items()}
-    store_given = spec.data.unlabelled is not None and spec.data.unlabelled.suffix in (".h5", ".hdf5")
+    store_given = is_hdf5_path(spec.data.unlabelled)
 
     ingests: list[IngestUnit] = []
     pretrains: list[PretrainUnit] = []

@@ -46,6 +46,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from scipy import stats
 
 from sonossl.errors import SonosslError
+from sonossl.outputs import atomic_write, atomic_write_text
 from sonossl.study.figures import (
     Figure,
     confusion_figure,
@@ -424,8 +425,9 @@ def write_report(out: Path, results_csv: Path | None = None, context: dict | Non
     diffs = paired_differences(df)
     paths = {"summary": out / "summary.csv", "differences": out / "differences.csv", "report": out / "report.html"}
     pct = "{:g}".format  # fractions as written in results.csv (1, 12.5, 100), not 1.000000
-    summary.assign(fraction=summary["fraction"].map(pct)).to_csv(paths["summary"], index=False, float_format="%.6f")
-    diffs.assign(fraction=diffs["fraction"].map(pct)).to_csv(paths["differences"], index=False, float_format="%.6f")
+    for table, key in ((summary, "summary"), (diffs, "differences")):
+        with atomic_write(paths[key], newline="") as fh:
+            table.assign(fraction=table["fraction"].map(pct)).to_csv(fh, index=False, float_format="%.6f")
 
     study = load_study(out)
     ctx = {**(study.get("context") or {}), **(context or {})}
@@ -453,7 +455,5 @@ def write_report(out: Path, results_csv: Path | None = None, context: dict | Non
         n_runs=len(df),
         inits=order,
     )
-    tmp = paths["report"].with_suffix(".html.tmp")
-    tmp.write_text(html)
-    tmp.replace(paths["report"])
+    atomic_write_text(paths["report"], html)
     return paths

@@ -42,8 +42,9 @@ from typing import Any, Callable
 
 import yaml
 
+from sonossl.data.framestore import is_hdf5_path
 from sonossl.errors import SonosslError
-from sonossl.outputs import claim_output_dir
+from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
 from sonossl.study.grid import BASELINE_INITS, EvalUnit, IngestUnit, Plan, PretrainUnit
 from sonossl.study.store import ResultsStore
 
@@ -241,8 +242,8 @@ def prepare(plan: Plan, out: Path, *, resume: bool, overwrite: bool) -> Path:
                 raise SonosslError(f"{out}/study.yaml: the settings of completed run {unit.key} changed; "
                                    "use a new --out, or --overwrite to start again")
     out = claim_output_dir(out, resume=resume, overwrite=overwrite)
-    (out / "study.yaml").write_text(yaml.safe_dump(json.loads(plan.spec.model_dump_json()), sort_keys=False))
-    (out / "study.json").write_text(json.dumps({"name": plan.spec.name, "context": _context(plan),
+    atomic_write_text(out / "study.yaml", yaml.safe_dump(json.loads(plan.spec.model_dump_json()), sort_keys=False))
+    atomic_write_text(out / "study.json", json.dumps({"name": plan.spec.name, "context": _context(plan),
                                                 "units": len(plan.units), "evaluations": len(plan.evals)}, indent=1))
     return out
 
@@ -287,7 +288,7 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
             raise SonosslError("--launcher slurm: sbatch not found on this machine (use --launcher local)")
     out = prepare(plan, out, resume=resume, overwrite=overwrite)
     ctx = Context(out=str(out), unlabelled=str(plan.spec.data.unlabelled) if plan.spec.data.unlabelled else None,
-                  store_given=bool(plan.spec.data.unlabelled and plan.spec.data.unlabelled.suffix in (".h5", ".hdf5")),
+                  store_given=is_hdf5_path(plan.spec.data.unlabelled),
                   labelled={k: str(v) for k, v in plan.spec.data.labelled.items()},
                   monitor_dataset=plan.datasets[0] if plan.datasets else None,
                   imagenet_weights=str(imagenet_weights) if imagenet_weights else None, save_models=save_models)
@@ -434,12 +435,10 @@ def _run_submitit(todo: list, ctx: Context, workers: int, done: set[str], progre
 def export_results(plan: Plan, out: Path, store: ResultsStore) -> Path | None:
     """``results.csv`` and ``runs.csv`` from the store, in grid order (so two runs of the same
     study write identical files however their units were scheduled)."""
-    from sonossl.downstream.evaluate import write_csv_atomic
-
     rows = store.rows("EvalUnit")
     ordered = [rows[u.key] for u in plan.evals if u.key in rows]
     if not ordered:
         return None
-    write_csv_atomic(out / "results.csv", ordered, STUDY_COLUMNS)
-    write_csv_atomic(out / "runs.csv", ordered, RUNS_COLUMNS)
+    atomic_write_csv(out / "results.csv", ordered, STUDY_COLUMNS)
+    atomic_write_csv(out / "runs.csv", ordered, RUNS_COLUMNS)
     return out / "results.csv"
