@@ -19,6 +19,7 @@ from sonossl.errors import SonosslError
 from sonossl.outputs import atomic_write_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_IMAGE_SIZE = 64  # px: ingest's --size, and evaluate's when its init has no pretraining size
 
 
 class Config(BaseModel):
@@ -92,9 +93,6 @@ def dump_config(cfg: Config, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
 
 
-Method = Literal["ae", "simclr", "moco", "byol", "dino", "barlowtwins", "vicreg"]
-
-
 class PretrainConfig(Config):
     """``sonossl pretrain``. Defaults are the ``cpu`` preset's; ``paper`` overrides them."""
 
@@ -103,7 +101,7 @@ class PretrainConfig(Config):
     val_frames: Path | None = None
     out: Path | None = None
     backbone: str = "resnet18"
-    image_size: int = Field(64, gt=0)
+    image_size: int | None = Field(None, gt=0)  # None: the frame store's frame size
     batch_size: int = Field(64, gt=1)
     epochs: int = Field(10, gt=0)
     max_steps: int = Field(-1, ge=-1)  # -1: no limit beyond epochs
@@ -154,7 +152,7 @@ class EvaluateConfig(Config):
     fractions: list[float] = Field(default_factory=lambda: [1.0, 10.0, 100.0])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     out: Path | None = None
-    image_size: int = Field(64, gt=0)
+    image_size: int | None = Field(None, gt=0)  # None: the init's pretraining size, else DEFAULT_IMAGE_SIZE
     # classifier training (PROTOCOL.md: AdamW lr 1e-3 wd 1e-6, dropout 0.5, batch 128, 100 epochs)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-6, ge=0)

@@ -61,11 +61,10 @@ def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
         "ingest": {"size": plan.image_size, "val_fraction": 0.1},
         "variants": {"all": {"frame_skip": plan.frame_skip}},
         "pretrain": {"preset": "cpu", "methods": ["barlowtwins"], "variants": ["all"],
-                     "options": {"epochs": plan.pretrain_epochs, "max_time_s": plan.pretrain_seconds, "seed": 0,
-                                 "image_size": plan.image_size}},
+                     "options": {"epochs": plan.pretrain_epochs, "max_time_s": plan.pretrain_seconds, "seed": 0}},
         "evaluate": {"inits": ["random", *(["imagenet"] if imagenet else []), "pretrained"],
                      "protocols": list(plan.protocols), "fractions": list(plan.fractions), "seeds": list(plan.seeds),
-                     "options": {"backbone": "resnet18", "image_size": plan.image_size, "batch_size": 32,
+                     "options": {"backbone": "resnet18", "batch_size": 32,
                                  "max_steps": plan.finetune_max_steps, "min_steps": plan.finetune_min_steps}},
         "context": {
             "data": f"synthetic fetal echo (sonossl synth, seed 0): {plan.videos} unlabelled clips x {plan.frames} frames "
@@ -111,7 +110,7 @@ def run_demo(out: Path, *, quick: bool = False, resume: bool = False, overwrite:
         raise SonosslError(f"demo: {len(summary.failed)} runs failed ({next(iter(summary.failed.values()), '')}); "
                            f"see {out / 'logs'}; rerun with --resume")
 
-    epochs = [json.loads(line) for line in open(out / "pretrain" / "barlowtwins-augment-all" / "stats.jsonl")
+    epochs = [json.loads(line) for line in open(out / "pretrain" / study.pretrains[0].name / "stats.jsonl")
               if '"kind": "epoch"' in line]
     knn = [e["knn10_accuracy"] for e in epochs if "knn10_accuracy" in e]
     df = load_results(out / "results.csv")

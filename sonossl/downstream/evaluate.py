@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import yaml
 
-from sonossl.config import EvaluateConfig, dump_config
+from sonossl.config import DEFAULT_IMAGE_SIZE, EvaluateConfig, dump_config
 from sonossl.data.labelled import LabelledData, load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
 from sonossl.downstream.modelfile import save_model
@@ -81,6 +81,17 @@ def read_results(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def resolve_image_size(image_size: int | None, init: InitSpec, say: Callable[[str], None] | None = print) -> int:
+    """The evaluation's image size: ``image_size`` when given (with a one-line note through
+    ``say`` when it differs from the init's pretraining size), else the pretraining's size,
+    else :data:`~sonossl.config.DEFAULT_IMAGE_SIZE`."""
+    if image_size is None:
+        return init.image_size or DEFAULT_IMAGE_SIZE
+    if init.image_size and image_size != init.image_size and say is not None:
+        say(f"note: image_size {image_size} px differs from the {init.image_size} px {init.label} was pretrained at")
+    return image_size
+
+
 def run_key(label: str, protocol: str, fraction: float, seed: int) -> str:
     return f"{label}_{protocol}_f{fraction:g}_s{seed}"
 
@@ -103,6 +114,7 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     if cfg.out is None:
         raise SonosslError("evaluate: --out is required")
     init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
+    cfg = cfg.model_copy(update={"image_size": resolve_image_size(cfg.image_size, init, progress)})
     data_key = ("data", str(cfg.labels), str(cfg.train_csv), str(cfg.val_csv), str(cfg.test_csv), cfg.image_size)
     data = cache.get(data_key) if cache is not None else None
     if data is None:

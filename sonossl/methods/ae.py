@@ -37,6 +37,7 @@ from sonossl.config import PretrainConfig
 from sonossl.data.transforms import ViewTransform
 from sonossl.errors import SonosslError
 from sonossl.methods.base import MethodOptions, SSLMethod
+from sonossl.models.backbones import get_spec
 
 
 class AEOptions(MethodOptions):
@@ -91,19 +92,24 @@ class AutoEncoder(SSLMethod):
     name = "ae"
     Options = AEOptions
 
-    def __init__(self, cfg: PretrainConfig):
-        super().__init__(cfg)
+    @classmethod
+    def check_config(cls, cfg: PretrainConfig, o: AEOptions) -> None:
+        super().check_config(cfg, o)
         if cfg.pairs != "augment":
-            raise SonosslError(f"pairs: {self.name} reconstructs single frames; 'temporal' pairs do not apply (use 'augment')")
-        o = self.options
+            raise SonosslError(f"pairs: {cls.name} reconstructs single frames; 'temporal' pairs do not apply (use 'augment')")
         if not (0 < o.erase_scale[0] <= o.erase_scale[1] < 1 and 0 < o.erase_ratio[0] <= o.erase_ratio[1]):
             raise SonosslError(
                 f"method_options (ae): erase_scale must satisfy 0 < lo <= hi < 1 and erase_ratio 0 < lo <= hi "
                 f"(got {o.erase_scale}, {o.erase_ratio})"
             )
-        trunk = self.encoder.trunk
+        with torch.device("meta"):  # the architecture only, no weights allocated
+            trunk = get_spec(cfg.backbone).constructor()
         if not (hasattr(trunk, "layer4") or hasattr(trunk, "features")):
             raise SonosslError(f"backbone: {cfg.backbone} has no feature map the ae decoder knows how to read")
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__(cfg)
+        o = self.options
         self.decoder = Decoder(self.encoder.feature_dim, list(o.decoder))  # layer4's / features' channels
 
     # ---- views and schedule -----------------------------------------------------------------

@@ -66,8 +66,9 @@ class SSLMethod(pl.LightningModule):
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         self.cfg = cfg
-        self.options = parse_options(self.Options, self.name, cfg.method_options)
-        self.check_config(cfg, self.options)
+        self.options = self.validate(cfg)
+        if cfg.image_size is None:
+            raise SonosslError("image_size: not resolved; run_pretrain sets it from the frame store (or give image_size)")
         self.encoder = build_encoder(cfg.backbone)
         self.train_set: FramePairDataset | None = None  # set by run_pretrain
         self.images_seen = 0
@@ -109,8 +110,21 @@ class SSLMethod(pl.LightningModule):
     @classmethod
     def check_config(cls, cfg: PretrainConfig, options: MethodOptions) -> None:
         """Refuse, with one :class:`SonosslError` line, settings this method cannot run with
-        (e.g. a MoCo queue smaller than the batch). ``run_pretrain`` calls it before it writes
-        anything; the constructor calls it too."""
+        (e.g. a MoCo queue smaller than the batch, AE with temporal pairs). Every refusal of a
+        method lives here, so it is found wherever a config is built (``sonossl pretrain``
+        before it writes anything, ``sonossl study`` before any run starts). ``cfg.image_size``
+        may still be ``None`` (the frame store's size, resolved when the run starts): checks
+        that need it are then made at the run's start. A subclass calls ``super()``."""
+        if cfg.batch_size % cfg.devices or cfg.batch_size // cfg.devices < 2:
+            raise SonosslError(f"batch_size: {cfg.batch_size} must be a multiple of devices ({cfg.devices}), >= 2 per device")
+
+    @classmethod
+    def validate(cls, cfg: PretrainConfig) -> MethodOptions:
+        """``cfg.method_options`` parsed by this method's ``Options`` and ``cfg`` checked by
+        :meth:`check_config`; returns the options."""
+        options = parse_options(cls.Options, cls.name, cfg.method_options)
+        cls.check_config(cfg, options)
+        return options
 
     def export_encoder(self) -> nn.Module:
         """The encoder whose trunk becomes ``backbone.pt`` (default: the trained one; DINO: its teacher)."""

@@ -124,15 +124,22 @@ class DINO(SSLMethod):
     name = "dino"
     Options = DINOOptions
 
+    @classmethod
+    def check_config(cls, cfg: PretrainConfig, o: DINOOptions) -> None:
+        super().check_config(cfg, o)
+        if cfg.image_size is None:  # the frame store's size: checked when the run starts
+            return
+        local = round(cfg.image_size * o.local_crop_ratio)
+        if o.local_crops and local < 8:
+            raise SonosslError(
+                f"image_size: {cfg.image_size} px is too small for dino's local crops (method_options.local_crop_ratio "
+                f"{o.local_crop_ratio} gives {local} px; need >= 8 px)"
+            )
+
     def __init__(self, cfg: PretrainConfig):
         super().__init__(cfg)
         o = self.options
         self.local_crop_size = round(cfg.image_size * o.local_crop_ratio)
-        if o.local_crops and self.local_crop_size < 8:
-            raise SonosslError(
-                f"method_options (dino): local_crop_ratio {o.local_crop_ratio} gives {self.local_crop_size} px local "
-                f"crops at image_size {cfg.image_size}; need >= 8 px"
-            )
         self.head = dino_head(self.encoder.feature_dim, o)
         # "the exact same architecture in both student and teacher networks" (sec. 3.1); the
         # teacher starts as a copy of the student (main_dino.py) and gets no gradient.

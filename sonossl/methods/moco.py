@@ -96,6 +96,7 @@ class MoCo(SSLMethod):
 
     @classmethod
     def check_config(cls, cfg: PretrainConfig, options: MoCoOptions) -> None:
+        super().check_config(cfg, options)
         if options.queue_size < cfg.batch_size:
             raise SonosslError(
                 f"method_options (moco): queue_size {options.queue_size} is smaller than batch_size "

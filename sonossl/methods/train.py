@@ -32,8 +32,8 @@ from sonossl.config import PretrainConfig, dump_config
 from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
 from sonossl.errors import SonosslError
-from sonossl.methods import get_method
-from sonossl.methods.base import SSLMethod, parse_options
+from sonossl.methods import get_method, validate_method
+from sonossl.methods.base import SSLMethod
 from sonossl.methods.monitors import Monitors
 from sonossl.models.backbones import load_error
 from sonossl.outputs import atomic_torch_save, atomic_write_text, claim_output_dir
@@ -157,6 +157,17 @@ def trim_stats(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(keep))
 
 
+def resolve_image_size(image_size: int | None, store: FrameStore) -> int:
+    """The pretraining's image size: the store's frame size unless ``image_size`` says
+    otherwise; larger than the store's frames is refused (it would train on upsampled frames)."""
+    if image_size is None:
+        return store.frame_size
+    if image_size > store.frame_size:
+        raise SonosslError(f"image_size: {image_size} px is larger than the {store.frame_size} px frames of {store.path}; "
+                           f"pass --image-size {store.frame_size} or less, or ingest again with --size {image_size}")
+    return image_size
+
+
 def _launcher_rank_zero() -> bool:
     """False in processes started by a DDP launcher for ranks > 0 (they must not touch the folder)."""
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
@@ -186,17 +197,18 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
         raise SonosslError("out: required (the run folder to create)")
     if resume and overwrite:
         raise SonosslError("resume and overwrite exclude each other")
-    method_cls = get_method(cfg.method)
-    method_cls.check_config(cfg, parse_options(method_cls.Options, cfg.method, cfg.method_options))
-    if cfg.batch_size % cfg.devices or cfg.batch_size // cfg.devices < 2:
-        raise SonosslError(f"batch_size: {cfg.batch_size} must be a multiple of devices ({cfg.devices}), >= 2 per device")
+    validate_method(cfg)  # what does not depend on the store, before it is opened
+    store = FrameStore(cfg.frames)
+    size = resolve_image_size(cfg.image_size, store)
+    if size != cfg.image_size:  # the store's size: the checks that need the size run again
+        cfg = cfg.model_copy(update={"image_size": size})
+        validate_method(cfg)
     accelerator = cfg.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise SonosslError("accelerator: gpu requested but no CUDA device is visible")
     precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if accelerator == "gpu" else "32-true")
-    store = FrameStore(cfg.frames)
 
     # Lightning 2.6 calls a deprecated torch pytree API on every fit; nothing for a user to act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -204,7 +216,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
         for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = method_cls(cfg)
+    model = get_method(cfg.method)(cfg)
     model.train_set = FramePairDataset(
         store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
         frame_stride=cfg.frame_stride, seed=cfg.seed,

@@ -45,7 +45,7 @@ import yaml
 from sonossl.data.framestore import is_hdf5_path
 from sonossl.errors import SonosslError
 from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
-from sonossl.study.grid import BASELINE_INITS, EvalUnit, IngestUnit, Plan, PretrainUnit
+from sonossl.study.grid import EvalUnit, IngestUnit, Plan, PretrainUnit
 from sonossl.study.store import ResultsStore
 
 STUDY_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy",
@@ -139,15 +139,15 @@ def _run_eval(unit: EvalUnit, ctx: Context) -> dict[str, Any]:
     from sonossl.downstream.evaluate import evaluate, read_results
 
     out = Path(ctx.out) / unit.folder
-    init = unit.init if unit.init in BASELINE_INITS else str(Path(ctx.out) / "pretrain" / unit.init)
+    pre = unit.pretrain
+    init = unit.init if pre is None else str(Path(ctx.out) / "pretrain" / pre.name)
     cfg = build_config(EvaluateConfig, unit.config, {
         "labels": ctx.labelled[unit.dataset], "init": init, "protocol": [unit.protocol], "fractions": [unit.fraction],
         "seeds": [unit.seed], "out": out, "imagenet_weights": ctx.imagenet_weights}, source=f"evaluate {unit.key}")
     [row] = read_results(evaluate(cfg, resume=True, progress=None, save_models=ctx.save_models, cache=_EVAL_CACHE))
     [run_dir] = [p for p in out.iterdir() if p.is_dir()]
-    method, pairs, variant = (unit.init.split("-", 2) if unit.init not in BASELINE_INITS else ("", "", ""))
-    return {**row, "init": unit.init, "dataset": unit.dataset, "pretrain": "" if unit.init in BASELINE_INITS else unit.init,
-            "method": method, "pairs": pairs, "data_variant": variant,
+    return {**row, "init": unit.init, "dataset": unit.dataset, "pretrain": pre.name if pre else "",
+            "method": pre.method if pre else "", "pairs": pre.pairs if pre else "", "data_variant": pre.variant if pre else "",
             "run_dir": str(run_dir.relative_to(ctx.out))}
 
 
