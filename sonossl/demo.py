@@ -82,7 +82,8 @@ def run_demo(out: Path, *, quick: bool = False, resume: bool = False, overwrite:
     from sonossl.models.backbones import imagenet_available
     from sonossl.config import validated
     from sonossl.study.grid import StudySpec, expand
-    from sonossl.study.report import format_table, load_results, paired_differences, summarise
+    from sonossl.study.report import format_table
+    from sonossl.study.stats import load_results, paired_differences, summarise
     from sonossl.study.runner import run_study
 
     plan = plan or (QUICK if quick else FULL)

@@ -86,3 +86,43 @@ def test_evaluate_takes_the_pretraining_size_and_says_when_told_otherwise():
     assert resolve_image_size(128, pretrained, said.append) == 128
     assert len(said) == 1 and "128 px differs from the 96 px barlowtwins was pretrained at" in said[0]
     assert resolve_image_size(None, InitSpec("random", "resnet18", "random"), said.append) == DEFAULT_IMAGE_SIZE
+
+
+def _subparsers(parser):
+    import argparse
+
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def test_every_flag_of_every_sub_command_has_a_help_line_with_its_default():
+    from sonossl.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert sorted(commands) == sorted(c.name for c in COMMANDS) and len(commands) == 11
+    for name, sub in commands.items():
+        assert sub.description, name
+        for action in sub._actions:
+            where = f"sonossl {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help.strip(), f"{where}: no help"
+            takes_value = action.nargs != 0 and action.option_strings and action.dest not in ("config", "preset", "help")
+            if takes_value:
+                assert "(default: " in action.help, f"{where}: help does not give the default: {action.help!r}"
+    for action in parser._actions:
+        assert action.help, action.dest
+
+
+def test_flags_are_the_config_fields_and_version(capsys):
+    from sonossl.config import EvaluateConfig, PretrainConfig
+    from sonossl.cli import build_parser
+
+    commands = _subparsers(build_parser())
+    for name, cls, config_only in (("pretrain", PretrainConfig, {"method_options"}), ("evaluate", EvaluateConfig, set())):
+        dests = {a.dest for a in commands[name]._actions}
+        assert set(cls.model_fields) - config_only <= dests, set(cls.model_fields) - dests
+    a = build_parser().parse_args(["evaluate", "--protocol", "linear", "--fractions", "1,10", "--no-augment"])
+    assert (a.protocol, a.fractions, a.augment, a.lr) == (["linear"], [1.0, 10.0], False, None)
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == "sonossl 0.1.0"

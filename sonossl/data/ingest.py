@@ -255,6 +255,38 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]], keep_previous: bool)
     atomic_write_csv(path, old + rows, MANIFEST_COLUMNS)
 
 
+def _todo(units: list[Unit], writer: FrameStoreWriter, salt: str, rows: list[dict[str, Any]]) -> list[tuple[Unit, str]]:
+    """The units not yet in the store, with their pseudonyms; a ``skipped`` row for each one that is."""
+    existing = {r.key: r for r in writer.records()}
+    todo: list[tuple[Unit, str]] = []
+    for src, dset in units:  # rows come out in source order: skipped ones now, the rest as they are ingested
+        vid = pseudonym(_label(src.resolve(), dset), salt)
+        if vid in existing:
+            r = existing[vid]
+            box = r.crop_box or ("", "", "", "")
+            rows.append({"source": _label(src, dset), "video_id": vid, "group_id": r.group_id, "status": "skipped",
+                         "frames_kept": r.n_frames, "crop_x0": box[0], "crop_y0": box[1], "crop_x1": box[2],
+                         "crop_y1": box[3], "message": "already in the store"})  # fmt: skip
+        else:
+            todo.append(((src, dset), vid))
+    return todo
+
+
+def _store_result(writer: FrameStoreWriter, unit: Unit, vid: str, res: dict[str, Any], frame_skip: int) -> dict[str, Any]:
+    """Write one processed source into the store (when it is ``ok``); returns its manifest row."""
+    row = {"source": _label(*unit), "video_id": vid, "status": res["status"], "message": res["message"]}
+    if res["status"] != "ok":
+        log.warning("%s: could not be ingested (see the manifest)", vid)
+        return row
+    frames, box = res["frames"], res["box"]
+    writer.add_video(vid, frames, video_id=vid, group_id=res["group_id"], split="train",
+                     fps=res["fps"], frame_skip=frame_skip, crop_box=box)  # fmt: skip
+    row.update(group_id=res["group_id"], frames_in=res["frames_in"], frames_kept=len(frames),
+               crop_x0=box[0], crop_y0=box[1], crop_x1=box[2], crop_y1=box[3])  # fmt: skip
+    log.info("%s: %d frames", vid, len(frames))
+    return row
+
+
 def ingest(
     sources: list[Path],
     out: Path,
@@ -296,33 +328,12 @@ def ingest(
     writer = FrameStoreWriter(out, overwrite=overwrite, resume=resume)
     ok = 0
     try:
-        existing = {r.key: r for r in writer.records()}
-        todo: list[tuple[Unit, str]] = []
-        for src, dset in units:  # rows come out in source order: skipped ones now, the rest below
-            vid = pseudonym(_label(src.resolve(), dset), salt)
-            if vid in existing:
-                r = existing[vid]
-                box = r.crop_box or ("", "", "", "")
-                rows.append({"source": _label(src, dset), "video_id": vid, "group_id": r.group_id, "status": "skipped",
-                             "frames_kept": r.n_frames, "crop_x0": box[0], "crop_y0": box[1], "crop_x1": box[2],
-                             "crop_y1": box[3], "message": "already in the store"})  # fmt: skip
-            else:
-                todo.append(((src, dset), vid))
+        todo = _todo(units, writer, salt, rows)
         with progress_bar("ingest", progress) as bar:
             task = bar.add_task("ingest", total=len(todo))
             for (unit, vid), res in zip(todo, _results([u for u, _ in todo], opts, workers)):
-                row = {"source": _label(*unit), "video_id": vid, "status": res["status"], "message": res["message"]}
-                if res["status"] == "ok":
-                    frames, box = res["frames"], res["box"]
-                    writer.add_video(vid, frames, video_id=vid, group_id=res["group_id"], split="train",
-                                     fps=res["fps"], frame_skip=frame_skip, crop_box=box)  # fmt: skip
-                    row.update(group_id=res["group_id"], frames_in=res["frames_in"], frames_kept=len(frames),
-                               crop_x0=box[0], crop_y0=box[1], crop_x1=box[2], crop_y1=box[3])  # fmt: skip
-                    ok += 1
-                    log.info("%s: %d frames", vid, len(frames))
-                else:
-                    log.warning("%s: could not be ingested (see the manifest)", vid)
-                rows.append(row)
+                rows.append(_store_result(writer, unit, vid, res, frame_skip))
+                ok += res["status"] == "ok"
                 bar.advance(task)
         records = writer.records()
         splits = assign_splits([r.group_id for r in records], val_fraction, seed)

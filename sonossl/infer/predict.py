@@ -157,6 +157,32 @@ def _check_options(smooth: int, batch_size: int, frame_skip: int, crop: str) -> 
         raise SonosslError(f"--crop: expected one of {', '.join(CROPS)}, got {crop!r}")
 
 
+def _outputs(out_csv: Path, overwrite: bool) -> list[Path]:
+    """``[out_csv, <stem>_clips/, <stem>_errors.csv]``; refused when one exists without ``overwrite``."""
+    clips_dir = out_csv.with_name(out_csv.stem + "_clips")
+    errors_csv = out_csv.with_name(out_csv.stem + "_errors.csv")
+    if any(p.exists() for p in (out_csv, clips_dir, errors_csv)) and not overwrite:
+        raise SonosslError(f"{out_csv}: output exists; pass --overwrite to replace it (and {clips_dir.name}/, {errors_csv.name})")
+    return [out_csv, clips_dir, errors_csv]
+
+
+def _clip_outputs(part_dir: Path, name: str, src: Path, fr: Frames, probs: np.ndarray, classes: list[str],
+                  smooth: int) -> list[list]:
+    """A clip's folder ``part_dir/name``: its timeline (probabilities (T, C) smoothed over
+    ``smooth`` frames) and its best frame per class; returns the best-frame rows."""
+    folder = part_dir / name
+    folder.mkdir(parents=True)
+    curve = moving_average(probs, smooth)
+    save_timeline(folder / "timeline.png", fr.index, curve, classes, src.name, smooth)
+    rows = []
+    for c, cls in enumerate(classes):
+        k = int(curve[:, c].argmax())
+        img = folder / f"best_{_safe(cls)}_frame{int(fr.index[k])}_p{curve[k, c]:.3f}.png"
+        Image.fromarray(fr.display(k)).save(img)
+        rows.append([str(src), cls, int(fr.index[k]), f"{curve[k, c]:.5f}", str(img.relative_to(part_dir))])
+    return rows
+
+
 def predict(
     model: Path,
     inputs: list[Path],
@@ -183,14 +209,9 @@ def predict(
     if not files:
         raise SonosslError(f"{', '.join(map(str, inputs))}: no input files found")
     out_csv = Path(out_csv)
-    clips_dir = out_csv.with_name(out_csv.stem + "_clips")
-    errors_csv = out_csv.with_name(out_csv.stem + "_errors.csv")
-    ours = [out_csv, clips_dir, errors_csv]
-    if any(p.exists() for p in ours) and not overwrite:
-        raise SonosslError(f"{out_csv}: output exists; pass --overwrite to replace it (and {clips_dir.name}/, {errors_csv.name})")
-    own = {p.resolve() for p in ours}
-    files = [f for f in files if f.resolve() not in own and not f.resolve().is_relative_to(clips_dir.resolve())]
-
+    ours = _outputs(out_csv, overwrite)
+    clips_dir, errors_csv = ours[1], ours[2]
+    files = [f for f in files if f.resolve() not in {p.resolve() for p in ours} and not f.resolve().is_relative_to(clips_dir.resolve())]
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     part_csv = out_csv.with_name(out_csv.name + ".partial")
     part_dir = clips_dir.with_name(clips_dir.name + ".partial")
@@ -219,15 +240,7 @@ def predict(
                 summary.frames += len(probs)
                 if len(probs) >= 2:
                     summary.clips += 1
-                    folder = part_dir / f"{summary.clips:03d}_{_safe(src.stem)}"
-                    folder.mkdir(parents=True)
-                    curve = moving_average(probs, smooth)
-                    save_timeline(folder / "timeline.png", fr.index, curve, classes, src.name, smooth)
-                    for c, name in enumerate(classes):
-                        k = int(curve[:, c].argmax())
-                        img = folder / f"best_{_safe(name)}_frame{int(fr.index[k])}_p{curve[k, c]:.3f}.png"
-                        Image.fromarray(fr.display(k)).save(img)
-                        best_rows.append([str(src), name, int(fr.index[k]), f"{curve[k, c]:.5f}", str(img.relative_to(part_dir))])
+                    best_rows += _clip_outputs(part_dir, f"{summary.clips:03d}_{_safe(src.stem)}", src, fr, probs, classes, smooth)
                 bar.advance(task)
         if summary.sources == 0:  # one line, the first reasons in it
             raise SonosslError(f"no input could be predicted ({len(summary.errors)} unreadable: "

@@ -1,4 +1,4 @@
-"""SSL methods, looked up by name in one explicit dict (STYLE.md, item 5)."""
+"""SSL methods, looked up by name in one explicit dict (docs/methods.md, "Conventions")."""
 
 from __future__ import annotations
 

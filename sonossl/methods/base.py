@@ -1,12 +1,13 @@
 """The loop every SSL method shares: encoder, optimiser, schedule, logging, data, checkpoints.
 
-A method subclasses :class:`SSLMethod` and adds only what is its own (STYLE.md, item 4):
+A method subclasses :class:`SSLMethod` and adds only what is its own (docs/methods.md, "Conventions"):
 
 - ``Options``: a small pydantic model of its ``method_options`` (unknown keys are refused);
 - ``__init__``: its heads and loss;
 - ``forward_loss(batch) -> (loss, logs)``: batch is a tuple of view tensors
   ``(batch_size, 1, S, S)``;
-- optionally ``view_transforms()`` (how many views and how each is augmented),
+- optionally ``default_views()`` (how many views and how each is augmented by default; the
+  ``augment`` block of the config overrides the first two),
   ``momentum_pairs()`` ((online, target) modules updated by EMA at every step),
   ``optim_modules()`` (what the optimiser trains; default: every child module),
   ``check_config(cfg, options)`` (refuse impossible settings before a run starts),
@@ -19,6 +20,7 @@ processes gets ``batch_size / devices``. Learning rates scale with the global ba
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, ClassVar
 
@@ -87,9 +89,18 @@ class SSLMethod(pl.LightningModule):
         """batch: views, each (batch_size, 1, S, S) -> (scalar loss, {name: scalar tensor})."""
         raise NotImplementedError
 
+    def default_views(self) -> list[ViewTransform]:
+        """The method's own views (one transform per view); default: the seed's asymmetric
+        BarlowTwins/VICReg pair."""
+        return asymmetric_pair(self.cfg.image_size)
+
     def view_transforms(self) -> list[ViewTransform]:
-        """One transform per view; default: the seed's asymmetric BarlowTwins/VICReg pair."""
-        return asymmetric_pair(self.cfg.image_size, hflip=self.cfg.hflip)
+        """The views the data loader draws: :meth:`default_views` with the settings of
+        ``cfg.augment`` (``view1``, ``view2``) applied to the first two."""
+        views = self.default_views()
+        for i, aug in enumerate(self.cfg.augment.views()[:len(views)]):
+            views[i] = dataclasses.replace(views[i], **aug.transform_kwargs())
+        return views
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(online, target) modules; target <- m * target + (1 - m) * online once per optimiser

@@ -127,6 +127,10 @@ class DINO(SSLMethod):
     @classmethod
     def check_config(cls, cfg: PretrainConfig, o: DINOOptions) -> None:
         super().check_config(cfg, o)
+        for name, view in (("view1", cfg.augment.view1), ("view2", cfg.augment.view2)):
+            if view.crop_scale is not None and tuple(view.crop_scale) != tuple(o.global_crops_scale):
+                raise SonosslError(f"augment.{name}.crop_scale: dino's global crops take method_options.global_crops_scale "
+                                   f"({tuple(o.global_crops_scale)}); set it there")
         if cfg.image_size is None:  # the frame store's size: checked when the run starts
             return
         local = round(cfg.image_size * o.local_crop_ratio)
@@ -154,12 +158,13 @@ class DINO(SSLMethod):
         )
 
     # ---- views ------------------------------------------------------------------------------
-    def view_transforms(self) -> list[ViewTransform]:
+    def default_views(self) -> list[ViewTransform]:
         """[global 1, global 2, local x ``local_crops``]. As main_dino.py's DataAugmentationDINO:
         global 1 always blurred, global 2 blurred with p 0.1 and solarised with p 0.2 (the
-        asymmetric pair), each local view blurred with p 0.5."""
-        o, hflip = self.options, self.cfg.hflip
-        globals_ = asymmetric_pair(self.cfg.image_size, hflip=hflip, scale=o.global_crops_scale)
+        asymmetric pair), each local view blurred with p 0.5. ``augment.view1``/``view2`` apply to
+        the global crops; the local crops flip as ``augment.view1.hflip`` says."""
+        o, hflip = self.options, bool(self.cfg.augment.view1.hflip)
+        globals_ = asymmetric_pair(self.cfg.image_size, scale=o.global_crops_scale)
         local = ViewTransform(size=self.local_crop_size, scale=o.local_crops_scale, blur_p=0.5, hflip=hflip)
         return [*globals_, *[local] * o.local_crops]
 

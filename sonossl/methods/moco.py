@@ -116,9 +116,9 @@ class MoCo(SSLMethod):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     # ---- hooks of the shared loop ---------------------------------------------------------------
-    def view_transforms(self) -> list[ViewTransform]:
+    def default_views(self) -> list[ViewTransform]:
         """MoCo v2 takes SimCLR's augmentation for both views: blur p 0.5, no solarisation."""
-        t = ViewTransform(size=self.cfg.image_size, blur_p=0.5, solarize_p=0.0, hflip=self.cfg.hflip)
+        t = ViewTransform(size=self.cfg.image_size, blur_p=0.5, solarize_p=0.0)
         return [t, t]
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

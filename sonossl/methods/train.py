@@ -28,7 +28,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 
-from sonossl.config import PretrainConfig, dump_config
+from sonossl.config import AugmentConfig, PretrainConfig, ViewAugment, dump_config
 from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
 from sonossl.errors import SonosslError
@@ -184,13 +184,9 @@ def _prepare_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: boo
     return ckpt if resume and ckpt.is_file() else None
 
 
-def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
-    """Pretrain ``cfg.method`` on the ``train`` split of ``cfg.frames``; returns the run folder.
-
-    ``resume``: continue from ``out/checkpoints/last.ckpt`` (a fresh start when there is none);
-    ``overwrite``: wipe an existing ``out`` first. Without either, an existing non-empty ``out``
-    is refused. Raises :class:`SonosslError` on bad input and when the loss diverges.
-    """
+def _checked(cfg: PretrainConfig, resume: bool, overwrite: bool) -> tuple[PretrainConfig, FrameStore, str, str]:
+    """Every check that needs no output folder: the config with its image size resolved from
+    the store, the store, the accelerator and the precision."""
     if cfg.frames is None:
         raise SonosslError("frames: required (a frame store written by `sonossl ingest`)")
     if cfg.out is None:
@@ -209,30 +205,70 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise SonosslError("accelerator: gpu requested but no CUDA device is visible")
     precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if accelerator == "gpu" else "32-true")
+    return cfg, store, accelerator, precision
 
-    # Lightning 2.6 calls a deprecated torch pytree API on every fit; nothing for a user to act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    if not progress:  # quiet: no "GPU available" banners or tips, warnings still shown
-        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+def build_model(cfg: PretrainConfig, store: FrameStore) -> SSLMethod:
+    """The method of ``cfg`` with its training set: pairs of the store's ``train`` split, drawn
+    through :meth:`~sonossl.methods.base.SSLMethod.view_transforms` (the ``augment`` block applied)."""
     model = get_method(cfg.method)(cfg)
     model.train_set = FramePairDataset(
         store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
         frame_stride=cfg.frame_stride, seed=cfg.seed,
     )
-    monitors = Monitors(store, cfg.image_size, cfg.monitor_labels)  # reads (and checks) the monitor's labelled set
-    out = Path(cfg.out)
-    resume_step = None
-    if resume and (out / "checkpoints" / CKPT_NAME).is_file():
-        resume_step = check_checkpoint(out / "checkpoints" / CKPT_NAME)
-    # the folder is touched only once the input has passed every check above (nothing half-written)
-    ckpt = _prepare_folder(out, cfg, resume, overwrite) if _launcher_rank_zero() else None
+    return model
+
+
+def resolved_config(model: SSLMethod) -> PretrainConfig:
+    """``model.cfg`` with every augmentation value its views use (written as ``config.yaml``)."""
+    views = model.train_set.transforms if model.train_set is not None else model.view_transforms()
+    augment = AugmentConfig(**{f"view{i + 1}": ViewAugment.of(v) for i, v in enumerate(views[:2])})
+    return model.cfg.model_copy(update={"augment": augment})
+
+
+def _folder(out: Path, model: SSLMethod, resume: bool, overwrite: bool) -> Path | None:
+    """Claim ``out`` (rank 0) and return the checkpoint to resume from, if any."""
+    last = out / "checkpoints" / CKPT_NAME
+    resume_step = check_checkpoint(last) if resume and last.is_file() else None
+    if not _launcher_rank_zero():
+        return last if resume and last.is_file() else None
+    ckpt = _prepare_folder(out, resolved_config(model), resume, overwrite)
     if ckpt is not None and resume_step is not None:
         trim_stats(out / "stats.jsonl", resume_step)
-    if not _launcher_rank_zero() and resume and (out / "checkpoints" / CKPT_NAME).is_file():
-        ckpt = out / "checkpoints" / CKPT_NAME
+    return ckpt
 
+
+def _quiet_lightning(progress: bool) -> None:
+    # Lightning 2.6 calls a deprecated torch pytree API on every fit; nothing for a user to act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    if not progress:  # quiet: no "GPU available" banners or tips, warnings still shown
+        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Pretrain ``cfg.method`` on the ``train`` split of ``cfg.frames``; returns the run folder.
+
+    ``resume``: continue from ``out/checkpoints/last.ckpt`` (a fresh start when there is none);
+    ``overwrite``: wipe an existing ``out`` first. Without either, an existing non-empty ``out``
+    is refused. Raises :class:`SonosslError` on bad input and when the loss diverges.
+    """
+    cfg, store, accelerator, precision = _checked(cfg, resume, overwrite)
+    _quiet_lightning(progress)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(cfg, store)
+    monitors = Monitors(store, cfg.image_size, cfg.monitor_labels)  # reads (and checks) the monitor's labelled set
+    out = Path(cfg.out)
+    # the folder is touched only once the input has passed every check above (nothing half-written)
+    ckpt = _folder(out, model, resume, overwrite)
+    trainer = _trainer(cfg, out, accelerator, precision, monitors, progress)
+    _fit(trainer, model, ckpt)
+    return out
+
+
+def _trainer(cfg: PretrainConfig, out: Path, accelerator: str, precision: str, monitors: Monitors,
+             progress: bool) -> pl.Trainer:
+    """The Lightning trainer: checkpoints, monitors, stats.jsonl, final outputs, DDP when devices > 1."""
     callbacks: list[Callback] = [
         RunCheckpoint(
             dirpath=out / "checkpoints", filename="last", save_top_k=0, save_last=True,
@@ -277,6 +313,10 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
         plugins=[AtomicCheckpointIO()] if cfg.devices == 1 else None,
         benchmark=accelerator == "gpu",
     )
+    return trainer
+
+
+def _fit(trainer: pl.Trainer, model: SSLMethod, ckpt: Path | None) -> None:
     try:
         trainer.fit(model, ckpt_path=ckpt, weights_only=True)
     except SonosslError:
@@ -286,4 +326,3 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
             msg = str(exc).strip().splitlines()[-1].split("SonosslError:", 1)[-1].strip()
             raise SonosslError(msg) from None
         raise
-    return out

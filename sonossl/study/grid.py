@@ -289,7 +289,7 @@ def _expand_pretrains(spec: StudySpec, source: str) -> tuple[list[IngestUnit], l
         if store_given and spec.variants[v] != VariantSpec():
             raise SonosslError(f"{source}: variants.{v}: data.unlabelled is a frame store, which is used as is; "
                                "variant options need clips to ingest")
-    for key in ("method", "frames", "out", "pairs", "val_frames"):
+    for key in ("method", "frames", "out", "pairs"):
         if key in pg.options:
             raise SonosslError(f"{source}: pretrain.options.{key}: set by the study grid, not an option")
     ingests = [] if store_given else [IngestUnit(v, {**spec.ingest.model_dump(), **spec.variants[v].model_dump()})

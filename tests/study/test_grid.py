@@ -48,6 +48,7 @@ def test_relative_paths_resolve_against_the_study_file(tmp_path, study_data):
     (lambda s: s["pretrain"].update(variants=["half"]), "'half' is not declared under variants"),
     (lambda s: s["pretrain"]["options"].update(batch_sise=8), "unknown key 'batch_sise'"),
     (lambda s: s["pretrain"]["options"].update(batch_size=1), "batch_size"),
+    (lambda s: s["pretrain"]["options"].update(augment={"view1": {"gamma_p": 2}}), "augment.view1.gamma_p"),
     (lambda s: s["evaluate"]["options"].update(lr=-1), "lr"),
     (lambda s: s["evaluate"].update(datasets=["other"]), "'other' is not declared under data.labelled"),
     (lambda s: s["variants"]["all"].update(frame_skip=0), "frame_skip"),
