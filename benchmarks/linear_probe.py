@@ -12,7 +12,7 @@ set (``sonossl.data.synthetic.synthesize``), and score the test split once:
 
 Printed: median wall time of each (``--repeats`` interleaved runs after a warm-up run), the
 speed-up (target >= 10x) and both test macro-F1 (should be equal: the features agree to float
-rounding). The speed-up grows with the epochs (``--epochs``, PROTOCOL.md: 100) and, in a real
+rounding). The speed-up grows with the epochs (``--epochs``, docs/protocol.md: 100) and, in a real
 grid, with every fraction x seed sharing one feature pass.
 
     python benchmarks/linear_probe.py [--per-class 20 10 10] [--epochs 20] [--repeats 5] [--threads 2] [--json F]

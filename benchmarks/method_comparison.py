@@ -39,7 +39,7 @@ def main() -> None:
     from sonossl.data.synthetic import synthesize
     from sonossl.downstream.evaluate import evaluate
     from sonossl.methods.train import run_pretrain
-    from sonossl.study.report import load_results, summarise
+    from sonossl.study.stats import load_results, summarise
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="working folder (data, runs, evaluations)")

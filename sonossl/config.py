@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
+from sonossl.outputs import atomic_write_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_IMAGE_SIZE = 64  # px: ingest's --size, and evaluate's when its init has no pretraining size
 
 
 class Config(BaseModel):
@@ -81,53 +84,165 @@ def validated(cls: type[M], values: dict[str, Any], source: str) -> M:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "?"
         if err["type"] == "extra_forbidden":
-            valid = ", ".join(sorted(cls.model_fields)) or "none"
+            valid = ", ".join(sorted(_model_at(cls, err["loc"][:-1]).model_fields)) or "none"
             raise SonosslError(f"{source}: unknown key {key!r}; valid keys: {valid}") from None
         raise SonosslError(f"{source}: {key}: {err['msg']} (got {err.get('input')!r})") from None
 
 
+def _model_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The model class of the nested field at ``loc`` (``("augment", "view1")``), for naming its keys."""
+    for key in loc:
+        field = cls.model_fields.get(str(key))
+        inner = getattr(field, "annotation", None)
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return cls
+        cls = inner
+    return cls
+
+
 def dump_config(cfg: Config, path: Path) -> None:
     """Write the resolved config beside a run's outputs (YAML, paths as strings)."""
-    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
 
 
-Method = Literal["ae", "simclr", "moco", "byol", "dino", "barlowtwins", "vicreg"]
+Accelerator = Literal["auto", "cpu", "gpu"]
+
+
+class SynthConfig(Config):
+    """``sonossl synth``: the built-in synthetic fetal-echo dataset."""
+
+    out: Path = Field(description="folder to write (videos/ and labelled/)")
+    videos: int = Field(40, gt=0, description="unlabelled clips")
+    frames: int = Field(32, gt=0, description="frames per clip")
+    size: int = Field(128, ge=16, description="side of the scan sector in pixels (labelled images are size x size)")
+    seed: int = Field(0, description="random seed of the whole dataset")
+    format: Literal["dicom", "mp4"] = Field("dicom", description="file format of the clips")
+    labelled: tuple[int, int, int] = Field((100, 20, 40), description="labelled images per class: TRAIN,VALID,TEST")
+
+
+class IngestConfig(Config):
+    """``sonossl ingest``: scanner videos -> de-identified frame store (see :mod:`sonossl.data.ingest`)."""
+
+    sources: list[Path] = Field(min_length=1, description="files or folders (searched recursively)")
+    out: Path = Field(description="frame store to write (FRAMES.h5)")
+    frame_skip: int = Field(5, ge=1, description="keep every K-th frame of a clip")
+    size: int = Field(DEFAULT_IMAGE_SIZE, gt=0, description="side of the stored square frames in pixels; pretrain and "
+                                                               "evaluate default to it")
+    crop: Crop = Field("auto", description="scan region: auto (DICOM regions, else the moving fan), dicom or none")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of patient/study groups held out as the val split")
+    workers: int = Field(1, ge=1, description="decoding processes")
+    salt: str = Field("sonossl", description="key of the pseudonymous ids (keep it secret to keep ids unlinkable)")
+    max_frames_per_video: int | None = Field(None, gt=0, description="cap on frames kept per clip, after frame_skip")
+    dedup: float | None = Field(None, gt=0, description="drop a frame whose mean absolute difference (grey levels "
+                                "0-255, on a 32x32 copy) to the last kept frame is below this")
+    seed: int = Field(0, description="seed of the group split")
+
+
+class InfoConfig(Config):
+    """``sonossl info``: describe a frame store."""
+
+    frames: Path = Field(description="frame store (FRAMES.h5)")
+
+
+class ReportConfig(Config):
+    """``sonossl report``: summary, paired differences and report.html of an evaluation or study folder."""
+
+    dir: Path = Field(description="folder holding results.csv (an evaluate --out or a study folder)")
+
+
+Prob = Annotated[float, Field(ge=0, le=1)]
+Range = tuple[float, float]
+
+
+class ViewAugment(Config):
+    """One view's augmentation (:class:`~sonossl.data.transforms.ViewTransform`). A setting left
+    out keeps the method's own default for that view (the preset's value); the run folder's
+    ``config.yaml`` records every value used."""
+
+    crop_scale: Range | None = Field(None, description="area fraction range (lo, hi) of the random resized crop, in (0, 1]")
+    crop_ratio: Range | None = Field(None, description="aspect ratio range (lo, hi) of the crop")
+    jitter_p: Prob | None = Field(None, description="probability of a brightness/contrast change")
+    brightness: float | None = Field(None, ge=0, lt=1, description="brightness factor drawn in 1 +- this")
+    contrast: float | None = Field(None, ge=0, lt=1, description="contrast factor drawn in 1 +- this")
+    gamma_p: Prob | None = Field(None, description="probability of a gamma change")
+    gamma: Range | None = Field(None, description="gamma range (lo, hi), > 0")
+    speckle_p: Prob | None = Field(None, description="probability of multiplicative (speckle-like) noise")
+    speckle_sigma: Range | None = Field(None, description="speckle noise sigma range (lo, hi), >= 0")
+    blur_p: Prob | None = Field(None, description="probability of a Gaussian blur")
+    blur_sigma: Range | None = Field(None, description="blur sigma range (lo, hi) in pixels at 224 px, scaled to image_size")
+    solarize_p: Prob | None = Field(None, description="probability of solarisation (inverting intensities above 0.5)")
+    hflip: bool | None = Field(None, description="random horizontal flips (an LVOT mirrored looks like an RVOT)")
+
+    @field_validator("crop_scale", "crop_ratio", "gamma", "speckle_sigma", "blur_sigma")
+    @classmethod
+    def _range(cls, v: Range | None, info) -> Range | None:
+        if v is None:
+            return v
+        lo, hi = v
+        positive = info.field_name in ("crop_scale", "crop_ratio", "gamma")
+        if not (lo <= hi and (lo > 0 if positive else lo >= 0)) or (info.field_name == "crop_scale" and hi > 1):
+            bound = "0 < lo <= hi <= 1" if info.field_name == "crop_scale" else ("0 < lo <= hi" if positive else "0 <= lo <= hi")
+            raise ValueError(f"expected a range (lo, hi) with {bound}")
+        return v
+
+    def transform_kwargs(self) -> dict[str, Any]:
+        """The settings given, as :class:`~sonossl.data.transforms.ViewTransform` keywords."""
+        names = {"crop_scale": "scale", "crop_ratio": "ratio"}
+        return {names.get(k, k): v for k, v in self.model_dump().items() if v is not None}
+
+    @classmethod
+    def of(cls, view) -> "ViewAugment":
+        """Every setting of a :class:`~sonossl.data.transforms.ViewTransform` (resolved values)."""
+        names = {"crop_scale": "scale", "crop_ratio": "ratio"}
+        return cls(**{k: getattr(view, names.get(k, k)) for k in cls.model_fields})
+
+
+class AugmentConfig(Config):
+    """The views of a pair: ``view1`` and ``view2`` (a method with one view, AE, takes ``view1``;
+    DINO's two global crops are the two views, its local crops are method options)."""
+
+    view1: ViewAugment = Field(default_factory=ViewAugment, description="first view of the pair")
+    view2: ViewAugment = Field(default_factory=ViewAugment, description="second view of the pair")
+
+    def views(self) -> list[ViewAugment]:
+        return [self.view1, self.view2]
 
 
 class PretrainConfig(Config):
     """``sonossl pretrain``. Defaults are the ``cpu`` preset's; ``paper`` overrides them."""
 
-    method: str = "barlowtwins"
-    frames: Path | None = None
-    val_frames: Path | None = None
-    out: Path | None = None
-    backbone: str = "resnet18"
-    image_size: int = Field(64, gt=0)
-    batch_size: int = Field(64, gt=1)
-    epochs: int = Field(10, gt=0)
-    max_steps: int = Field(-1, ge=-1)  # -1: no limit beyond epochs
-    max_time_s: float | None = Field(None, gt=0)  # wall-clock budget; stops cleanly, writes backbone.pt
-    pairs: Literal["augment", "temporal"] = "augment"
-    max_gap: int = Field(4, ge=1)
-    frame_stride: int = Field(1, ge=1)  # use every k-th stored frame as an anchor
-    monitor_labels: Path | None = None  # labelled set (train/valid) for the per-epoch kNN monitor
-    hflip: bool = False  # horizontal flips turn LVOT into RVOT-like views: off by default
-    devices: int = Field(1, ge=1)
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
-    num_workers: int = Field(2, ge=0)
-    seed: int = 0
-    # optimiser (LARS, the seed's BarlowTwins/VICReg recipe): lr = base * batch / 256
-    optimizer: Literal["lars", "adamw", "sgd"] = "lars"
-    lr_weights: float = Field(0.2, gt=0)
-    lr_biases: float = Field(0.0048, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
-    warmup_epochs: float = Field(10, ge=0)
-    final_lr_ratio: float = Field(0.001, ge=0)
-    # method-specific options, validated by the method's own config class
-    method_options: dict[str, Any] = Field(default_factory=dict)
-    checkpoint_every_s: float = Field(300, gt=0)
-    log_every_n_steps: int = Field(10, ge=1)
+    method: str = Field("barlowtwins", description="SSL method: ae, simclr, moco, byol, dino, barlowtwins or vicreg")
+    frames: Path | None = Field(None, description="frame store written by sonossl ingest; required")
+    out: Path | None = Field(None, description="run folder to create; required")
+    backbone: str = Field("resnet18", description="torchvision trunk: resnet18, resnet34, resnet50 or convnext_tiny")
+    image_size: int | None = Field(None, gt=0, description="side of the views in pixels; none: the frame store's size")
+    batch_size: int = Field(64, gt=1, description="global batch in frame pairs, split over devices")
+    epochs: int = Field(10, gt=0, description="passes over the train split")
+    max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps; -1: epochs only")
+    max_time_s: float | None = Field(None, gt=0, description="wall-clock budget in seconds; stops cleanly and writes "
+                                     "backbone.pt")
+    pairs: Literal["augment", "temporal"] = Field("augment", description="two augmentations of one frame, or two frames "
+                                                  "of one clip")
+    max_gap: int = Field(4, ge=1, description="temporal pairs: at most this many stored frames apart")
+    frame_stride: int = Field(1, ge=1, description="use every K-th stored frame as an anchor")
+    monitor_labels: Path | None = Field(None, description="labelled set (train.csv, valid.csv) for the per-epoch kNN monitor")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="view augmentations (config file)")
+    devices: int = Field(1, ge=1, description="processes (GPUs, or CPU processes) of data-parallel training")
+    accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
+    precision: str = Field("auto", description="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, 16-mixed, "
+                           "bf16-mixed or bf16-true")
+    num_workers: int = Field(2, ge=0, description="data loader processes")
+    seed: int = Field(0, description="seed of weights, pair sampling and augmentations")
+    optimizer: Literal["lars", "adamw", "sgd"] = Field("lars", description="optimiser (LARS: the seed's BarlowTwins/VICReg "
+                                                         "recipe)")
+    lr_weights: float = Field(0.2, gt=0, description="base learning rate of weights, x batch_size / 256")
+    lr_biases: float = Field(0.0048, gt=0, description="base learning rate of biases and norms, x batch_size / 256")
+    weight_decay: float = Field(1e-6, ge=0, description="weight decay of the weights")
+    warmup_epochs: float = Field(10, ge=0, description="linear learning-rate warm-up, in epochs")
+    final_lr_ratio: float = Field(0.001, ge=0, description="cosine schedule's final learning rate / base")
+    method_options: dict[str, Any] = Field(default_factory=dict, description="the method's own options (config file)")
+    checkpoint_every_s: float = Field(300, gt=0, description="seconds between checkpoints (and one per epoch)")
+    log_every_n_steps: int = Field(10, ge=1, description="optimiser steps per line of stats.jsonl")
 
     @field_validator("precision")
     @classmethod
@@ -139,40 +254,113 @@ class PretrainConfig(Config):
 
 
 class EvaluateConfig(Config):
-    """``sonossl evaluate``: the limited-label protocol of PROTOCOL.md."""
+    """``sonossl evaluate``: the limited-label protocol (docs/protocol.md)."""
 
-    labels: Path | None = None
-    train_csv: Path | None = None
-    val_csv: Path | None = None
-    test_csv: Path | None = None
-    allow_outside_root: bool = False  # CSV image paths may leave the CSV's folder (../, absolute, symlinks out)
-    init: str = "random"  # random | imagenet | pretrain run folder | backbone.pt
-    imagenet_weights: Path | None = None
-    backbone: str | None = None  # taken from the pretrain run when init is one
-    protocol: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"])
-    fractions: list[float] = Field(default_factory=lambda: [1.0, 10.0, 100.0])
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    out: Path | None = None
-    image_size: int = Field(64, gt=0)
-    # classifier training (PROTOCOL.md: AdamW lr 1e-3 wd 1e-6, dropout 0.5, batch 128, 100 epochs)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
-    dropout: float = Field(0.5, ge=0, lt=1)
-    batch_size: int = Field(128, gt=0)
-    epochs: int = Field(100, gt=0)
-    linear_epochs: int = Field(100, gt=0)
-    max_steps: int = Field(-1, ge=-1)  # cap on optimiser steps per fine-tuning run; -1: epochs only
-    min_steps: int = Field(0, ge=0)  # floor on fine-tuning steps, so 1 % runs are not a handful of updates
-    augment: bool = True
-    hflip: bool = False  # LVOT/RVOT mirror each other: flips off by default
-    num_workers: int = Field(0, ge=0)
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    precision: str = "auto"
+    labels: Path | None = Field(None, description="folder with train.csv, valid.csv, test.csv (or per-class folders)")
+    train_csv: Path | None = Field(None, description="train split CSV (image_path,class), instead of --labels")
+    val_csv: Path | None = Field(None, description="validation split CSV, instead of --labels")
+    test_csv: Path | None = Field(None, description="test split CSV, instead of --labels")
+    allow_outside_root: bool = Field(False, description="let CSV image paths point outside the CSV's folder")
+    init: str = Field("random", description="random, imagenet, a pretrain run folder or a backbone.pt file")
+    imagenet_weights: Path | None = Field(None, description="torchvision ImageNet weights file; none: torchvision's cache")
+    backbone: str | None = Field(None, description="torchvision trunk; none: the pretraining's, else resnet18")
+    protocol: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"],
+                                                          description="linear probe on frozen features, full fine-tuning")
+    fractions: list[float] = Field(default_factory=lambda: [1.0, 10.0, 100.0],
+                                   description="percent of the labelled train split, each in (0, 100]")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="seeds of subset draw and training")
+    out: Path | None = Field(None, description="evaluation folder to create; required")
+    image_size: int | None = Field(None, gt=0, description="side of the input images in pixels; none: the init's "
+                                   f"pretraining size, else {DEFAULT_IMAGE_SIZE}")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-6, ge=0, description="AdamW weight decay")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the linear head")
+    batch_size: int = Field(128, gt=0, description="images per step")
+    epochs: int = Field(100, gt=0, description="fine-tuning epochs")
+    linear_epochs: int = Field(100, gt=0, description="linear-probe epochs")
+    max_steps: int = Field(-1, ge=-1, description="cap on optimiser steps per fine-tuning run; -1: epochs only")
+    min_steps: int = Field(0, ge=0, description="floor on fine-tuning steps, so 1 % runs are more than a handful of updates")
+    augment: bool = Field(True, description="fine-tuning augmentations (crop, vertical flip, intensity)")
+    hflip: bool = Field(False, description="horizontal flips in fine-tuning (LVOT and RVOT mirror each other)")
+    save_models: bool = Field(True, description="write model.pt in each run folder")
+    num_workers: int = Field(0, ge=0, description="data loader processes")
+    accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
+    precision: str = Field("auto", description="auto: bf16 autocast on GPU, float32 on CPU")
 
     @field_validator("fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
         return check_fractions(v)
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _init(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v  # a run folder as pretrain() returns it
+
+
+class StudyRunConfig(Config):
+    """``sonossl study``: how to run a study file (what to run is in the file, :mod:`sonossl.study.grid`)."""
+
+    study: Path | None = Field(None, description="study file (YAML); see the README's 'A whole study'")
+    preset: str | None = Field(None, description="a built-in study (paper); a study file given too overrides its keys")
+    out: Path | None = Field(None, description="study folder (required unless --dry-run)")
+    workers: int = Field(1, ge=1, description="units run at once (local: processes sharing the cores)")
+    launcher: Literal["local", "slurm", "submitit-local"] = Field("local", description="where units run")
+    dry_run: bool = Field(False, description="print the expanded grid and exit")
+    sample: int = Field(6, ge=1, description="runs listed by --dry-run")
+    imagenet_weights: Path | None = Field(None, description="torchvision ImageNet weights file; none: torchvision's cache")
+    save_models: bool = Field(False, description="keep model.pt in every evaluation run folder")
+    slurm_partition: str | None = Field(None, description="SLURM partition; none: the cluster's default")
+    slurm_timeout_min: int = Field(24 * 60, gt=0, description="SLURM job time limit in minutes")
+    slurm_gpus: int = Field(1, ge=0, description="GPUs per SLURM job")
+    slurm_cpus: int = Field(8, ge=1, description="CPUs per SLURM job")
+    slurm_mem: str = Field("64G", description="memory per SLURM job (SLURM syntax, e.g. 64G)")
+
+
+class DemoConfig(Config):
+    """``sonossl demo``: synth -> ingest -> pretrain -> evaluate -> report on built-in data."""
+
+    out: Path = Field(Path("demo_out"), description="demo folder")
+    plan: Literal["quick", "full", "long"] = Field(
+        "full", description="quick: about 3 minutes; full: about 15 minutes; long: pretraining past the point where it "
+        "overtakes random initialisation, about 2 hours (2 CPU cores)")
+    quick: bool = Field(False, description="the same as --plan quick")
+    seeds: list[int] | None = Field(None, description="override the linear-probe seeds; none: 0-4 (quick: 0-2)")
+
+
+class PredictConfig(Config):
+    """``sonossl predict``: the plane of every frame of new scans."""
+
+    inputs: list[Path] = Field(min_length=1, description="images (PNG/JPEG/DICOM), clips (DICOM cine, MP4, AVI) or folders")
+    model: Path = Field(description="evaluate run folder holding model.pt, or a model.pt file")
+    out: Path = Field(Path("predictions.csv"), description="CSV of per-frame predictions; OUT_STEM_clips/ and "
+                      "OUT_STEM_errors.csv go beside it")
+    smooth: int = Field(0, description="moving average over K frames for timelines and best frames")
+    frame_skip: int = Field(1, description="predict every K-th frame")
+    crop: Crop = Field("auto", description="scan region crop, as in ingest")
+    batch_size: int = Field(64, description="frames per forward pass")
+    device: str = Field("auto", description="auto, cpu or cuda[:N]")
+
+
+class ExportConfig(Config):
+    """``sonossl export``: the classifier as torchvision weights, TorchScript or ONNX, with a model card."""
+
+    model: Path = Field(description="evaluate run folder holding model.pt, or a model.pt file")
+    format: str = Field(description="torchvision, torchscript or onnx")
+    out: Path | None = Field(None, description="file to write; none: RUN/exports/<backbone>.<ext>")
+
+
+class EmbedConfig(Config):
+    """``sonossl embed``: a 2-D map of backbone features coloured by class, and a kNN accuracy."""
+
+    model: Path = Field(description="evaluate run folder holding model.pt, or a model.pt file")
+    labels: Path = Field(description="folder with train.csv, valid.csv, test.csv")
+    out: Path = Field(description="PNG to write")
+    method: str = Field("tsne", description="tsne, umap (needs umap-learn) or auto")
+    split: str = Field("all", description="images to map: all or test")
+    k: int = Field(5, description="neighbours of the kNN accuracy")
+    seed: int = Field(0, description="seed of the map")
+    device: str = Field("auto", description="auto, cpu or cuda[:N]")
 
 
 def check_fractions(v: list[float]) -> list[float]:

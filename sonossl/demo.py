@@ -144,7 +144,8 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
     from sonossl.data.synthetic import synthesize
     from sonossl.models.backbones import imagenet_available
     from sonossl.study.grid import StudySpec, expand
-    from sonossl.study.report import format_table, load_results, paired_differences, summarise
+    from sonossl.study.report import format_table
+    from sonossl.study.stats import load_results, paired_differences, summarise
     from sonossl.study.runner import run_study
 
     if isinstance(plan, str):

@@ -1,13 +1,21 @@
-"""The one rule for output folders: never overwrite finished work silently.
+"""Output rules: never overwrite finished work silently, and never leave a half-written file.
 
 An existing non-empty folder is refused unless the user says ``resume`` (continue it: the
 caller skips what is done) or ``overwrite`` (remove it first).
+
+Every file sonossl writes as a whole goes through :func:`atomic_write`: written to ``NAME.tmp``
+beside its target, flushed to disk, then renamed into place (``os.replace``, atomic on one file
+system), so a crash leaves either the old file or the new one, never a truncated one.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any, Iterator
 
 from sonossl.errors import SonosslError
 
@@ -26,3 +34,42 @@ def claim_output_dir(out: Path, *, resume: bool = False, overwrite: bool = False
             raise SonosslError(f"{out}: output folder exists and is not empty; {hint}")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextmanager
+def atomic_write(path: Path | str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """Open ``path.tmp`` for writing; on a clean exit flush, fsync and rename it to ``path``.
+    On an exception the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode, **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path) as fh:
+        fh.write(text)
+
+
+def atomic_write_csv(path: Path | str, rows: list[dict], columns: list[str] | tuple[str, ...]) -> None:
+    """``rows`` (dicts; keys outside ``columns`` ignored) as a CSV with a header, atomically."""
+    with atomic_write(path, newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (checkpoints, ``backbone.pt``, ``model.pt``)."""
+    import torch
+
+    with atomic_write(path, "wb") as fh:
+        torch.save(obj, fh)

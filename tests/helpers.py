@@ -128,3 +128,21 @@ def assert_ranks_match(out: Path, loss, lin, *, bias: bool = True, world: int = 
         assert torch.allclose(got["grad"], lin.weight.grad, rtol=1e-4, atol=1e-6)
         if bias:
             assert torch.allclose(got["bias"], lin.bias.grad, rtol=1e-4, atol=1e-6)
+
+
+def fixed_batch_losses(m, views, opt, steps: int = 30, before=None, after=None) -> list[float]:
+    """``steps`` optimiser steps of method ``m`` on the same ``views`` (each (batch, 1, S, S));
+    the loss before each step. ``before(m)`` / ``after(m)`` run around each step (a queue put
+    back, a momentum update)."""
+    losses = []
+    for _ in range(steps):
+        if before is not None:
+            before(m)
+        loss, _ = m.forward_loss(views)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if after is not None:
+            after(m)
+        losses.append(loss.item())
+    return losses

@@ -59,3 +59,70 @@ def test_argparse_and_unknown_method_errors_exit_2(tmp_path: Path, capsys):
     assert main(["pretrain", "--method", "simclr2", "--frames", str(tmp_path / "f.h5"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown method 'simclr2'" in err[0] and "barlowtwins" in err[0]
+
+
+def test_pretrain_defaults_to_the_store_size_and_refuses_a_larger_one(tmp_path: Path, capsys):
+    import numpy as np
+
+    from sonossl.data.framestore import FrameStore, FrameStoreWriter
+
+    store = tmp_path / "frames.h5"
+    with FrameStoreWriter(store) as w:
+        w.add_video("v0", np.zeros((4, 64, 64), np.uint8), video_id="v0", group_id="g0")
+    assert FrameStore(store).frame_size == 64
+    out = tmp_path / "run"
+    assert main(["pretrain", "--frames", str(store), "--out", str(out), "--image-size", "128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image_size: 128 px is larger than the 64 px frames" in err[0], err
+    assert not out.exists()
+
+
+def test_evaluate_takes_the_pretraining_size_and_says_when_told_otherwise():
+    from sonossl.config import DEFAULT_IMAGE_SIZE
+    from sonossl.downstream.evaluate import InitSpec, resolve_image_size
+
+    pretrained, said = InitSpec("barlowtwins", "resnet18", "backbone.pt", 96), []
+    assert resolve_image_size(None, pretrained, said.append) == 96 and said == []
+    assert resolve_image_size(128, pretrained, said.append) == 128
+    assert len(said) == 1 and "128 px differs from the 96 px barlowtwins was pretrained at" in said[0]
+    assert resolve_image_size(None, InitSpec("random", "resnet18", "random"), said.append) == DEFAULT_IMAGE_SIZE
+
+
+def _subparsers(parser):
+    import argparse
+
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def test_every_flag_of_every_sub_command_has_a_help_line_with_its_default():
+    from sonossl.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert sorted(commands) == sorted(c.name for c in COMMANDS) and len(commands) == 11
+    for name, sub in commands.items():
+        assert sub.description, name
+        for action in sub._actions:
+            where = f"sonossl {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help.strip(), f"{where}: no help"
+            takes_value = action.nargs != 0 and action.option_strings and action.dest not in ("config", "preset", "help")
+            if takes_value:
+                assert "(default: " in action.help, f"{where}: help does not give the default: {action.help!r}"
+    for action in parser._actions:
+        assert action.help, action.dest
+
+
+def test_flags_are_the_config_fields_and_version(capsys):
+    from sonossl.config import EvaluateConfig, PretrainConfig
+    from sonossl.cli import build_parser
+
+    commands = _subparsers(build_parser())
+    for name, cls, config_only in (("pretrain", PretrainConfig, {"method_options"}), ("evaluate", EvaluateConfig, set())):
+        dests = {a.dest for a in commands[name]._actions}
+        assert set(cls.model_fields) - config_only <= dests, set(cls.model_fields) - dests
+    a = build_parser().parse_args(["evaluate", "--protocol", "linear", "--fractions", "1,10", "--no-augment"])
+    assert (a.protocol, a.fractions, a.augment, a.lr) == (["linear"], [1.0, 10.0], False, None)
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == "sonossl 0.1.0"

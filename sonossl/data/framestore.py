@@ -8,7 +8,8 @@ Format (HDF5, compatible with the seed code's files):
   ``video_id`` (pseudonymous), ``group_id`` (patient/study pseudonym, for leak-free splits),
   ``split`` (``train`` | ``val``), ``fps`` (of the source), ``frame_skip``,
   ``crop_box`` (x0, y0, x1, y1 in source pixels);
-- file attributes: ``sonossl_format`` (version) and ``frame_size``.
+- file attributes: ``sonossl_format`` (version) and ``frame_size`` (the side in pixels of the
+  square frames ``ingest`` wrote; one size per store).
 
 :class:`FrameStore` opens the HDF5 file lazily and re-opens it in each process (DataLoader
 workers fork or spawn), so one object can be handed to every worker.
@@ -30,6 +31,12 @@ from sonossl.errors import SonosslError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
+HDF5_SUFFIXES = frozenset({".h5", ".hdf5"})  # a frame store, or a seed-format HDF5 source of clips
+
+
+def is_hdf5_path(path: str | Path | None) -> bool:
+    """Whether ``path`` names an HDF5 file (a frame store) by its suffix."""
+    return path is not None and Path(path).suffix.lower() in HDF5_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,14 @@ class FrameStore:
     def n_frames(self) -> int:
         return sum(v.n_frames for v in self.videos)
 
+    @property
+    def frame_size(self) -> int:
+        """Side in pixels of the store's frames: the ``frame_size`` attribute ``ingest`` writes;
+        for a store without it (seed format), the smallest frame side over its clips."""
+        if "frame_size" in self.attrs:
+            return int(self.attrs["frame_size"])
+        return min(min(v.height, v.width) for v in self.videos)
+
     def close(self) -> None:
         if self._h5 is not None:
             self._h5.close()
@@ -206,6 +221,7 @@ class FrameStoreWriter:
             raise ValueError(f"frames must be uint8 [T>=1, H, W(, 3)], got {frames.dtype} {frames.shape}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self._check_size(frames.shape[1:3])
         tmp = key + TMP_SUFFIX
         for name in (key, tmp):
             if name in self._f:
@@ -221,6 +237,18 @@ class FrameStoreWriter:
         self._f.flush()
         self._f.move(tmp, key)  # the clip exists under its name only once it is complete
         self._f.flush()
+
+    def _check_size(self, hw: tuple[int, int]) -> None:
+        """Record ``frame_size`` with the first clip; refuse a clip of another size (a store
+        resumed with another ``--size``), so the store's size is one fact."""
+        side = int(hw[0]) if hw[0] == hw[1] else None
+        have = self._f.attrs.get("frame_size")
+        if have is None and not any(isinstance(self._f[k], h5py.Dataset) for k in self._f.keys()):
+            if side is not None:
+                self._f.attrs["frame_size"] = side
+        elif have is not None and side != int(have):
+            raise SonosslError(f"{self.path}: holds {int(have)} px frames, this clip's are {hw[0]}x{hw[1]}; "
+                               "ingest at the store's --size, or into a new store (or --overwrite)")
 
     def records(self) -> list[VideoRecord]:
         """What the store being written holds so far (clips added by an earlier run included)."""

@@ -42,20 +42,20 @@ import hashlib
 import hmac
 import logging
 import multiprocessing
-import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import numpy as np
 
-from sonossl.data.framestore import FrameStore, FrameStoreWriter
-from sonossl.data.readers import HDF5_SUFFIXES, Box, Clip, find_sources, hdf5_clips, open_source
-from sonossl.data.sector import (MAX_FRAMES_FOR_MOTION, crop_to_region, full_frame, locate_scan_region, regions_box,
-                                 regions_mask)
+from sonossl.data.framestore import HDF5_SUFFIXES, FrameStore, FrameStoreWriter
+from sonossl.data.readers import find_sources, hdf5_clips, open_source
+from sonossl.data.sector import CROPS, MAX_FRAMES_FOR_MOTION, Crop, crop_to_region, scan_region
 from sonossl.errors import SonosslError
+from sonossl.outputs import atomic_write_csv
+from sonossl.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,6 @@ MANIFEST_COLUMNS = (
     "source", "video_id", "group_id", "status", "frames_in", "frames_kept",
     "crop_x0", "crop_y0", "crop_x1", "crop_y1", "message",
 )  # fmt: skip
-CROPS = ("auto", "dicom", "none")
 
 
 @dataclass
@@ -134,25 +133,6 @@ def _one_line(exc: BaseException, source: Path, dataset: str | None = None) -> s
     return text[:300]
 
 
-def scan_region(clip: Clip, crop: str) -> tuple[Box, np.ndarray, str]:
-    """The region of ``clip`` to keep under ``--crop auto|dicom|none``: box, mask and how it was
-    found (``dicom``, ``motion``, ``texture`` or ``full``). Shared by ``ingest`` and ``predict``.
-
-    With ``auto``, a scanner screen (DICOM or video) where no fan is found is refused rather than
-    kept whole: the whole screen may hold burned-in patient text.
-    """
-    _, h, w = clip.frames.shape
-    if crop == "auto":
-        box, mask, how = locate_scan_region(clip.frames, clip.regions)
-        if how == "full" and clip.kind in ("dicom", "video"):
-            raise SonosslError("no scan region found (no usable DICOM regions, no moving fan); the whole screen "
-                               "may hold burned-in patient text, so it is not used; pass --crop none to keep whole frames")
-        return box, mask, how
-    if crop == "dicom" and regions_box(clip.regions, h, w) is not None:
-        return regions_box(clip.regions, h, w), regions_mask(clip.regions, h, w), "dicom"
-    return (*full_frame(h, w), "full")
-
-
 def process_source(source: Path, opts: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
     """Decode, crop, resize and (``opts["dedup"]``) deduplicate one source (one ``dataset`` of
     an HDF5 file); never raises (errors come back as ``status=error``).
@@ -165,8 +145,7 @@ def process_source(source: Path, opts: dict[str, Any], dataset: str | None = Non
         sample = st.sample(MAX_FRAMES_FOR_MOTION)
         grey_range = st.range_of(sample)
         crop = opts["crop"]
-        box, mask, how = scan_region(Clip(np.stack([st.to_uint8(f, grey_range) for f in sample]), st.fps,
-                                          st.group_key, st.regions, st.kind, int(st.frames_in or len(sample))), crop)
+        box, mask, how = scan_region(np.stack([st.to_uint8(f, grey_range) for f in sample]), st.regions, st.kind, crop)
         del sample
         # Pass 2: every kept frame, decoded, cropped and resized a chunk at a time, so memory holds
         # the output (frames x size x size) and one chunk of source frames, not the source clip.
@@ -273,21 +252,39 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]], keep_previous: bool)
     if keep_previous and path.is_file():
         with open(path, newline="") as f:
             old = [r for r in csv.DictReader(f) if r.get("source") not in ours]
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(old + rows)
-    os.replace(tmp, path)
+    atomic_write_csv(path, old + rows, MANIFEST_COLUMNS)
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _todo(units: list[Unit], writer: FrameStoreWriter, salt: str, rows: list[dict[str, Any]]) -> list[tuple[Unit, str]]:
+    """The units not yet in the store, with their pseudonyms; a ``skipped`` row for each one that is."""
+    existing = {r.key: r for r in writer.records()}
+    todo: list[tuple[Unit, str]] = []
+    for src, dset in units:  # rows come out in source order: skipped ones now, the rest as they are ingested
+        vid = pseudonym(_label(src.resolve(), dset), salt)
+        if vid in existing:
+            r = existing[vid]
+            box = r.crop_box or ("", "", "", "")
+            rows.append({"source": _label(src, dset), "video_id": vid, "group_id": r.group_id, "status": "skipped",
+                         "frames_kept": r.n_frames, "crop_x0": box[0], "crop_y0": box[1], "crop_x1": box[2],
+                         "crop_y1": box[3], "message": "already in the store"})  # fmt: skip
+        else:
+            todo.append(((src, dset), vid))
+    return todo
 
-    return Progress(
-        TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        disable=not enabled, transient=False,
-    )  # fmt: skip
+
+def _store_result(writer: FrameStoreWriter, unit: Unit, vid: str, res: dict[str, Any], frame_skip: int) -> dict[str, Any]:
+    """Write one processed source into the store (when it is ``ok``); returns its manifest row."""
+    row = {"source": _label(*unit), "video_id": vid, "status": res["status"], "message": res["message"]}
+    if res["status"] != "ok":
+        log.warning("%s: could not be ingested (see the manifest)", vid)
+        return row
+    frames, box = res["frames"], res["box"]
+    writer.add_video(vid, frames, video_id=vid, group_id=res["group_id"], split="train",
+                     fps=res["fps"], frame_skip=frame_skip, crop_box=box)  # fmt: skip
+    row.update(group_id=res["group_id"], frames_in=res["frames_in"], frames_kept=len(frames),
+               crop_x0=box[0], crop_y0=box[1], crop_x1=box[2], crop_y1=box[3])  # fmt: skip
+    log.info("%s: %d frames", vid, len(frames))
+    return row
 
 
 def ingest(
@@ -296,7 +293,7 @@ def ingest(
     *,
     frame_skip: int = 5,
     size: int = 64,
-    crop: Literal["auto", "dicom", "none"] = "auto",
+    crop: Crop = "auto",
     val_fraction: float = 0.1,
     workers: int = 1,
     resume: bool = False,
@@ -331,33 +328,12 @@ def ingest(
     writer = FrameStoreWriter(out, overwrite=overwrite, resume=resume)
     ok = 0
     try:
-        existing = {r.key: r for r in writer.records()}
-        todo: list[tuple[Unit, str]] = []
-        for src, dset in units:  # rows come out in source order: skipped ones now, the rest below
-            vid = pseudonym(_label(src.resolve(), dset), salt)
-            if vid in existing:
-                r = existing[vid]
-                box = r.crop_box or ("", "", "", "")
-                rows.append({"source": _label(src, dset), "video_id": vid, "group_id": r.group_id, "status": "skipped",
-                             "frames_kept": r.n_frames, "crop_x0": box[0], "crop_y0": box[1], "crop_x1": box[2],
-                             "crop_y1": box[3], "message": "already in the store"})  # fmt: skip
-            else:
-                todo.append(((src, dset), vid))
-        with _progress(progress) as bar:
+        todo = _todo(units, writer, salt, rows)
+        with progress_bar("ingest", progress) as bar:
             task = bar.add_task("ingest", total=len(todo))
             for (unit, vid), res in zip(todo, _results([u for u, _ in todo], opts, workers)):
-                row = {"source": _label(*unit), "video_id": vid, "status": res["status"], "message": res["message"]}
-                if res["status"] == "ok":
-                    frames, box = res["frames"], res["box"]
-                    writer.add_video(vid, frames, video_id=vid, group_id=res["group_id"], split="train",
-                                     fps=res["fps"], frame_skip=frame_skip, crop_box=box)  # fmt: skip
-                    row.update(group_id=res["group_id"], frames_in=res["frames_in"], frames_kept=len(frames),
-                               crop_x0=box[0], crop_y0=box[1], crop_x1=box[2], crop_y1=box[3])  # fmt: skip
-                    ok += 1
-                    log.info("%s: %d frames", vid, len(frames))
-                else:
-                    log.warning("%s: could not be ingested (see the manifest)", vid)
-                rows.append(row)
+                rows.append(_store_result(writer, unit, vid, res, frame_skip))
+                ok += res["status"] == "ok"
                 bar.advance(task)
         records = writer.records()
         splits = assign_splits([r.group_id for r in records], val_fraction, seed)

@@ -2,8 +2,8 @@
 
 ``read_source(path)`` recognises what a file is by its content (a DICOM file by the 128-byte
 preamble + ``DICM``, or by ``pydicom.dcmread`` finding pixel data; a video by PyAV) and hands
-it to the reader registered for that kind in :data:`READERS`. Every reader returns a
-:class:`Clip`:
+it to the opener registered for that kind in :data:`OPENERS`, which returns a :class:`Stream`;
+``.read()`` decodes it into a :class:`Clip`:
 
 - ``frames``: ``uint8 [T, H, W]`` grey. Colour becomes luminance (ITU-R BT.601,
   0.299 R + 0.587 G + 0.114 B); YBR is converted to RGB first (pydicom does so by default),
@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 
+from sonossl.data.framestore import HDF5_SUFFIXES
 from sonossl.errors import SonosslError
 
 Box = tuple[int, int, int, int]
@@ -49,7 +50,6 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg
 SKIP_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".log"}
 SKIP_ENDINGS = (".h5.partial", ".partial")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-HDF5_SUFFIXES = {".h5", ".hdf5"}
 
 
 @dataclass
@@ -347,9 +347,6 @@ def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
                   window=window, invert=photometric == "MONOCHROME1", path=path)
 
 
-def read_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
-    """A single- or multi-frame DICOM, native or compressed, decoded into a :class:`Clip`."""
-    return open_dicom(path, frame_skip=frame_skip, max_frames=max_frames).read()
 
 
 def _grey(arr: np.ndarray, ds, photometric: str, path: Path) -> np.ndarray:
@@ -413,9 +410,6 @@ def open_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
     return st
 
 
-def read_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
-    """A video file decoded into a :class:`Clip`."""
-    return open_video(path, frame_skip=frame_skip, max_frames=max_frames).read()
 
 
 # ---------------------------------------------------------------- image folder
@@ -461,9 +455,6 @@ def open_images(path: Path, *, frame_skip: int = 1, max_frames: int | None = Non
     return Stream("images", len(files), len(indices), None, f"folder:{path.resolve().parent}", None, frames, path=path)
 
 
-def read_images(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
-    """A folder of images decoded into a :class:`Clip`."""
-    return open_images(path, frame_skip=frame_skip, max_frames=max_frames).read()
 
 
 # ---------------------------------------------------------------- seed-format HDF5
@@ -522,9 +513,6 @@ def open_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, ma
     return Stream("hdf5", n, len(indices), None, f"hdf5:{path.resolve()}::{dataset}", None, frames, path=path)
 
 
-def read_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, max_frames: int | None = None) -> Clip:
-    """One dataset of a seed-format HDF5 file decoded into a :class:`Clip`."""
-    return open_hdf5(path, dataset=dataset, frame_skip=frame_skip, max_frames=max_frames).read()
 
 
 # ---------------------------------------------------------------- registry
@@ -569,9 +557,3 @@ def read_source(
     """Decode one source into a :class:`Clip` (every kept frame in memory; ``ingest`` streams
     with :func:`open_source` instead). Arguments and errors as :func:`open_source`."""
     return open_source(path, frame_skip=frame_skip, max_frames=max_frames, dataset=dataset).read()
-
-
-def iter_clips(paths: list[Path], **kwargs) -> Iterator[tuple[Path, Clip]]:
-    """``(path, clip)`` for each readable source (convenience for notebooks)."""
-    for p in paths:
-        yield p, read_source(p, **kwargs)

@@ -28,12 +28,16 @@ shrinking (bilinear when enlarging).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
 Box = tuple[int, int, int, int]
+Crop = Literal["auto", "dicom", "none"]
+CROPS: tuple[str, ...] = get_args(Crop)  # --crop of ingest and predict, IngestSpec.crop of a study
 
 MIN_REGION_FRACTION = 0.05  # a scan region covers at least this much of the frame
 BOUNDS_SLACK = 2  # pixels a DICOM region may overhang the image (rounding)
@@ -195,3 +199,28 @@ def crop_to_region(frames: np.ndarray, box: Box, mask: np.ndarray, size: int) ->
         return square
     resample = Image.Resampling.BOX if side > size else Image.Resampling.BILINEAR
     return np.stack([np.asarray(Image.fromarray(f).resize((size, size), resample)) for f in square])
+
+
+def scan_region(frames: np.ndarray, regions, kind: str, crop: str) -> tuple[Box, np.ndarray, str]:
+    """The region of a clip's ``frames`` ``(T, H, W)`` uint8 to keep under ``crop`` (one of
+    :data:`CROPS`): box, mask and how it was found (``dicom``, ``motion``, ``texture`` or
+    ``full``). ``kind`` is the source's kind (``dicom``, ``video``, ``images``, ``hdf5``).
+    Shared by ``ingest`` and ``predict``, so a model sees at prediction what it was trained on.
+
+    With ``auto``, a scanner screen (DICOM or video) where no fan is found is refused rather than
+    kept whole: the whole screen may hold burned-in patient text.
+    """
+    from sonossl.errors import SonosslError
+
+    if crop not in CROPS:
+        raise SonosslError(f"crop: expected one of {', '.join(CROPS)}, got {crop!r}")
+    h, w = frames.shape[-2:]
+    if crop == "auto":
+        box, mask, how = locate_scan_region(frames, regions)
+        if how == "full" and kind in ("dicom", "video"):
+            raise SonosslError("no scan region found (no usable DICOM regions, no moving fan); the whole screen "
+                               "may hold burned-in patient text, so it is not used; pass --crop none to keep whole frames")
+        return box, mask, how
+    if crop == "dicom" and regions_box(regions, h, w) is not None:
+        return regions_box(regions, h, w), regions_mask(regions, h, w), "dicom"
+    return (*full_frame(h, w), "full")

@@ -1,6 +1,6 @@
 """Plane classifier, and the two ways to train it: linear probing and full fine-tuning.
 
-PROTOCOL.md: backbone -> dropout 0.5 -> linear layer; class-weighted cross-entropy with
+docs/protocol.md: backbone -> dropout 0.5 -> linear layer; class-weighted cross-entropy with
 weight = N / count per class; AdamW (lr 1e-3, wd 1e-6); model selection on validation balanced
 accuracy; the test split is scored once, with the selected weights.
 
@@ -96,7 +96,7 @@ class FitResult:
 
 
 def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """``N / count`` per class (PROTOCOL.md); a class absent from the subset gets weight 0."""
+    """``N / count`` per class (docs/protocol.md); a class absent from the subset gets weight 0."""
     counts = torch.bincount(labels, minlength=n_classes).float()
     return torch.where(counts > 0, len(labels) / counts.clamp(min=1), torch.zeros_like(counts))
 
@@ -122,7 +122,7 @@ def plan_epochs(n: int, s: FitSettings) -> int:
 
 
 def finetune_augment(hflip: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """RandAugment(5, 5) + flips (PROTOCOL.md), per image, on ``uint8 (1, S, S)``.
+    """RandAugment(5, 5) + flips (docs/protocol.md), per image, on ``uint8 (1, S, S)``.
 
     Horizontal flips are off by default: a mirrored LVOT is an RVOT. Vertical flips keep sides.
     """

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,17 @@ from typing import Callable
 import torch
 import yaml
 
-from sonossl.config import EvaluateConfig, dump_config
-from sonossl.data.labelled import LabelledData, load_labelled
+from sonossl.config import DEFAULT_IMAGE_SIZE, EvaluateConfig, dump_config
+from sonossl.data.labelled import load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
+from sonossl.downstream.modelfile import save_model
 from sonossl.downstream.metrics import per_class_report, save_confusion_png, scores
 from sonossl.downstream.protocol import stratified_subset
 from sonossl.errors import SonosslError
 from sonossl.models.backbones import Encoder, build_encoder, get_spec, imagenet_available, imagenet_cache_path
-from sonossl.outputs import claim_output_dir
+from sonossl.outputs import atomic_write_csv, claim_output_dir
 
 RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy"]
-MODEL_FORMAT = 1
 
 
 @dataclass
@@ -75,22 +74,22 @@ def resolve_init(init: str, backbone: str | None, imagenet_weights: Path | None 
     return InitSpec(str(label), name, str(ckpt), run_cfg.get("image_size"))
 
 
-def write_csv_atomic(path: Path, rows: list[dict], columns: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def read_results(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def resolve_image_size(image_size: int | None, init: InitSpec, say: Callable[[str], None] | None = print) -> int:
+    """The evaluation's image size: ``image_size`` when given (with a one-line note through
+    ``say`` when it differs from the init's pretraining size), else the pretraining's size,
+    else :data:`~sonossl.config.DEFAULT_IMAGE_SIZE`."""
+    if image_size is None:
+        return init.image_size or DEFAULT_IMAGE_SIZE
+    if init.image_size and image_size != init.image_size and say is not None:
+        say(f"note: image_size {image_size} px differs from the {init.image_size} px {init.label} was pretrained at")
+    return image_size
 
 
 def run_key(label: str, protocol: str, fraction: float, seed: int) -> str:
@@ -103,24 +102,93 @@ def _device(accelerator: str) -> str:
     return "cuda" if accelerator in ("auto", "gpu") and torch.cuda.is_available() else "cpu"
 
 
-def save_model(path: Path, model: Classifier, init: InitSpec, data: LabelledData, cfg: EvaluateConfig, metrics: dict, run: dict) -> None:
-    """``model.pt``: weights + class names + preprocessing, loadable with ``weights_only=True``."""
-    bundle = {
-        "format": MODEL_FORMAT,
-        "backbone": init.backbone,
-        "class_names": list(data.class_names),
-        "preprocessing": {"image_size": cfg.image_size, "channels": 1, "input": "grey uint8, resized (bilinear, antialiased)",
-                          "normalisation": "x/255, grey replicated to 3 channels, ImageNet mean/std (inside the model)"},
-        "dropout": cfg.dropout,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "init": init.label,
-        "metrics": metrics,
-        "run": run,
-        "train_counts": data.summary(),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(bundle, tmp)
-    os.replace(tmp, path)
+@dataclass
+class _Run:
+    """One (protocol, fraction, seed) run of an evaluation: everything the grid shares."""
+
+    cfg: EvaluateConfig
+    init: InitSpec
+    data: object  # LabelledData
+    data_key: tuple
+    device: str
+    amp: torch.dtype | None
+    cache: dict
+
+
+def _labelled(cfg: EvaluateConfig, cache: dict | None):
+    """The labelled set at ``cfg.image_size`` (from ``cache`` when it holds it) and its cache key."""
+    data_key = ("data", str(cfg.labels), str(cfg.train_csv), str(cfg.val_csv), str(cfg.test_csv), cfg.image_size)
+    data = cache.get(data_key) if cache is not None else None
+    if data is None:
+        data = load_labelled(cfg.labels, train_csv=cfg.train_csv, val_csv=cfg.val_csv, test_csv=cfg.test_csv, size=cfg.image_size,
+                             allow_outside_root=cfg.allow_outside_root)
+        if cache is not None:  # one labelled set at a time; features of up to 8 inits
+            for k in [k for k in cache if k[0] == "data" or (k[0] == "features" and k[3] != data_key)]:
+                del cache[k]
+            cache[data_key] = data
+    return data, data_key
+
+
+def _features(r: _Run, model: Classifier, seed: int) -> dict[str, torch.Tensor]:
+    """The frozen backbone's features of each split (batch, dim), computed once per backbone: a
+    pretrained or ImageNet one is shared by every fraction and seed; a random one is drawn per seed."""
+    key = ("features", r.init.source, r.init.backbone, r.data_key, seed if r.init.source == "random" else None)
+    features = r.cache.get(key)
+    if features is None:
+        enc = model.encoder.to(r.device)
+        features = {s.name: predict_logits(enc, s.images, 256, r.device, r.amp) for s in (r.data.train, r.data.valid, r.data.test)}
+        feats = [k for k in r.cache if k[0] == "features"]
+        for k in feats[:max(0, len(feats) - 7)]:
+            del r.cache[k]
+        r.cache[key] = features
+    return features
+
+
+def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
+    """Train one classifier on the subset ``idx`` of the train split; returns the classifier,
+    the fit result and the test logits (n_test, classes)."""
+    cfg, data, n_classes = r.cfg, r.data, len(r.data.class_names)
+    torch.manual_seed(seed)
+    settings = FitSettings(lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=seed,
+                           device=r.device, amp_dtype=r.amp)
+    if protocol == "finetune":  # the step budget bounds the expensive protocol only
+        settings.epochs, settings.max_steps, settings.min_steps = cfg.epochs, cfg.max_steps, cfg.min_steps
+    else:
+        settings.epochs = cfg.linear_epochs
+    model = Classifier(r.init.build(cfg.imagenet_weights), n_classes, cfg.dropout)
+    if protocol == "linear":
+        features = _features(r, model, seed)
+        model.encoder.requires_grad_(False)
+        model.head[0].fit(features["train"][idx])
+        result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels,
+                     n_classes, settings)
+        return model, result, predict_logits(model.head, features["test"], 256, r.device, r.amp)
+    augment = finetune_augment(cfg.hflip) if cfg.augment else None
+    result = fit(model, data.train.images[idx], data.train.labels[idx], data.valid.images, data.valid.labels, n_classes,
+                 settings, augment)
+    return model, result, predict_logits(model, data.test.images, 256, r.device, r.amp)
+
+
+def _write_run(run_dir: Path, r: _Run, key: str, idx: torch.Tensor, model: Classifier, run_info: dict,
+               y_true, y_pred, probs, metrics: dict, save_models: bool) -> None:
+    """A run's folder: subset, history, per-class report, confusion matrix, predictions, model.pt, run.json."""
+    data = r.data
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "subset.json").write_text(json.dumps({"seed": run_info["seed"], "fraction": run_info["fraction"],
+                                                     "indices": idx.tolist(),
+                                                     "image_paths": [data.train.paths[j] for j in idx.tolist()]}))
+    (run_dir / "report.json").write_text(json.dumps(per_class_report(y_true, y_pred, data.class_names), indent=1))
+    save_confusion_png(y_true, y_pred, data.class_names, run_dir / "confusion.png", key)
+    with open(run_dir / "predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_path", "true", "predicted", *[f"p_{c}" for c in data.class_names]])
+        for path, t, p, pr in zip(data.test.paths, y_true, y_pred, probs):
+            w.writerow([path, data.class_names[t], data.class_names[p], *[f"{v:.5f}" for v in pr]])
+    if save_models:
+        save_model(run_dir / "model.pt", model.cpu(), backbone=r.init.backbone, class_names=data.class_names,
+                   image_size=r.cfg.image_size, dropout=r.cfg.dropout, init=r.init.label, metrics=metrics, run=run_info,
+                   train_counts=data.summary())
+    (run_dir / "run.json").write_text(json.dumps({**run_info, **metrics}, indent=1))
 
 
 def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = False,
@@ -135,20 +203,12 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     if cfg.out is None:
         raise SonosslError("evaluate: --out is required")
     init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
-    data_key = ("data", str(cfg.labels), str(cfg.train_csv), str(cfg.val_csv), str(cfg.test_csv), cfg.image_size)
-    data = cache.get(data_key) if cache is not None else None
-    if data is None:
-        data = load_labelled(cfg.labels, train_csv=cfg.train_csv, val_csv=cfg.val_csv, test_csv=cfg.test_csv, size=cfg.image_size,
-                             allow_outside_root=cfg.allow_outside_root)
-        if cache is not None:  # one labelled set at a time; features of up to 8 inits
-            for k in [k for k in cache if k[0] == "data" or (k[0] == "features" and k[3] != data_key)]:
-                del cache[k]
-            cache[data_key] = data
+    cfg = cfg.model_copy(update={"image_size": resolve_image_size(cfg.image_size, init, progress)})
+    data, data_key = _labelled(cfg, cache)
     y_train = data.train.labels.numpy()
     subsets = {(f, s): stratified_subset(y_train, f, s, data.class_names, str(data.train.source)) for s in cfg.seeds for f in cfg.fractions}
     device = _device(cfg.accelerator)
     amp = torch.bfloat16 if (device == "cuda" and cfg.precision in ("auto", "bf16-mixed")) else None
-
     if init.source not in ("random", "imagenet"):
         init.build(cfg.imagenet_weights)  # a checkpoint that will be refused is refused before --out exists
     out = claim_output_dir(cfg.out, resume=resume, overwrite=overwrite)
@@ -156,9 +216,8 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     results_path = out / "results.csv"
     rows = read_results(results_path)
     done = {run_key(r["init"], r["protocol"], float(r["fraction"]), int(r["seed"])) for r in rows}
-
-    n_classes = len(data.class_names)
-    cache = cache if cache is not None else {}  # within this call at least: features once per backbone
+    # within this call at least: features once per backbone
+    r = _Run(cfg, init, data, data_key, device, amp, cache if cache is not None else {})
     plan = [(p, f, s) for p in cfg.protocol for f in cfg.fractions for s in cfg.seeds]
     for i, (protocol, fraction, seed) in enumerate(plan, start=1):
         key = run_key(init.label, protocol, fraction, seed)
@@ -166,61 +225,21 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
             continue
         t0 = time.time()
         idx = torch.from_numpy(subsets[(fraction, seed)])
-        torch.manual_seed(seed)
-        settings = FitSettings(lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=seed,
-                               device=device, amp_dtype=amp)
-        if protocol == "finetune":  # the step budget bounds the expensive protocol only
-            settings.epochs, settings.max_steps, settings.min_steps = cfg.epochs, cfg.max_steps, cfg.min_steps
-        else:
-            settings.epochs = cfg.linear_epochs
-        model = Classifier(init.build(cfg.imagenet_weights), n_classes, cfg.dropout)
-        if protocol == "linear":
-            # The frozen backbone's features, computed once per backbone: a pretrained or ImageNet
-            # one is shared by every fraction and seed; a random one is drawn per seed.
-            feat_key = ("features", init.source, init.backbone, data_key, seed if init.source == "random" else None)
-            features = cache.get(feat_key)
-            if features is None:
-                enc = model.encoder.to(device)
-                features = {s.name: predict_logits(enc, s.images, 256, device, amp) for s in (data.train, data.valid, data.test)}
-                feats = [k for k in cache if k[0] == "features"]
-                for k in feats[:max(0, len(feats) - 7)]:
-                    del cache[k]
-                cache[feat_key] = features
-            model.encoder.requires_grad_(False)
-            model.head[0].fit(features["train"][idx])
-            result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels, n_classes, settings)
-            logits = predict_logits(model.head, features["test"], 256, device, amp)
-        else:
-            augment = finetune_augment(cfg.hflip) if cfg.augment else None
-            result = fit(model, data.train.images[idx], data.train.labels[idx], data.valid.images, data.valid.labels, n_classes, settings, augment)
-            logits = predict_logits(model, data.test.images, 256, device, amp)
+        model, result, logits = _train(r, protocol, seed, idx)
         y_true, probs = data.test.labels.numpy(), torch.softmax(logits, 1).numpy()
         y_pred = probs.argmax(1)
-        metrics = scores(y_true, y_pred, n_classes)
-
-        run_dir = out / key
-        run_dir.mkdir(exist_ok=True)
+        metrics = scores(y_true, y_pred, len(data.class_names))
         run_info = {"init": init.label, "init_source": init.source, "backbone": init.backbone, "protocol": protocol,
                     "fraction": fraction, "seed": seed, "n_train": int(len(idx)), "best_epoch": result.best_epoch,
                     "epochs": result.epochs, "steps": result.steps,
                     "best_val_balanced_accuracy": result.best_val_balanced_accuracy, "wall_s": round(time.time() - t0, 2),
                     "device": device}
-        (run_dir / "subset.json").write_text(json.dumps({"seed": seed, "fraction": fraction, "indices": idx.tolist(),
-                                                         "image_paths": [data.train.paths[j] for j in idx.tolist()]}))
-        (run_dir / "history.json").write_text(json.dumps(result.history))
-        (run_dir / "report.json").write_text(json.dumps(per_class_report(y_true, y_pred, data.class_names), indent=1))
-        save_confusion_png(y_true, y_pred, data.class_names, run_dir / "confusion.png", key)
-        with open(run_dir / "predictions.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["image_path", "true", "predicted", *[f"p_{c}" for c in data.class_names]])
-            for path, t, p, pr in zip(data.test.paths, y_true, y_pred, probs):
-                w.writerow([path, data.class_names[t], data.class_names[p], *[f"{v:.5f}" for v in pr]])
-        if save_models:
-            save_model(run_dir / "model.pt", model.cpu(), init, data, cfg, metrics, run_info)
-        (run_dir / "run.json").write_text(json.dumps({**run_info, **metrics}, indent=1))
+        (out / key).mkdir(exist_ok=True)
+        (out / key / "history.json").write_text(json.dumps(result.history))
+        _write_run(out / key, r, key, idx, model, run_info, y_true, y_pred, probs, metrics, save_models)
         rows.append({"init": init.label, "protocol": protocol, "fraction": f"{fraction:g}", "seed": seed,
                      "n_train": len(idx), **{k: f"{v:.6f}" for k, v in metrics.items()}})
-        write_csv_atomic(results_path, rows, RESULT_COLUMNS)  # the run counts as done only now
+        atomic_write_csv(results_path, rows, RESULT_COLUMNS)  # the run counts as done only now
         if progress:
             progress(f"[{i}/{len(plan)}] {key}: n_train={len(idx)} macro_f1={metrics['macro_f1']:.3f} "
                      f"bal_acc={metrics['balanced_accuracy']:.3f} ({time.time() - t0:.1f}s)")

@@ -20,7 +20,7 @@ import torch
 from sonossl.data.labelled import load_labelled
 from sonossl.downstream.classifier import predict_logits
 from sonossl.errors import SonosslError
-from sonossl.infer.model import load_model
+from sonossl.downstream.modelfile import load_model
 
 METHODS = ("tsne", "umap", "auto")
 SPLITS = ("all", "test")

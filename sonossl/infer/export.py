@@ -34,7 +34,8 @@ from torch import nn
 
 from sonossl.downstream.classifier import Standardise
 from sonossl.errors import SonosslError
-from sonossl.infer.model import LoadedModel, load_model, model_card
+from sonossl.downstream.modelfile import LoadedModel, load_model
+from sonossl.infer.card import model_card
 from sonossl.models.backbones import IMAGENET_MEAN, IMAGENET_STD, get_spec
 
 TOLERANCE = 1e-4

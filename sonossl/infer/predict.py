@@ -34,7 +34,6 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -42,12 +41,11 @@ from PIL import Image
 
 from sonossl.data.labelled import IMAGE_SUFFIXES, load_image
 from sonossl.data.readers import find_sources, read_source
-from sonossl.data.ingest import scan_region
-from sonossl.data.sector import crop_to_region
+from sonossl.data.sector import CROPS, Crop, crop_to_region, scan_region
 from sonossl.errors import SonosslError
-from sonossl.infer.model import LoadedModel, load_model
+from sonossl.downstream.modelfile import LoadedModel, load_model
+from sonossl.progress import progress_bar
 
-CROPS = ("auto", "dicom", "none")
 PROGRESS_MIN_INPUTS = 4  # a progress bar from this many inputs on
 
 
@@ -89,7 +87,7 @@ def read_input(path: Path, image_size: int, *, frame_skip: int = 1, crop: str = 
         return Frames(load_image(path, image_size)[None], np.zeros(1, np.int64))
     clip = read_source(path, frame_skip=frame_skip)
     try:
-        box, mask, _ = scan_region(clip, crop)  # as ingest crops, so the model sees what it was trained on
+        box, mask, _ = scan_region(clip.frames, clip.regions, clip.kind, crop)  # as ingest crops, so the model sees what it was trained on
     except SonosslError as exc:
         raise SonosslError(f"{path}: {exc}") from None
     frames = crop_to_region(clip.frames, box, mask, image_size)
@@ -148,14 +146,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
-
-
 def _check_options(smooth: int, batch_size: int, frame_skip: int, crop: str) -> None:
     if smooth < 0:
         raise SonosslError(f"--smooth: expected an integer >= 0 (frames), got {smooth}")
@@ -167,6 +157,32 @@ def _check_options(smooth: int, batch_size: int, frame_skip: int, crop: str) -> 
         raise SonosslError(f"--crop: expected one of {', '.join(CROPS)}, got {crop!r}")
 
 
+def _outputs(out_csv: Path, overwrite: bool) -> list[Path]:
+    """``[out_csv, <stem>_clips/, <stem>_errors.csv]``; refused when one exists without ``overwrite``."""
+    clips_dir = out_csv.with_name(out_csv.stem + "_clips")
+    errors_csv = out_csv.with_name(out_csv.stem + "_errors.csv")
+    if any(p.exists() for p in (out_csv, clips_dir, errors_csv)) and not overwrite:
+        raise SonosslError(f"{out_csv}: output exists; pass --overwrite to replace it (and {clips_dir.name}/, {errors_csv.name})")
+    return [out_csv, clips_dir, errors_csv]
+
+
+def _clip_outputs(part_dir: Path, name: str, src: Path, fr: Frames, probs: np.ndarray, classes: list[str],
+                  smooth: int) -> list[list]:
+    """A clip's folder ``part_dir/name``: its timeline (probabilities (T, C) smoothed over
+    ``smooth`` frames) and its best frame per class; returns the best-frame rows."""
+    folder = part_dir / name
+    folder.mkdir(parents=True)
+    curve = moving_average(probs, smooth)
+    save_timeline(folder / "timeline.png", fr.index, curve, classes, src.name, smooth)
+    rows = []
+    for c, cls in enumerate(classes):
+        k = int(curve[:, c].argmax())
+        img = folder / f"best_{_safe(cls)}_frame{int(fr.index[k])}_p{curve[k, c]:.3f}.png"
+        Image.fromarray(fr.display(k)).save(img)
+        rows.append([str(src), cls, int(fr.index[k]), f"{curve[k, c]:.5f}", str(img.relative_to(part_dir))])
+    return rows
+
+
 def predict(
     model: Path,
     inputs: list[Path],
@@ -176,7 +192,7 @@ def predict(
     batch_size: int = 64,
     device: str = "auto",
     frame_skip: int = 1,
-    crop: Literal["auto", "dicom", "none"] = "auto",
+    crop: Crop = "auto",
     overwrite: bool = False,
     progress: bool = True,
 ) -> PredictSummary:
@@ -193,14 +209,9 @@ def predict(
     if not files:
         raise SonosslError(f"{', '.join(map(str, inputs))}: no input files found")
     out_csv = Path(out_csv)
-    clips_dir = out_csv.with_name(out_csv.stem + "_clips")
-    errors_csv = out_csv.with_name(out_csv.stem + "_errors.csv")
-    ours = [out_csv, clips_dir, errors_csv]
-    if any(p.exists() for p in ours) and not overwrite:
-        raise SonosslError(f"{out_csv}: output exists; pass --overwrite to replace it (and {clips_dir.name}/, {errors_csv.name})")
-    own = {p.resolve() for p in ours}
-    files = [f for f in files if f.resolve() not in own and not f.resolve().is_relative_to(clips_dir.resolve())]
-
+    ours = _outputs(out_csv, overwrite)
+    clips_dir, errors_csv = ours[1], ours[2]
+    files = [f for f in files if f.resolve() not in {p.resolve() for p in ours} and not f.resolve().is_relative_to(clips_dir.resolve())]
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     part_csv = out_csv.with_name(out_csv.name + ".partial")
     part_dir = clips_dir.with_name(clips_dir.name + ".partial")
@@ -209,7 +220,7 @@ def predict(
     summary = PredictSummary(0, 0, 0)
     best_rows: list[list] = []
     try:
-        with open(part_csv, "w", newline="") as fh, _progress(progress and len(files) >= PROGRESS_MIN_INPUTS) as bar:
+        with open(part_csv, "w", newline="") as fh, progress_bar("predict", progress and len(files) >= PROGRESS_MIN_INPUTS) as bar:
             w = csv.writer(fh)
             w.writerow(["source", "frame", "predicted", *[f"p_{c}" for c in classes]])
             task = bar.add_task("predict", total=len(files))
@@ -229,15 +240,7 @@ def predict(
                 summary.frames += len(probs)
                 if len(probs) >= 2:
                     summary.clips += 1
-                    folder = part_dir / f"{summary.clips:03d}_{_safe(src.stem)}"
-                    folder.mkdir(parents=True)
-                    curve = moving_average(probs, smooth)
-                    save_timeline(folder / "timeline.png", fr.index, curve, classes, src.name, smooth)
-                    for c, name in enumerate(classes):
-                        k = int(curve[:, c].argmax())
-                        img = folder / f"best_{_safe(name)}_frame{int(fr.index[k])}_p{curve[k, c]:.3f}.png"
-                        Image.fromarray(fr.display(k)).save(img)
-                        best_rows.append([str(src), name, int(fr.index[k]), f"{curve[k, c]:.5f}", str(img.relative_to(part_dir))])
+                    best_rows += _clip_outputs(part_dir, f"{summary.clips:03d}_{_safe(src.stem)}", src, fr, probs, classes, smooth)
                 bar.advance(task)
         if summary.sources == 0:  # one line, the first reasons in it
             raise SonosslError(f"no input could be predicted ({len(summary.errors)} unreadable: "

@@ -1,11 +1,11 @@
-"""SSL methods, looked up by name in one explicit dict (STYLE.md, item 5)."""
+"""SSL methods, looked up by name in one explicit dict (docs/methods.md, "Conventions")."""
 
 from __future__ import annotations
 
 from sonossl.errors import SonosslError
 from sonossl.methods.ae import AutoEncoder
 from sonossl.methods.barlowtwins import BarlowTwins
-from sonossl.methods.base import SSLMethod
+from sonossl.methods.base import MethodOptions, SSLMethod
 from sonossl.methods.byol import BYOL
 from sonossl.methods.dino import DINO
 from sonossl.methods.moco import MoCo
@@ -30,4 +30,12 @@ def get_method(name: str) -> type[SSLMethod]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "get_method", "SSLMethod"]
+def validate_method(cfg) -> MethodOptions:
+    """The one check of a pretraining config's method (:class:`~sonossl.config.PretrainConfig`):
+    the method exists, its ``method_options`` parse, and its ``check_config`` accepts ``cfg``.
+    Called wherever a pretraining config is built: ``run_pretrain``, the study grid and the
+    method's constructor. Returns the parsed options; a problem is one :class:`SonosslError` line."""
+    return get_method(cfg.method).validate(cfg)
+
+
+__all__ = ["METHODS", "get_method", "validate_method", "SSLMethod"]

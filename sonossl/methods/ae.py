@@ -16,7 +16,7 @@ The encoder is the plain torchvision trunk every method pretrains (so ``backbone
 ``torchvision.models.resnet18()``); the decoder reads its last feature map, ``(B, C, S/32,
 S/32)`` (ResNet ``layer4``; ConvNeXt ``features``), and upsamples it back to ``(B, 1, S, S)``.
 
-Recipe (PROTOCOL.md, seed code): "Adam lr 1e-3, wd 1e-6, step decay". The config offers AdamW,
+Recipe (docs/methods.md, seed code): "Adam lr 1e-3, wd 1e-6, step decay". The config offers AdamW,
 which with a weight decay of 1e-6 is Adam up to a negligible decoupling; the step decay is
 :meth:`AutoEncoder.lr_schedule`. Corruptions are drawn on the device from a generator seeded
 by ``(seed, step, rank)``, so a resumed run corrupts exactly as a straight one.
@@ -37,6 +37,7 @@ from sonossl.config import PretrainConfig
 from sonossl.data.transforms import ViewTransform
 from sonossl.errors import SonosslError
 from sonossl.methods.base import MethodOptions, SSLMethod
+from sonossl.models.backbones import get_spec
 
 
 class AEOptions(MethodOptions):
@@ -52,7 +53,7 @@ class AEOptions(MethodOptions):
     erase_scale: tuple[float, float] = (0.02, 0.33)
     erase_ratio: tuple[float, float] = (0.3, 3.3)
     erase_value: float = Field(0.0, ge=0, le=1)
-    # "step decay" (PROTOCOL.md, seed code): lr x lr_gamma every lr_step_epochs epochs; the
+    # "step decay" (docs/methods.md, seed code): lr x lr_gamma every lr_step_epochs epochs; the
     # values are torchvision's ImageNet reference StepLR(step_size=30, gamma=0.1).
     lr_step_epochs: float = Field(30.0, gt=0)
     lr_gamma: float = Field(0.1, gt=0, le=1)
@@ -91,28 +92,35 @@ class AutoEncoder(SSLMethod):
     name = "ae"
     Options = AEOptions
 
-    def __init__(self, cfg: PretrainConfig):
-        super().__init__(cfg)
+    @classmethod
+    def check_config(cls, cfg: PretrainConfig, o: AEOptions) -> None:
+        super().check_config(cfg, o)
         if cfg.pairs != "augment":
-            raise SonosslError(f"pairs: {self.name} reconstructs single frames; 'temporal' pairs do not apply (use 'augment')")
-        o = self.options
+            raise SonosslError(f"pairs: {cls.name} reconstructs single frames; 'temporal' pairs do not apply (use 'augment')")
         if not (0 < o.erase_scale[0] <= o.erase_scale[1] < 1 and 0 < o.erase_ratio[0] <= o.erase_ratio[1]):
             raise SonosslError(
                 f"method_options (ae): erase_scale must satisfy 0 < lo <= hi < 1 and erase_ratio 0 < lo <= hi "
                 f"(got {o.erase_scale}, {o.erase_ratio})"
             )
-        trunk = self.encoder.trunk
+        if cfg.augment.view2.transform_kwargs():
+            raise SonosslError(f"augment.view2: {cls.name} draws one view; set its augmentation under augment.view1")
+        with torch.device("meta"):  # the architecture only, no weights allocated
+            trunk = get_spec(cfg.backbone).constructor()
         if not (hasattr(trunk, "layer4") or hasattr(trunk, "features")):
             raise SonosslError(f"backbone: {cfg.backbone} has no feature map the ae decoder knows how to read")
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__(cfg)
+        o = self.options
         self.decoder = Decoder(self.encoder.feature_dim, list(o.decoder))  # layer4's / features' channels
 
     # ---- views and schedule -----------------------------------------------------------------
-    def view_transforms(self) -> list[ViewTransform]:
+    def default_views(self) -> list[ViewTransform]:
         """One mildly augmented view (the reconstruction target is the view itself)."""
         return [
             ViewTransform(
                 size=self.cfg.image_size, scale=(0.5, 1.0), jitter_p=0.5, brightness=0.2, contrast=0.2,
-                gamma_p=0.3, speckle_p=0.0, blur_p=0.0, solarize_p=0.0, hflip=self.cfg.hflip,
+                gamma_p=0.3, speckle_p=0.0, blur_p=0.0, solarize_p=0.0,
             )
         ]
 

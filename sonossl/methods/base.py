@@ -1,12 +1,13 @@
 """The loop every SSL method shares: encoder, optimiser, schedule, logging, data, checkpoints.
 
-A method subclasses :class:`SSLMethod` and adds only what is its own (STYLE.md, item 4):
+A method subclasses :class:`SSLMethod` and adds only what is its own (docs/methods.md, "Conventions"):
 
 - ``Options``: a small pydantic model of its ``method_options`` (unknown keys are refused);
 - ``__init__``: its heads and loss;
 - ``forward_loss(batch) -> (loss, logs)``: batch is a tuple of view tensors
   ``(batch_size, 1, S, S)``;
-- optionally ``view_transforms()`` (how many views and how each is augmented),
+- optionally ``default_views()`` (how many views and how each is augmented by default; the
+  ``augment`` block of the config overrides the first two),
   ``momentum_pairs()`` ((online, target) modules updated by EMA at every step),
   ``optim_modules()`` (what the optimiser trains; default: every child module),
   ``check_config(cfg, options)`` (refuse impossible settings before a run starts),
@@ -19,6 +20,7 @@ processes gets ``batch_size / devices``. Learning rates scale with the global ba
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, ClassVar
 
@@ -66,8 +68,9 @@ class SSLMethod(pl.LightningModule):
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         self.cfg = cfg
-        self.options = parse_options(self.Options, self.name, cfg.method_options)
-        self.check_config(cfg, self.options)
+        self.options = self.validate(cfg)
+        if cfg.image_size is None:
+            raise SonosslError("image_size: not resolved; run_pretrain sets it from the frame store (or give image_size)")
         self.encoder = build_encoder(cfg.backbone)
         self.train_set: FramePairDataset | None = None  # set by run_pretrain
         self.images_seen = 0
@@ -86,9 +89,18 @@ class SSLMethod(pl.LightningModule):
         """batch: views, each (batch_size, 1, S, S) -> (scalar loss, {name: scalar tensor})."""
         raise NotImplementedError
 
+    def default_views(self) -> list[ViewTransform]:
+        """The method's own views (one transform per view); default: the seed's asymmetric
+        BarlowTwins/VICReg pair."""
+        return asymmetric_pair(self.cfg.image_size)
+
     def view_transforms(self) -> list[ViewTransform]:
-        """One transform per view; default: the seed's asymmetric BarlowTwins/VICReg pair."""
-        return asymmetric_pair(self.cfg.image_size, hflip=self.cfg.hflip)
+        """The views the data loader draws: :meth:`default_views` with the settings of
+        ``cfg.augment`` (``view1``, ``view2``) applied to the first two."""
+        views = self.default_views()
+        for i, aug in enumerate(self.cfg.augment.views()[:len(views)]):
+            views[i] = dataclasses.replace(views[i], **aug.transform_kwargs())
+        return views
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(online, target) modules; target <- m * target + (1 - m) * online once per optimiser
@@ -109,8 +121,21 @@ class SSLMethod(pl.LightningModule):
     @classmethod
     def check_config(cls, cfg: PretrainConfig, options: MethodOptions) -> None:
         """Refuse, with one :class:`SonosslError` line, settings this method cannot run with
-        (e.g. a MoCo queue smaller than the batch). ``run_pretrain`` calls it before it writes
-        anything; the constructor calls it too."""
+        (e.g. a MoCo queue smaller than the batch, AE with temporal pairs). Every refusal of a
+        method lives here, so it is found wherever a config is built (``sonossl pretrain``
+        before it writes anything, ``sonossl study`` before any run starts). ``cfg.image_size``
+        may still be ``None`` (the frame store's size, resolved when the run starts): checks
+        that need it are then made at the run's start. A subclass calls ``super()``."""
+        if cfg.batch_size % cfg.devices or cfg.batch_size // cfg.devices < 2:
+            raise SonosslError(f"batch_size: {cfg.batch_size} must be a multiple of devices ({cfg.devices}), >= 2 per device")
+
+    @classmethod
+    def validate(cls, cfg: PretrainConfig) -> MethodOptions:
+        """``cfg.method_options`` parsed by this method's ``Options`` and ``cfg`` checked by
+        :meth:`check_config`; returns the options."""
+        options = parse_options(cls.Options, cls.name, cfg.method_options)
+        cls.check_config(cfg, options)
+        return options
 
     def export_encoder(self) -> nn.Module:
         """The encoder whose trunk becomes ``backbone.pt`` (default: the trained one; DINO: its teacher)."""

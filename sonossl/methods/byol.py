@@ -33,10 +33,10 @@ from sonossl.methods.base import MethodOptions, SSLMethod
 class BYOLOptions(MethodOptions):
     # [hidden, output]. "This MLP consists in a linear layer with output size 4096 followed by
     # batch normalization, rectified linear units (ReLU), and a final linear layer with output
-    # dimension 256." (sec. 3.3). The seed's projector output is 256 too (PROTOCOL.md).
+    # dimension 256." (sec. 3.3). The seed's projector output is 256 too (docs/protocol.md).
     projector: list[int] = Field(default_factory=lambda: [4096, 256], min_length=2, max_length=2)
     # [hidden, output]. "the predictor q_theta uses the same architecture as g_theta" (sec. 3.3);
-    # the seed code's predictor is 256-1024-256 (PROTOCOL.md), set in the presets.
+    # the seed code's predictor is 256-1024-256 (docs/protocol.md), set in the presets.
     predictor: list[int] = Field(default_factory=lambda: [4096, 256], min_length=2, max_length=2)
     # "the exponential moving average parameter tau starts from tau_base = 0.996 and is
     # increased to one during training" (sec. 3.3).

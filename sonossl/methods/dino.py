@@ -124,15 +124,26 @@ class DINO(SSLMethod):
     name = "dino"
     Options = DINOOptions
 
+    @classmethod
+    def check_config(cls, cfg: PretrainConfig, o: DINOOptions) -> None:
+        super().check_config(cfg, o)
+        for name, view in (("view1", cfg.augment.view1), ("view2", cfg.augment.view2)):
+            if view.crop_scale is not None and tuple(view.crop_scale) != tuple(o.global_crops_scale):
+                raise SonosslError(f"augment.{name}.crop_scale: dino's global crops take method_options.global_crops_scale "
+                                   f"({tuple(o.global_crops_scale)}); set it there")
+        if cfg.image_size is None:  # the frame store's size: checked when the run starts
+            return
+        local = round(cfg.image_size * o.local_crop_ratio)
+        if o.local_crops and local < 8:
+            raise SonosslError(
+                f"image_size: {cfg.image_size} px is too small for dino's local crops (method_options.local_crop_ratio "
+                f"{o.local_crop_ratio} gives {local} px; need >= 8 px)"
+            )
+
     def __init__(self, cfg: PretrainConfig):
         super().__init__(cfg)
         o = self.options
         self.local_crop_size = round(cfg.image_size * o.local_crop_ratio)
-        if o.local_crops and self.local_crop_size < 8:
-            raise SonosslError(
-                f"method_options (dino): local_crop_ratio {o.local_crop_ratio} gives {self.local_crop_size} px local "
-                f"crops at image_size {cfg.image_size}; need >= 8 px"
-            )
         self.head = dino_head(self.encoder.feature_dim, o)
         # "the exact same architecture in both student and teacher networks" (sec. 3.1); the
         # teacher starts as a copy of the student (main_dino.py) and gets no gradient.
@@ -147,12 +158,13 @@ class DINO(SSLMethod):
         )
 
     # ---- views ------------------------------------------------------------------------------
-    def view_transforms(self) -> list[ViewTransform]:
+    def default_views(self) -> list[ViewTransform]:
         """[global 1, global 2, local x ``local_crops``]. As main_dino.py's DataAugmentationDINO:
         global 1 always blurred, global 2 blurred with p 0.1 and solarised with p 0.2 (the
-        asymmetric pair), each local view blurred with p 0.5."""
-        o, hflip = self.options, self.cfg.hflip
-        globals_ = asymmetric_pair(self.cfg.image_size, hflip=hflip, scale=o.global_crops_scale)
+        asymmetric pair), each local view blurred with p 0.5. ``augment.view1``/``view2`` apply to
+        the global crops; the local crops flip as ``augment.view1.hflip`` says."""
+        o, hflip = self.options, bool(self.cfg.augment.view1.hflip)
+        globals_ = asymmetric_pair(self.cfg.image_size, scale=o.global_crops_scale)
         local = ViewTransform(size=self.local_crop_size, scale=o.local_crops_scale, blur_p=0.5, hflip=hflip)
         return [*globals_, *[local] * o.local_crops]
 

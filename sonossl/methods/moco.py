@@ -96,6 +96,7 @@ class MoCo(SSLMethod):
 
     @classmethod
     def check_config(cls, cfg: PretrainConfig, options: MoCoOptions) -> None:
+        super().check_config(cfg, options)
         if options.queue_size < cfg.batch_size:
             raise SonosslError(
                 f"method_options (moco): queue_size {options.queue_size} is smaller than batch_size "
@@ -115,9 +116,9 @@ class MoCo(SSLMethod):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     # ---- hooks of the shared loop ---------------------------------------------------------------
-    def view_transforms(self) -> list[ViewTransform]:
+    def default_views(self) -> list[ViewTransform]:
         """MoCo v2 takes SimCLR's augmentation for both views: blur p 0.5, no solarisation."""
-        t = ViewTransform(size=self.cfg.image_size, blur_p=0.5, solarize_p=0.0, hflip=self.cfg.hflip)
+        t = ViewTransform(size=self.cfg.image_size, blur_p=0.5, solarize_p=0.0)
         return [t, t]
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

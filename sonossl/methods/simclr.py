@@ -38,7 +38,7 @@ class SimCLROptions(MethodOptions):
     # the seed code's projector is [512, 128] (hidden, output), with BatchNorm after the hidden
     # layer as in the authors' code (google-research/simclr) and lightly's SimCLRProjectionHead.
     projector: list[int] = Field(default_factory=lambda: [512, 128], min_length=1)
-    # NT-Xent "temperature parameter" tau (eq. 1): 0.5 in the seed code (PROTOCOL.md), as in the
+    # NT-Xent "temperature parameter" tau (eq. 1): 0.5 in the seed code (docs/protocol.md), as in the
     # authors' CIFAR-10 recipe (google-research/simclr README, --temperature=0.5) and lightly's
     # default; table 5 of the paper compares temperatures at ImageNet scale.
     temperature: float = Field(0.5, gt=0)
@@ -53,9 +53,9 @@ class SimCLR(SSLMethod):
         self.projector = ProjectionHead(self.encoder.feature_dim, self.options.projector)
         self.criterion = NTXentLoss(temperature=self.options.temperature, gather_distributed=False)
 
-    def view_transforms(self) -> list[ViewTransform]:
+    def default_views(self) -> list[ViewTransform]:
         """Two views from one augmentation family (blur p 0.5 each, no solarisation)."""
-        t = ViewTransform(size=self.cfg.image_size, blur_p=0.5, solarize_p=0.0, hflip=self.cfg.hflip)
+        t = ViewTransform(size=self.cfg.image_size, blur_p=0.5, solarize_p=0.0)
         return [t, t]
 
     def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:

@@ -28,35 +28,17 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 
-from sonossl.config import PretrainConfig, dump_config
+from sonossl.config import AugmentConfig, PretrainConfig, ViewAugment, dump_config
 from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
 from sonossl.errors import SonosslError
-from sonossl.methods import get_method
-from sonossl.methods.base import SSLMethod, parse_options
+from sonossl.methods import get_method, validate_method
+from sonossl.methods.base import SSLMethod
 from sonossl.methods.monitors import Monitors
 from sonossl.models.backbones import load_error
-from sonossl.outputs import claim_output_dir
+from sonossl.outputs import atomic_torch_save, atomic_write_text, claim_output_dir
 
 CKPT_NAME = "last.ckpt"
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path.tmp`` in the same folder, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -175,6 +157,17 @@ def trim_stats(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(keep))
 
 
+def resolve_image_size(image_size: int | None, store: FrameStore) -> int:
+    """The pretraining's image size: the store's frame size unless ``image_size`` says
+    otherwise; larger than the store's frames is refused (it would train on upsampled frames)."""
+    if image_size is None:
+        return store.frame_size
+    if image_size > store.frame_size:
+        raise SonosslError(f"image_size: {image_size} px is larger than the {store.frame_size} px frames of {store.path}; "
+                           f"pass --image-size {store.frame_size} or less, or ingest again with --size {image_size}")
+    return image_size
+
+
 def _launcher_rank_zero() -> bool:
     """False in processes started by a DDP launcher for ranks > 0 (they must not touch the folder)."""
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
@@ -191,6 +184,68 @@ def _prepare_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: boo
     return ckpt if resume and ckpt.is_file() else None
 
 
+def _checked(cfg: PretrainConfig, resume: bool, overwrite: bool) -> tuple[PretrainConfig, FrameStore, str, str]:
+    """Every check that needs no output folder: the config with its image size resolved from
+    the store, the store, the accelerator and the precision."""
+    if cfg.frames is None:
+        raise SonosslError("frames: required (a frame store written by `sonossl ingest`)")
+    if cfg.out is None:
+        raise SonosslError("out: required (the run folder to create)")
+    if resume and overwrite:
+        raise SonosslError("resume and overwrite exclude each other")
+    validate_method(cfg)  # what does not depend on the store, before it is opened
+    store = FrameStore(cfg.frames)
+    size = resolve_image_size(cfg.image_size, store)
+    if size != cfg.image_size:  # the store's size: the checks that need the size run again
+        cfg = cfg.model_copy(update={"image_size": size})
+        validate_method(cfg)
+    accelerator = cfg.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise SonosslError("accelerator: gpu requested but no CUDA device is visible")
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if accelerator == "gpu" else "32-true")
+    return cfg, store, accelerator, precision
+
+
+def build_model(cfg: PretrainConfig, store: FrameStore) -> SSLMethod:
+    """The method of ``cfg`` with its training set: pairs of the store's ``train`` split, drawn
+    through :meth:`~sonossl.methods.base.SSLMethod.view_transforms` (the ``augment`` block applied)."""
+    model = get_method(cfg.method)(cfg)
+    model.train_set = FramePairDataset(
+        store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
+        frame_stride=cfg.frame_stride, seed=cfg.seed,
+    )
+    return model
+
+
+def resolved_config(model: SSLMethod) -> PretrainConfig:
+    """``model.cfg`` with every augmentation value its views use (written as ``config.yaml``)."""
+    views = model.train_set.transforms if model.train_set is not None else model.view_transforms()
+    augment = AugmentConfig(**{f"view{i + 1}": ViewAugment.of(v) for i, v in enumerate(views[:2])})
+    return model.cfg.model_copy(update={"augment": augment})
+
+
+def _folder(out: Path, model: SSLMethod, resume: bool, overwrite: bool) -> Path | None:
+    """Claim ``out`` (rank 0) and return the checkpoint to resume from, if any."""
+    last = out / "checkpoints" / CKPT_NAME
+    resume_step = check_checkpoint(last) if resume and last.is_file() else None
+    if not _launcher_rank_zero():
+        return last if resume and last.is_file() else None
+    ckpt = _prepare_folder(out, resolved_config(model), resume, overwrite)
+    if ckpt is not None and resume_step is not None:
+        trim_stats(out / "stats.jsonl", resume_step)
+    return ckpt
+
+
+def _quiet_lightning(progress: bool) -> None:
+    # Lightning 2.6 calls a deprecated torch pytree API on every fit; nothing for a user to act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    if not progress:  # quiet: no "GPU available" banners or tips, warnings still shown
+        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
                  callbacks: list[Callback] | None = None) -> Path:
     """Pretrain ``cfg.method`` on the ``train`` split of ``cfg.frames``; returns the run folder.
@@ -200,48 +255,23 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     is refused. ``callbacks``: extra Lightning callbacks (e.g. snapshots), run after the run's own.
     Raises :class:`SonosslError` on bad input and when the loss diverges.
     """
-    if cfg.frames is None:
-        raise SonosslError("frames: required (a frame store written by `sonossl ingest`)")
-    if cfg.out is None:
-        raise SonosslError("out: required (the run folder to create)")
-    if resume and overwrite:
-        raise SonosslError("resume and overwrite exclude each other")
-    method_cls = get_method(cfg.method)
-    method_cls.check_config(cfg, parse_options(method_cls.Options, cfg.method, cfg.method_options))
-    if cfg.batch_size % cfg.devices or cfg.batch_size // cfg.devices < 2:
-        raise SonosslError(f"batch_size: {cfg.batch_size} must be a multiple of devices ({cfg.devices}), >= 2 per device")
-    accelerator = cfg.accelerator
-    if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise SonosslError("accelerator: gpu requested but no CUDA device is visible")
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if accelerator == "gpu" else "32-true")
-    store = FrameStore(cfg.frames)
-
-    # Lightning 2.6 calls a deprecated torch pytree API on every fit; nothing for a user to act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    if not progress:  # quiet: no "GPU available" banners or tips, warnings still shown
-        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    cfg, store, accelerator, precision = _checked(cfg, resume, overwrite)
+    _quiet_lightning(progress)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = method_cls(cfg)
-    model.train_set = FramePairDataset(
-        store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
-        frame_stride=cfg.frame_stride, seed=cfg.seed,
-    )
+    model = build_model(cfg, store)
     monitors = Monitors(store, cfg.image_size, cfg.monitor_labels)  # reads (and checks) the monitor's labelled set
     out = Path(cfg.out)
-    resume_step = None
-    if resume and (out / "checkpoints" / CKPT_NAME).is_file():
-        resume_step = check_checkpoint(out / "checkpoints" / CKPT_NAME)
     # the folder is touched only once the input has passed every check above (nothing half-written)
-    ckpt = _prepare_folder(out, cfg, resume, overwrite) if _launcher_rank_zero() else None
-    if ckpt is not None and resume_step is not None:
-        trim_stats(out / "stats.jsonl", resume_step)
-    if not _launcher_rank_zero() and resume and (out / "checkpoints" / CKPT_NAME).is_file():
-        ckpt = out / "checkpoints" / CKPT_NAME
+    ckpt = _folder(out, model, resume, overwrite)
+    trainer = _trainer(cfg, out, accelerator, precision, monitors, progress, callbacks or [])
+    _fit(trainer, model, ckpt)
+    return out
 
-    run_callbacks: list[Callback] = [
+
+def _trainer(cfg: PretrainConfig, out: Path, accelerator: str, precision: str, monitors: Monitors,
+             progress: bool, extra: list[Callback]) -> pl.Trainer:
+    """The Lightning trainer: checkpoints, monitors, stats.jsonl, final outputs, DDP when devices > 1."""
+    callbacks: list[Callback] = [
         RunCheckpoint(
             dirpath=out / "checkpoints", filename="last", save_top_k=0, save_last=True,
             train_time_interval=timedelta(seconds=cfg.checkpoint_every_s), save_on_train_epoch_end=True,
@@ -250,7 +280,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
         StatsWriter(out / "stats.jsonl"),
         FinalOutputs(out),
     ]
-    callbacks = [*run_callbacks, *(callbacks or [])]
+    callbacks += extra
     if progress:
         callbacks.append(RichProgressBar())
     strategy: Any = "auto"
@@ -286,6 +316,10 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
         plugins=[AtomicCheckpointIO()] if cfg.devices == 1 else None,
         benchmark=accelerator == "gpu",
     )
+    return trainer
+
+
+def _fit(trainer: pl.Trainer, model: SSLMethod, ckpt: Path | None) -> None:
     try:
         trainer.fit(model, ckpt_path=ckpt, weights_only=True)
     except SonosslError:
@@ -295,4 +329,3 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
             msg = str(exc).strip().splitlines()[-1].split("SonosslError:", 1)[-1].strip()
             raise SonosslError(msg) from None
         raise
-    return out

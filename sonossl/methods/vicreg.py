@@ -14,7 +14,7 @@ has three named terms, each with its own weight (as in facebookresearch/vicreg `
 
 The terms are lightly's ``invariance_loss``/``variance_loss``/``covariance_loss``, which
 normalise by the batch in hand (the covariance by ``n - 1`` with ``n = z.shape[0]``; the authors
-divide by the configured batch size, which mis-scales a short last batch; STYLE.md item 3).
+divide by the configured batch size, which mis-scales a short last batch; docs/methods.md, "Conventions").
 
 DDP: the variance and covariance are statistics of the *global* batch, as in the authors' code
 (``FullGatherLayer``): the embeddings of every process are gathered with gradients first. The

@@ -27,7 +27,9 @@ protocols x label fractions x seeds)::
       options: {batch_size: 32}        # any `sonossl evaluate` key
 
 Relative paths are relative to the study file. A pretraining is named
-``<method>-<pairs>-<variant>``. Every problem (unknown key, wrong type, fraction outside
+``<method>-<pairs>-<variant>``; an evaluation of it points at its :class:`PretrainUnit`. The
+image size is stated once, by ``ingest.size`` (or the frame store given as ``data.unlabelled``):
+it is the default of every pretraining and evaluation, above the preset. Every problem (unknown key, wrong type, fraction outside
 (0, 100], an init naming an undeclared pretraining, an option `pretrain`/`evaluate` would refuse,
 a missing path) is one :class:`SonosslError` line naming the key, raised before any run starts.
 """
@@ -40,8 +42,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sonossl.config import (EvaluateConfig, PretrainConfig, build_config, check_fractions, read_config_file, read_preset,
-                            validated)
+from sonossl.config import EvaluateConfig, PretrainConfig, build_config, check_fractions, read_config_file, read_preset, validated
+from sonossl.data.framestore import is_hdf5_path
+from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
 
 STUDY_PRESET_DIR = Path(__file__).parent / "presets"
@@ -60,7 +63,7 @@ class DataSpec(_Strict):
 class IngestSpec(_Strict):
     size: int = Field(64, gt=0)
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    crop: Literal["auto", "dicom", "none"] = "auto"
+    crop: Crop = "auto"
     salt: str = "sonossl"
 
 
@@ -154,11 +157,12 @@ class PretrainUnit:
 @dataclass(frozen=True)
 class EvalUnit:
     dataset: str
-    init: str  # random | imagenet | a pretraining name
+    init: str  # random | imagenet | the name of `pretrain`
     protocol: str
     fraction: float
     seed: int
     config: dict[str, Any] = field(hash=False, compare=False, default_factory=dict)
+    pretrain: PretrainUnit | None = field(default=None, hash=False, compare=False)  # the init's pretraining
 
     @property
     def key(self) -> str:
@@ -169,7 +173,7 @@ class EvalUnit:
         return f"evals/{self.dataset}/{self.init}/{self.protocol}-{self.fraction:g}-s{self.seed}"
 
     def deps(self) -> tuple[str, ...]:
-        return () if self.init in BASELINE_INITS else (f"pretrain/{self.init}",)
+        return () if self.pretrain is None else (self.pretrain.key,)
 
 
 @dataclass
@@ -185,9 +189,6 @@ class Plan:
     @property
     def units(self) -> list:
         return [*self.ingests, *self.pretrains, *self.evals]
-
-    def pretrain_by_name(self) -> dict[str, PretrainUnit]:
-        return {p.name: p for p in self.pretrains}
 
     def missing_paths(self) -> list[str]:
         """One line per declared path that does not exist (checked before any run starts)."""
@@ -261,69 +262,95 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 def expand(spec: StudySpec, root: Path, source: str = "study") -> Plan:
     """Resolve paths and expand the grids; errors name the key."""
-    from sonossl.methods import METHODS
-
     spec = spec.model_copy(deep=True)
     spec.data.unlabelled = _resolve(spec.data.unlabelled, root)
     spec.data.labelled = {k: _resolve(v, root) for k, v in spec.data.labelled.items()}
-    store_given = spec.data.unlabelled is not None and spec.data.unlabelled.suffix in (".h5", ".hdf5")
+    ingests, pretrains = _expand_pretrains(spec, source)
+    evals = _expand_evals(spec, pretrains, source)
+    if not evals and not pretrains:
+        raise SonosslError(f"{source}: the study declares no runs")
+    return Plan(spec, root, ingests, pretrains, evals)
 
-    ingests: list[IngestUnit] = []
-    pretrains: list[PretrainUnit] = []
+
+def image_size(spec: StudySpec) -> int:
+    """The study's one image size, the default of its pretrainings and evaluations (above the
+    preset): the frame store's size when ``data.unlabelled`` is one, else ``ingest.size``."""
+    store = spec.data.unlabelled
+    if is_hdf5_path(store) and store.is_file():
+        from sonossl.data.framestore import FrameStore
+
+        return FrameStore(store).frame_size
+    return spec.ingest.size
+
+
+def _expand_pretrains(spec: StudySpec, source: str) -> tuple[list[IngestUnit], list[PretrainUnit]]:
+    """Ingestions (one per data variant) and pretrainings (method x pairs x variant), each
+    pretraining config validated, its method's checks included (:func:`validate_method`)."""
+    from sonossl.methods import METHODS, validate_method
+
     pg = spec.pretrain
-    if pg is not None:
-        if spec.data.unlabelled is None:
-            raise SonosslError(f"{source}: data.unlabelled is required when pretrainings are declared")
-        for m in pg.methods:
-            if m not in METHODS:
-                raise SonosslError(f"{source}: pretrain.methods: unknown method {m!r}; expected one of: {', '.join(METHODS)}")
-        for v in pg.variants:
-            if v not in spec.variants:
-                raise SonosslError(f"{source}: pretrain.variants: {v!r} is not declared under variants "
-                                   f"(declared: {', '.join(spec.variants)})")
-            if store_given and spec.variants[v] != VariantSpec():
-                raise SonosslError(f"{source}: variants.{v}: data.unlabelled is a frame store, which is used as is; "
-                                   "variant options need clips to ingest")
-        for key in ("method", "frames", "out", "pairs", "val_frames"):
-            if key in pg.options:
-                raise SonosslError(f"{source}: pretrain.options.{key}: set by the study grid, not an option")
-        if not store_given:
-            for v in pg.variants:
-                opts = {**spec.ingest.model_dump(), **spec.variants[v].model_dump()}
-                ingests.append(IngestUnit(v, opts))
-        for method in pg.methods:
-            for pairs in pg.pairs:
-                for variant in pg.variants:
-                    cfg = {**read_preset(pg.preset, method), **pg.options, "method": method, "pairs": pairs}
-                    cfg.setdefault("image_size", spec.ingest.size)
-                    checked = build_config(PretrainConfig, cfg, source=f"{source}: pretrain ({method})")  # validate now
-                    _check_method_options(method, checked, f"{source}: pretrain ({method}, {pairs})")
-                    pretrains.append(PretrainUnit(f"{method}-{pairs}-{variant}", method, pairs, variant, cfg,
-                                                  needs_ingest=not store_given))
+    if pg is None:
+        return [], []
+    store_given = is_hdf5_path(spec.data.unlabelled)
+    if spec.data.unlabelled is None:
+        raise SonosslError(f"{source}: data.unlabelled is required when pretrainings are declared")
+    for m in pg.methods:
+        if m not in METHODS:
+            raise SonosslError(f"{source}: pretrain.methods: unknown method {m!r}; expected one of: {', '.join(METHODS)}")
+    for v in pg.variants:
+        if v not in spec.variants:
+            raise SonosslError(f"{source}: pretrain.variants: {v!r} is not declared under variants "
+                               f"(declared: {', '.join(spec.variants)})")
+        if store_given and spec.variants[v] != VariantSpec():
+            raise SonosslError(f"{source}: variants.{v}: data.unlabelled is a frame store, which is used as is; "
+                               "variant options need clips to ingest")
+    for key in ("method", "frames", "out", "pairs"):
+        if key in pg.options:
+            raise SonosslError(f"{source}: pretrain.options.{key}: set by the study grid, not an option")
+    ingests = [] if store_given else [IngestUnit(v, {**spec.ingest.model_dump(), **spec.variants[v].model_dump()})
+                                      for v in pg.variants]
+    pretrains = []
+    for method in pg.methods:
+        for pairs in pg.pairs:
+            cfg = {**read_preset(pg.preset, method), "image_size": image_size(spec), **pg.options,
+                   "method": method, "pairs": pairs}
+            where = f"{source}: pretrain ({method}, {pairs})"
+            try:
+                validate_method(build_config(PretrainConfig, cfg, source=where))
+            except SonosslError as exc:
+                raise SonosslError(exc.args[0] if str(exc).startswith(source) else f"{where}: {exc}") from None
+            for variant in pg.variants:
+                pretrains.append(PretrainUnit(f"{method}-{pairs}-{variant}", method, pairs, variant, cfg,
+                                              needs_ingest=not store_given))
+    return ingests, pretrains
 
+
+def _expand_evals(spec: StudySpec, pretrains: list[PretrainUnit], source: str) -> list[EvalUnit]:
+    """Evaluations: datasets x inits x protocols x fractions x seeds; an init that names a
+    pretraining points at its :class:`PretrainUnit`."""
     ev = spec.evaluate
     datasets = list(ev.datasets or spec.data.labelled)
     for d in datasets:
         if d not in spec.data.labelled:
             raise SonosslError(f"{source}: evaluate.datasets: {d!r} is not declared under data.labelled "
                                f"(declared: {', '.join(spec.data.labelled)})")
-    names = [p.name for p in pretrains]
-    inits: list[str] = []
+    by_name = {p.name: p for p in pretrains}
+    inits: dict[str, PretrainUnit | None] = {}
     for i in ev.inits:
         if i == "pretrained":
-            inits += names
-        elif i in BASELINE_INITS or i in names:
-            inits.append(i)
+            inits.update(by_name)
+        elif i in BASELINE_INITS:
+            inits[i] = None
+        elif i in by_name:
+            inits[i] = by_name[i]
         else:
             raise SonosslError(f"{source}: evaluate.inits: {i!r} is neither random, imagenet, pretrained nor a declared "
-                               f"pretraining (declared: {', '.join(names) or 'none'})")
-    inits = list(dict.fromkeys(inits))
-    evals = [EvalUnit(d, i, p, f, s, cfg) for p, fractions, seeds, cfg in _protocol_grids(spec, source)
-             for d in datasets for i in inits for f in fractions for s in seeds]
-    evals.sort(key=lambda u: (datasets.index(u.dataset), inits.index(u.init), ev.protocols.index(u.protocol)))
-    if not evals and not pretrains:
-        raise SonosslError(f"{source}: the study declares no runs")
-    return Plan(spec, root, ingests, pretrains, evals)
+                               f"pretraining (declared: {', '.join(by_name) or 'none'})")
+    names = list(inits)
+    evals = [EvalUnit(d, i, p, f, s, cfg, inits[i]) for p, fractions, seeds, cfg in _protocol_grids(spec, source)
+             for d in datasets for i in names for f in fractions for s in seeds]
+    evals.sort(key=lambda u: (datasets.index(u.dataset), names.index(u.init), ev.protocols.index(u.protocol)))
+    return evals
 
 
 def _protocol_grids(spec: StudySpec, source: str) -> list[tuple[str, list[float], list[int], dict[str, Any]]]:
@@ -339,21 +366,7 @@ def _protocol_grids(spec: StudySpec, source: str) -> list[tuple[str, list[float]
             for key in ("init", "out", "labels", "train_csv", "val_csv", "test_csv", "protocol", "fractions", "seeds"):
                 if key in opts:
                     raise SonosslError(f"{source}: {where}.{key}: set by the study grid, not an option")
-        cfg = {"image_size": spec.ingest.size, **ev.options, **over.options}
+        cfg = {"image_size": image_size(spec), **ev.options, **over.options}
         build_config(EvaluateConfig, cfg, source=f"{source}: evaluate options ({p})")
         grids.append((p, over.fractions or ev.fractions, over.seeds or ev.seeds, cfg))
     return grids
-
-
-def _check_method_options(method: str, cfg: PretrainConfig, source: str) -> None:
-    """The method's own option model and setting checks, so a misspelt option or an impossible
-    setting (a MoCo queue smaller than the batch, ...) fails now rather than mid-study."""
-    from sonossl.errors import SonosslError as _E
-    from sonossl.methods import METHODS
-    from sonossl.methods.base import parse_options
-
-    cls = METHODS[method]
-    try:
-        cls.check_config(cfg, parse_options(cls.Options, method, cfg.method_options))
-    except _E as exc:
-        raise _E(f"{source}: {exc}") from None

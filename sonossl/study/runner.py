@@ -42,9 +42,10 @@ from typing import Any, Callable
 
 import yaml
 
+from sonossl.data.framestore import is_hdf5_path
 from sonossl.errors import SonosslError
-from sonossl.outputs import claim_output_dir
-from sonossl.study.grid import BASELINE_INITS, EvalUnit, IngestUnit, Plan, PretrainUnit
+from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
+from sonossl.study.grid import EvalUnit, IngestUnit, Plan, PretrainUnit
 from sonossl.study.store import ResultsStore
 
 STUDY_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy",
@@ -138,16 +139,16 @@ def _run_eval(unit: EvalUnit, ctx: Context) -> dict[str, Any]:
     from sonossl.downstream.evaluate import evaluate, read_results
 
     out = Path(ctx.out) / unit.folder
-    init = unit.init if unit.init in BASELINE_INITS else str(Path(ctx.out) / "pretrain" / unit.init)
+    pre = unit.pretrain
+    init = unit.init if pre is None else str(Path(ctx.out) / "pretrain" / pre.name)
     cfg = build_config(EvaluateConfig, unit.config, {
         "labels": ctx.labelled[unit.dataset], "init": init, "protocol": [unit.protocol], "fractions": [unit.fraction],
         "seeds": [unit.seed], "out": out, "imagenet_weights": ctx.imagenet_weights}, source=f"evaluate {unit.key}")
     [row] = read_results(evaluate(cfg, resume=True, progress=None, save_models=ctx.save_models in (True, unit.protocol),
                                        cache=_EVAL_CACHE))
     [run_dir] = [p for p in out.iterdir() if p.is_dir()]
-    method, pairs, variant = (unit.init.split("-", 2) if unit.init not in BASELINE_INITS else ("", "", ""))
-    return {**row, "init": unit.init, "dataset": unit.dataset, "pretrain": "" if unit.init in BASELINE_INITS else unit.init,
-            "method": method, "pairs": pairs, "data_variant": variant,
+    return {**row, "init": unit.init, "dataset": unit.dataset, "pretrain": pre.name if pre else "",
+            "method": pre.method if pre else "", "pairs": pre.pairs if pre else "", "data_variant": pre.variant if pre else "",
             "run_dir": str(run_dir.relative_to(ctx.out))}
 
 
@@ -242,8 +243,8 @@ def prepare(plan: Plan, out: Path, *, resume: bool, overwrite: bool) -> Path:
                 raise SonosslError(f"{out}/study.yaml: the settings of completed run {unit.key} changed; "
                                    "use a new --out, or --overwrite to start again")
     out = claim_output_dir(out, resume=resume, overwrite=overwrite)
-    (out / "study.yaml").write_text(yaml.safe_dump(json.loads(plan.spec.model_dump_json()), sort_keys=False))
-    (out / "study.json").write_text(json.dumps({"name": plan.spec.name, "context": _context(plan),
+    atomic_write_text(out / "study.yaml", yaml.safe_dump(json.loads(plan.spec.model_dump_json()), sort_keys=False))
+    atomic_write_text(out / "study.json", json.dumps({"name": plan.spec.name, "context": _context(plan),
                                                 "units": len(plan.units), "evaluations": len(plan.evals)}, indent=1))
     return out
 
@@ -288,7 +289,7 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
             raise SonosslError("--launcher slurm: sbatch not found on this machine (use --launcher local)")
     out = prepare(plan, out, resume=resume, overwrite=overwrite)
     ctx = Context(out=str(out), unlabelled=str(plan.spec.data.unlabelled) if plan.spec.data.unlabelled else None,
-                  store_given=bool(plan.spec.data.unlabelled and plan.spec.data.unlabelled.suffix in (".h5", ".hdf5")),
+                  store_given=is_hdf5_path(plan.spec.data.unlabelled),
                   labelled={k: str(v) for k, v in plan.spec.data.labelled.items()},
                   monitor_dataset=plan.datasets[0] if plan.datasets else None,
                   imagenet_weights=str(imagenet_weights) if imagenet_weights else None, save_models=save_models)
@@ -435,12 +436,10 @@ def _run_submitit(todo: list, ctx: Context, workers: int, done: set[str], progre
 def export_results(plan: Plan, out: Path, store: ResultsStore) -> Path | None:
     """``results.csv`` and ``runs.csv`` from the store, in grid order (so two runs of the same
     study write identical files however their units were scheduled)."""
-    from sonossl.downstream.evaluate import write_csv_atomic
-
     rows = store.rows("EvalUnit")
     ordered = [rows[u.key] for u in plan.evals if u.key in rows]
     if not ordered:
         return None
-    write_csv_atomic(out / "results.csv", ordered, STUDY_COLUMNS)
-    write_csv_atomic(out / "runs.csv", ordered, RUNS_COLUMNS)
+    atomic_write_csv(out / "results.csv", ordered, STUDY_COLUMNS)
+    atomic_write_csv(out / "runs.csv", ordered, RUNS_COLUMNS)
     return out / "results.csv"

@@ -286,7 +286,7 @@ PRETRAIN_CONFIG_CASES = {
     "unknown_method": ({"method": "simclr2"}, ("simclr2", "barlowtwins")),
     "unknown_backbone": ({"backbone": "resnet7"}, ("resnet7", "resnet18")),
     "unknown_method_option": ({"method_options": {"lambda_": 3}}, ("lambda_",)),
-    "bool_as_string": ({"hflip": "perhaps"}, ("cfg.yaml", "hflip")),
+    "bool_as_string": ({"augment": {"view1": {"hflip": "perhaps"}}}, ("cfg.yaml", "augment.view1.hflip")),
 }
 
 

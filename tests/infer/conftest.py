@@ -1,15 +1,12 @@
-"""A tiny trained classifier (``model.pt`` of a real evaluate run), built once per session, and a
-command line holding the three sub-commands of :mod:`sonossl.infer.commands`."""
+"""A tiny trained classifier (``model.pt`` of a real evaluate run), built once per session, and the
+command line to call ``predict``, ``export`` and ``embed`` with."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import helpers
 import pytest
-
-from sonossl.errors import SonosslError
 
 CLASSES = ["3VV", "4CH", "LVOT"]  # sorted, as evaluate orders them
 SIZE = 32
@@ -43,21 +40,10 @@ def trained(tmp_path_factory) -> dict:
 
 
 def run_cli(argv: list[str]) -> int:
-    """``sonossl`` with the infer sub-commands, handling errors as ``sonossl.cli.main`` does."""
-    from sonossl.cli import _Parser
-    from sonossl.infer.commands import add_embed_parser, add_export_parser, add_predict_parser
+    """``sonossl ARGV`` in this process (``sonossl.cli.main``: one error line, exit status 2)."""
+    from sonossl.cli import main
 
-    p = _Parser(prog="sonossl")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_predict_parser(sub)
-    add_export_parser(sub)
-    add_embed_parser(sub)
-    a = p.parse_args(argv)
-    try:
-        return a.func(a)
-    except SonosslError as exc:
-        print(f"sonossl {a.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return main(argv)
 
 
 @pytest.fixture

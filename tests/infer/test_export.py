@@ -8,7 +8,7 @@ import torchvision
 
 from sonossl.errors import SonosslError
 from sonossl.infer.export import EXPORTERS, companion_paths, export, folded_head
-from sonossl.infer.model import load_model
+from sonossl.downstream.modelfile import load_model
 from sonossl.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 CLASSES, SIZE = ["3VV", "4CH", "LVOT"], 32  # those of the `trained` fixture (conftest.py)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from helpers import assert_torchvision_backbone, one_thread_run
+from helpers import assert_torchvision_backbone, fixed_batch_losses, one_thread_run
 
 from sonossl.config import PretrainConfig
 from sonossl.errors import SonosslError
@@ -93,13 +93,7 @@ def test_loss_decreases_on_a_fixed_batch():
     # smooth frames (4x4 noise upsampled): structure a 1x1 bottleneck can learn in 30 steps
     x = F.interpolate(torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(3)), size=(32, 32),
                       mode="bilinear", align_corners=False)
-    losses = []
-    for _ in range(30):
-        loss, _ = m.forward_loss((x,))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(m, (x,), opt)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

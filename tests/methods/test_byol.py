@@ -11,7 +11,7 @@ import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.utils import update_momentum
 
-from helpers import assert_torchvision_backbone
+from helpers import assert_torchvision_backbone, fixed_batch_losses
 
 from sonossl.config import PretrainConfig
 from sonossl.errors import SonosslError
@@ -85,15 +85,8 @@ def test_loss_decreases_on_a_fixed_batch():
     opt = torch.optim.SGD([p for mod in m.optim_modules() for p in mod.parameters()], lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(3)
     x1, x2 = torch.rand(6, 1, 16, 16, generator=g), torch.rand(6, 1, 16, 16, generator=g)  # tiny: 30 steps in ~2 s
-    losses = []
-    for _ in range(30):
-        loss, _ = m.forward_loss((x1, x2))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        for online, target in m.momentum_pairs():
-            update_momentum(online, target, 0.99)
-        losses.append(loss.item())
+    losses = fixed_batch_losses(m, (x1, x2), opt,
+                                after=lambda m: [update_momentum(o, t, 0.99) for o, t in m.momentum_pairs()])
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from torch import nn
 
-from helpers import assert_torchvision_backbone, one_thread_run, run_gloo
+from helpers import fixed_batch_losses, run_gloo
 
 from sonossl.config import PretrainConfig
 from sonossl.errors import SonosslError
@@ -122,15 +122,7 @@ def test_loss_decreases_on_a_fixed_batch():
     x2 = (x1 + 0.1 * torch.rand(8, 1, 32, 32, generator=g)).clamp(0, 1)
     m.enqueue(m.keys(torch.rand(32, 1, 32, 32, generator=g)))
     queue = m.queue.clone()
-    losses = []
-    for _ in range(30):
-        m.queue.copy_(queue)
-        m._update_targets()
-        loss, _ = m.forward_loss((x1, x2))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(m, (x1, x2), opt, before=lambda m: (m.queue.copy_(queue), m._update_targets()))
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -193,31 +185,6 @@ def _cfg(frames, out, **kw) -> PretrainConfig:
                 log_every_n_steps=1, warmup_epochs=10, optimizer="sgd", lr_weights=0.03, lr_biases=0.03,
                 method_options={"projector": [32, DIM], "queue_size": 12, "momentum": 0.9})
     return PretrainConfig(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def straight(frames, tmp_path_factory):
-    """A 2-step run: the smoke run, and the straight half of the resume test. One thread, as
-    the split runs get from conftest (whose function-scoped fixture does not cover this one):
-    another thread count changes float reductions and the weights' last bits."""
-    return one_thread_run(_cfg(frames, tmp_path_factory.mktemp("moco") / "straight", max_steps=2))
-
-
-def test_two_step_run_writes_a_torchvision_backbone(straight):
-    assert_torchvision_backbone(straight / "backbone.pt")
-    assert json.loads((straight / "summary.json").read_text())["method"] == "moco"
-
-
-def test_resume_equals_a_straight_run_queue_and_key_encoder_included(frames, straight, tmp_path):
-    run_pretrain(_cfg(frames, tmp_path / "split", max_steps=1), progress=False)
-    run_pretrain(_cfg(frames, tmp_path / "split", max_steps=2), resume=True, progress=False)
-    a = torch.load(straight / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "split/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    assert {"queue", "queue_ptr"} <= a.keys() and any(k.startswith("key_encoder.") for k in a)
-    assert int(a["queue_ptr"]) == 8
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def test_bad_settings_fail_at_start_with_one_line(frames, tmp_path):

@@ -48,6 +48,7 @@ def test_relative_paths_resolve_against_the_study_file(tmp_path, study_data):
     (lambda s: s["pretrain"].update(variants=["half"]), "'half' is not declared under variants"),
     (lambda s: s["pretrain"]["options"].update(batch_sise=8), "unknown key 'batch_sise'"),
     (lambda s: s["pretrain"]["options"].update(batch_size=1), "batch_size"),
+    (lambda s: s["pretrain"]["options"].update(augment={"view1": {"gamma_p": 2}}), "augment.view1.gamma_p"),
     (lambda s: s["evaluate"]["options"].update(lr=-1), "lr"),
     (lambda s: s["evaluate"].update(datasets=["other"]), "'other' is not declared under data.labelled"),
     (lambda s: s["variants"]["all"].update(frame_skip=0), "frame_skip"),
@@ -73,3 +74,37 @@ def test_paper_preset_lists_at_least_500_evaluations(capsys):
     assert "540 evaluations" in out and "9 inits x 2 protocols x 6 fractions x 5 seeds" in out
     plan = load_study(preset="paper")
     assert len(plan.evals) >= 500 and len(plan.pretrains) == 7
+
+
+def test_ingest_size_is_the_size_of_every_pretraining_and_evaluation_above_the_preset(tmp_path, study_data):
+    """The cpu preset used to set image_size 64 and win over ``ingest.size``: a 128-px study then
+    pretrained at 64 px and evaluated at 128 px without a word."""
+    from sonossl.config import EvaluateConfig, PretrainConfig, build_config
+
+    path = _edit(write_study(tmp_path / "s.yaml", study_data, methods=("barlowtwins", "dino")),
+                 lambda s: s["ingest"].update(size=96))
+    plan = load_study(path)
+    assert [build_config(PretrainConfig, p.config).image_size for p in plan.pretrains] == [96, 96]
+    assert {build_config(EvaluateConfig, u.config).image_size for u in plan.evals} == {96}
+    explicit = _edit(path, lambda s: s["pretrain"]["options"].update(image_size=64))
+    assert {p.config["image_size"] for p in load_study(explicit).pretrains} == {64}  # an option still wins
+
+
+@pytest.mark.parametrize("method, edit, names", [
+    ("ae", lambda s: s["pretrain"].update(pairs=["temporal"]), ("pairs", "temporal", "ae")),
+    ("dino", lambda s: s["ingest"].update(size=16), ("image_size", "16", "dino")),
+])
+def test_a_method_refusal_stops_the_study_before_any_run(tmp_path, study_data, capsys, method, edit, names):
+    path = _edit(write_study(tmp_path / "s.yaml", study_data, methods=(method,)), edit)
+    assert main(["study", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(n in err[0] for n in names), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluations_point_at_their_pretraining_unit(tmp_path, study_data):
+    plan = load_study(write_study(tmp_path / "s.yaml", study_data, methods=("barlowtwins", "simclr")))
+    for u in plan.evals:
+        assert (u.pretrain is None) == (u.init in ("random", "imagenet"))
+        if u.pretrain is not None:
+            assert u.pretrain in plan.pretrains and u.pretrain.name == u.init

@@ -10,16 +10,15 @@ from PIL import Image
 from scipy import stats
 
 from sonossl.cli import main
-from sonossl.study.report import (
+from sonossl.study.report import what_won, write_report
+from sonossl.study.stats import (
     BOOTSTRAP_RESAMPLES,
     bootstrap_interval,
     load_results,
     paired_differences,
     summarise,
     t_interval,
-    what_won,
     wilcoxon_test,
-    write_report,
 )
 
 PLAIN = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy"]

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 import yaml
 from helpers import write_study
@@ -83,6 +84,10 @@ def test_results_columns_and_grid_order(tmp_path, study_data, capsys):
     assert [ln.split(",")[0] for ln in lines[1:]] == ["random", "barlowtwins-augment-all"]
     assert lines[2].endswith(",planes,barlowtwins-augment-all,barlowtwins,augment,all")
     assert "ETA" in capsys.readouterr().out
+    # ingest.size (32) is the size the pretraining and every evaluation ran at, above the cpu preset
+    sizes = [yaml.safe_load(p.read_text())["image_size"] for p in sorted((tmp_path / "o").glob("*/**/config.yaml"))]
+    assert len(sizes) == 3 and set(sizes) == {32}
+    assert h5py.File(tmp_path / "o" / "data" / "all.h5", "r").attrs["frame_size"] == 32
     # a finished study is not overwritten silently; resuming it runs nothing
     assert main(["study", str(study), "--out", str(tmp_path / "o")]) == 2
     assert main(["study", str(study), "--out", str(tmp_path / "o"), "--resume"]) == 0

@@ -1,11 +1,11 @@
-"""Load an evaluate run's ``model.pt`` into a ready :class:`Classifier` and its metadata.
+"""``model.pt``, the trained classifier of an evaluate run: its one writer and its one reader.
 
-``model.pt`` (written by :func:`sonossl.downstream.evaluate.save_model`) is a dict of tensors and
-plain values, loaded here with ``weights_only=True`` (no pickled code runs): ``format``,
-``backbone``, ``class_names``, ``preprocessing`` (``image_size``, ...), ``dropout``,
-``state_dict`` of the :class:`Classifier`, ``init``, ``metrics``, ``run``, ``train_counts``.
-Everything ``predict``, ``export`` and ``embed`` need comes from it, so their results never
-depend on flags given again.
+A ``model.pt`` is a dict of tensors and plain values (format :data:`MODEL_FORMAT`), written
+atomically by :func:`save_model` and read with ``weights_only=True`` (no pickled code runs) by
+:func:`load_model`: ``format``, ``backbone``, ``class_names``, ``preprocessing``
+(``image_size``, ...), ``dropout``, ``state_dict`` of the :class:`Classifier`, ``init``,
+``metrics``, ``run``, ``train_counts``. Everything ``predict``, ``export`` and ``embed`` need
+comes from it, so their results never depend on flags given again.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from sonossl.downstream.classifier import Classifier
-from sonossl.downstream.evaluate import MODEL_FORMAT
 from sonossl.errors import SonosslError
 from sonossl.models.backbones import build_encoder, get_spec, load_error
+from sonossl.outputs import atomic_torch_save
+
+MODEL_FORMAT = 1
 
 REQUIRED_KEYS = ("format", "backbone", "class_names", "preprocessing", "state_dict")
-# run.json fields that describe the training; paths (init_source) are left out of model cards
-RUN_FIELDS = ("init", "protocol", "fraction", "seed", "n_train", "best_epoch", "epochs", "steps", "best_val_balanced_accuracy")
 
 
 @dataclass
@@ -91,18 +91,21 @@ def load_model(model: Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(classifier, classes, name, size, path, device, meta)
 
 
-def model_card(m: LoadedModel, **extra: Any) -> dict[str, Any]:
-    """What a user of an export needs to know, with no PHI and no paths: classes, preprocessing,
-    backbone, initialisation, training data counts per class and split, test metrics."""
-    run = m.meta.get("run") or {}
-    return {
-        "sonossl_model_format": m.meta.get("format"),
-        "backbone": m.backbone,
-        "class_names": m.class_names,
-        "preprocessing": m.meta.get("preprocessing", {}),
-        "init": m.meta.get("init"),
-        "training": {k: run[k] for k in RUN_FIELDS if k in run},
-        "training_data_counts": m.meta.get("train_counts", {}),
-        "test_metrics": m.meta.get("metrics", {}),
-        **extra,
+def save_model(path: Path, classifier: Classifier, *, backbone: str, class_names: list[str], image_size: int,
+               dropout: float, init: str, metrics: dict, run: dict, train_counts: dict) -> None:
+    """Write ``model.pt`` (see the module docstring) atomically; ``image_size`` is the side in
+    pixels of the square grey input the classifier was trained on."""
+    bundle = {
+        "format": MODEL_FORMAT,
+        "backbone": backbone,
+        "class_names": list(class_names),
+        "preprocessing": {"image_size": image_size, "channels": 1, "input": "grey uint8, resized (bilinear, antialiased)",
+                          "normalisation": "x/255, grey replicated to 3 channels, ImageNet mean/std (inside the model)"},
+        "dropout": dropout,
+        "state_dict": {k: v.detach().cpu() for k, v in classifier.state_dict().items()},
+        "init": init,
+        "metrics": metrics,
+        "run": run,
+        "train_counts": train_counts,
     }
+    atomic_torch_save(bundle, path)

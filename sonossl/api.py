@@ -1,0 +1,164 @@
+"""The Python API: each command of the command line as one function, for notebooks and scripts.
+
+The command line is a thin layer over these functions: the same typed configs
+(:mod:`sonossl.config`), the same checks, the same outputs. Settings are keyword arguments named
+as the config fields (the flags without ``--``, ``_`` for ``-``); ``config`` is a YAML/JSON file
+or a dict of the same settings, which keyword arguments override. Bad input raises
+:class:`~sonossl.errors.SonosslError` with one line naming the setting.
+
+    import sonossl
+
+    sonossl.synth("data", videos=12, frames=8, size=48)
+    sonossl.ingest(["data/videos"], "frames.h5", frame_skip=2, size=32)
+    run = sonossl.pretrain(method="simclr", frames="frames.h5", out="runs/simclr", max_steps=20)
+    results = sonossl.evaluate(labels="data/labelled", init=run, out="evals/simclr", fractions=[10, 100])
+    sonossl.report("evals/simclr")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from sonossl.config import (DemoConfig, EmbedConfig, EvaluateConfig, ExportConfig, IngestConfig, PredictConfig,
+                            PretrainConfig, StudyRunConfig, SynthConfig, build_config, read_config_file, read_preset)
+from sonossl.errors import SonosslError
+
+ConfigSource = str | Path | dict[str, Any] | None
+
+
+def _layer(config: ConfigSource) -> dict[str, Any]:
+    if config is None:
+        return {}
+    return dict(config) if isinstance(config, dict) else read_config_file(config)
+
+
+def _source(config: ConfigSource, command: str) -> str:
+    return str(config) if isinstance(config, (str, Path)) else command
+
+
+def pretrain_config(config: ConfigSource = None, *, preset: str | None = None, **options: Any) -> PretrainConfig:
+    """The resolved :class:`PretrainConfig`: model defaults < ``preset`` (default ``cpu``; a
+    ``preset:`` key of ``config`` when not given) with its recipe for the method < ``config`` <
+    ``options``."""
+    layer = _layer(config)
+    preset = preset or layer.pop("preset", None) or "cpu"
+    method = options.get("method") or layer.get("method") or PretrainConfig.model_fields["method"].default
+    return build_config(PretrainConfig, read_preset(preset, method), layer, options, source=_source(config, "pretrain"))
+
+
+def synth(out: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
+    """Write the synthetic fetal-echo dataset (``videos/``, ``labelled/``) into ``out``; returns
+    its summary (``videos``: clip paths, ``labelled``: images per split and class)."""
+    from sonossl.data.synthetic import synthesize
+    from sonossl.outputs import claim_output_dir
+
+    cfg = build_config(SynthConfig, {"out": out, **options}, source="synth")
+    claim_output_dir(cfg.out, overwrite=overwrite, can_resume=False)
+    return synthesize(cfg.out, videos=cfg.videos, frames=cfg.frames, size=cfg.size, seed=cfg.seed, fmt=cfg.format,
+                      labelled_per_class=cfg.labelled)
+
+
+def ingest(sources: list[str | Path] | str | Path, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+           progress: bool = True, **options: Any):
+    """Ingest scan files or folders into the frame store ``out`` (an ``IngestSummary``)."""
+    from sonossl.data.ingest import ingest as run
+
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    c = build_config(IngestConfig, {"sources": sources, "out": out, **options}, source="ingest")
+    return run(c.sources, c.out, frame_skip=c.frame_skip, size=c.size, crop=c.crop, val_fraction=c.val_fraction,
+               workers=c.workers, resume=resume, overwrite=overwrite, salt=c.salt, seed=c.seed,
+               max_frames_per_video=c.max_frames_per_video, dedup=c.dedup, progress=progress)
+
+
+def pretrain(config: ConfigSource = None, *, preset: str | None = None, resume: bool = False, overwrite: bool = False,
+             progress: bool = True, **options: Any) -> Path:
+    """Self-supervised pretraining (settings: :class:`PretrainConfig`); returns the run folder,
+    which holds ``backbone.pt`` (a torchvision state_dict), ``stats.jsonl`` and ``config.yaml``."""
+    from sonossl.methods.train import run_pretrain
+
+    cfg = pretrain_config(config, preset=preset, **options)
+    for key in ("frames", "out"):
+        if getattr(cfg, key) is None:
+            raise SonosslError(f"pretrain: {key} is required (--{key})")
+    return run_pretrain(cfg, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def evaluate(config: ConfigSource = None, *, resume: bool = False, overwrite: bool = False,
+             progress: Callable[[str], None] | None = print, **options: Any) -> Path:
+    """The limited-label protocol (settings: :class:`EvaluateConfig`); ``init`` may be a
+    pretraining run folder as :func:`pretrain` returns. Returns the path of ``results.csv``."""
+    from sonossl.downstream.evaluate import evaluate as run
+
+    cfg = build_config(EvaluateConfig, _layer(config), options, source=_source(config, "evaluate"))
+    if cfg.labels is None and cfg.train_csv is None:
+        raise SonosslError("evaluate: give labels (--labels DIR) or train_csv/val_csv/test_csv")
+    return run(cfg, resume=resume, overwrite=overwrite, progress=progress, save_models=cfg.save_models)
+
+
+def load_study(study: str | Path | None = None, *, preset: str | None = None):
+    """A study file (or built-in ``preset``) validated and expanded into its ``Plan``."""
+    from sonossl.study.grid import load_study as load
+
+    if study is None and preset is None:
+        raise SonosslError("study: give a study file or a preset")
+    return load(study, preset=preset)
+
+
+def run_study(study: str | Path | None = None, out: str | Path | None = None, *, preset: str | None = None,
+              resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print, **options: Any):
+    """Run a whole study (settings of the run: :class:`StudyRunConfig`); returns its
+    ``StudySummary`` (``results``, ``report`` paths, ``failed`` runs)."""
+    from sonossl.study.runner import run_study as run
+
+    cfg = build_config(StudyRunConfig, {"study": study, "out": out, "preset": preset, **options}, source="study")
+    if cfg.out is None:
+        raise SonosslError("study: out is required (the study folder)")
+    slurm = {"partition": cfg.slurm_partition, "timeout_min": cfg.slurm_timeout_min, "gpus": cfg.slurm_gpus,
+             "cpus": cfg.slurm_cpus, "mem": cfg.slurm_mem}
+    return run(load_study(cfg.study, preset=cfg.preset), cfg.out, workers=cfg.workers, launcher=cfg.launcher,
+               resume=resume, overwrite=overwrite, imagenet_weights=cfg.imagenet_weights, save_models=cfg.save_models,
+               slurm=slurm, log=log)
+
+
+def report(folder: str | Path) -> dict[str, Path]:
+    """``summary.csv``, ``differences.csv`` and ``report.html`` from ``folder/results.csv``."""
+    from sonossl.study.report import write_report
+
+    return write_report(Path(folder))
+
+
+def predict(model: str | Path, inputs: list[str | Path] | str | Path, out: str | Path = "predictions.csv", *,
+            overwrite: bool = False, progress: bool = True, **options: Any):
+    """The plane of every frame of ``inputs`` with an evaluate run's ``model.pt`` (a ``PredictSummary``)."""
+    from sonossl.infer.predict import predict as run
+
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    c = build_config(PredictConfig, {"model": model, "inputs": inputs, "out": out, **options}, source="predict")
+    return run(c.model, c.inputs, c.out, smooth=c.smooth, batch_size=c.batch_size, device=c.device,
+               frame_skip=c.frame_skip, crop=c.crop, overwrite=overwrite, progress=progress)
+
+
+def export(model: str | Path, format: str, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
+    """The classifier of ``model`` as ``torchvision``, ``torchscript`` or ``onnx``; returns the file."""
+    from sonossl.infer.export import export as run
+
+    c = build_config(ExportConfig, {"model": model, "format": format, "out": out}, source="export")
+    return run(c.model, c.format, c.out, overwrite=overwrite)
+
+
+def embed(model: str | Path, labels: str | Path, out: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
+    """A 2-D map of the model's backbone features of ``labels``, and a kNN accuracy."""
+    from sonossl.infer.embed import embed as run
+
+    c = build_config(EmbedConfig, {"model": model, "labels": labels, "out": out, **options}, source="embed")
+    return run(c.model, c.labels, c.out, method=c.method, split=c.split, k=c.k, seed=c.seed, device=c.device,
+               overwrite=overwrite)
+
+
+def demo(out: str | Path = "demo_out", *, resume: bool = False, overwrite: bool = False, **options: Any) -> Path:
+    """The demo study on built-in synthetic data; returns the path of its ``results.csv``."""
+    from sonossl.demo import run_demo
+
+    c = build_config(DemoConfig, {"out": out, **options}, source="demo")
+    return run_demo(c.out, plan="quick" if c.quick else c.plan, resume=resume, overwrite=overwrite, seeds=c.seeds)
