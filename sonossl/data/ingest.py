@@ -55,6 +55,7 @@ from sonossl.data.framestore import FrameStore, FrameStoreWriter
 from sonossl.data.readers import HDF5_SUFFIXES, Box, Clip, find_sources, hdf5_clips, open_source
 from sonossl.data.sector import (MAX_FRAMES_FOR_MOTION, crop_to_region, full_frame, locate_scan_region, regions_box,
                                  regions_mask)
+from sonossl.diskspace import room_for
 from sonossl.errors import SonosslError
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]], keep_previous: bool)
         with open(path, newline="") as f:
             old = [r for r in csv.DictReader(f) if r.get("source") not in ours]
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
+    with room_for(path, tmp=tmp), open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(old + rows)

@@ -24,6 +24,7 @@ from sonossl.data.labelled import LabelledData, load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
 from sonossl.downstream.metrics import per_class_report, save_confusion_png, scores
 from sonossl.downstream.protocol import stratified_subset
+from sonossl.diskspace import nbytes, room_for
 from sonossl.errors import SonosslError
 from sonossl.models.backbones import Encoder, build_encoder, get_spec, imagenet_available, imagenet_cache_path
 from sonossl.outputs import claim_output_dir
@@ -77,13 +78,14 @@ def resolve_init(init: str, backbone: str | None, imagenet_weights: Path | None 
 
 def write_csv_atomic(path: Path, rows: list[dict], columns: list[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with room_for(path, tmp=tmp):
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
 
 def read_results(path: Path) -> list[dict]:
@@ -119,8 +121,10 @@ def save_model(path: Path, model: Classifier, init: InitSpec, data: LabelledData
         "train_counts": data.summary(),
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(bundle, tmp)
-    os.replace(tmp, path)
+    with room_for(path, need=nbytes(bundle), tmp=tmp):
+        with open(tmp, "wb") as fh:  # a Python file: a full disk then raises OSError with its errno
+            torch.save(bundle, fh)
+        os.replace(tmp, path)
 
 
 def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = False,

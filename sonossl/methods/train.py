@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressB
 from sonossl.config import PretrainConfig, dump_config
 from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
+from sonossl.diskspace import nbytes, room_for, write_atomic
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method
 from sonossl.methods.base import SSLMethod, parse_options
@@ -46,17 +47,16 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with room_for(path, need=nbytes(obj), tmp=tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -88,8 +88,9 @@ class StatsWriter(Callback):
         self._written_step = -1
 
     def _append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        with room_for(self.path, need=len(line)), open(self.path, "a") as f:  # a cut line is dropped on resume
+            f.write(line)
 
     def on_train_start(self, trainer, pl_module) -> None:  # also covers a mid-epoch resume
         self.on_train_epoch_start(trainer, pl_module)

@@ -45,6 +45,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from scipy import stats
 
+from sonossl.diskspace import write_atomic
 from sonossl.errors import SonosslError
 from sonossl.study.figures import (
     Figure,
@@ -424,8 +425,8 @@ def write_report(out: Path, results_csv: Path | None = None, context: dict | Non
     diffs = paired_differences(df)
     paths = {"summary": out / "summary.csv", "differences": out / "differences.csv", "report": out / "report.html"}
     pct = "{:g}".format  # fractions as written in results.csv (1, 12.5, 100), not 1.000000
-    summary.assign(fraction=summary["fraction"].map(pct)).to_csv(paths["summary"], index=False, float_format="%.6f")
-    diffs.assign(fraction=diffs["fraction"].map(pct)).to_csv(paths["differences"], index=False, float_format="%.6f")
+    write_atomic(paths["summary"], summary.assign(fraction=summary["fraction"].map(pct)).to_csv(index=False, float_format="%.6f"))
+    write_atomic(paths["differences"], diffs.assign(fraction=diffs["fraction"].map(pct)).to_csv(index=False, float_format="%.6f"))
 
     study = load_study(out)
     ctx = {**(study.get("context") or {}), **(context or {})}
@@ -453,7 +454,5 @@ def write_report(out: Path, results_csv: Path | None = None, context: dict | Non
         n_runs=len(df),
         inits=order,
     )
-    tmp = paths["report"].with_suffix(".html.tmp")
-    tmp.write_text(html)
-    tmp.replace(paths["report"])
+    write_atomic(paths["report"], html)
     return paths
