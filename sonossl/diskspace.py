@@ -29,7 +29,7 @@ FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # SQLite says "database or disk is full" (SQLITE_FULL) for ENOSPC and EDQUOT, and only "disk I/O
 # error" for EFBIG, which is taken for EFBIG when a file-size limit is set.
 _ERRNO_IN_TEXT = re.compile(r"errno = (\d+)")
-RESUME_HINT = "free space (or raise the limit), then run the same command again with --resume"
+RESUME_HINT = "free space (or raise the limit) and run the command again, with --resume where it has one"
 
 
 class DiskFullError(SonosslError):

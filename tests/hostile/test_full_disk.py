@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import make_labelled, write_study
-from hostile_kit import TINY_PRETRAIN, tiny_store, write_yaml
+from hostile_kit import TINY_PRETRAIN, dicom_sources, tiny_store, write_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 KiB, MiB = 1024, 1024 * 1024
@@ -46,7 +46,7 @@ def assert_out_of_space(rc: int, err: list[str], command: str, names: str) -> st
     assert len(err) == 1, err
     line = err[0]
     assert line.startswith(f"sonossl {command}: error: ") and names in line, line
-    assert "file size limit reached: it needs " in line and "--resume" in line, line
+    assert "file size limit reached: it needs " in line and "run the command again" in line, line
     return line
 
 
@@ -57,10 +57,7 @@ def no_temporaries(root: Path) -> None:
 
 # ------------------------------------------------------------------------------------- ingest
 def test_ingest_on_a_full_disk_stops_cleanly_and_resumes(scans, tmp_path: Path):
-    src = tmp_path / "scans"
-    src.mkdir()
-    for i in range(6):
-        scans.dicom(src / f"c{i}.dcm", scans.clip(12, seed=i), patient_id=f"P{i // 2}")
+    src = dicom_sources(scans, tmp_path / "scans", clips=6, frames=12, per_patient=2)
     args = ["--frame-skip", "1", "--size", "48", "--quiet"]
     ref, out = tmp_path / "ref.h5", tmp_path / "frames.h5"
     assert sonossl_limited("ingest", src, "--out", ref, *args, limit=None, cwd=tmp_path)[0] == 0
@@ -164,3 +161,24 @@ def test_study_on_a_full_disk_stops_cleanly_and_resumes(tmp_path: Path, study_da
     assert (out / "results.csv").read_bytes() == (tmp_path / "clean" / "results.csv").read_bytes()
     assert (out / "report.html").is_file()
     no_temporaries(out)
+
+
+# ------------------------------------------------------------------------------------- report
+def test_report_on_a_full_disk_leaves_the_last_complete_report(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    lines = ["init,protocol,fraction,seed,n_train,macro_f1,balanced_accuracy,accuracy"]
+    for init in ("random", "imagenet"):
+        for fraction in (10, 100):
+            for seed in range(3):
+                f1 = rng.uniform(0.2, 0.9)
+                lines.append(f"{init},linear,{fraction},{seed},{fraction},{f1:.6f},{f1:.6f},{f1:.6f}")
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    assert sonossl_limited("report", tmp_path, limit=None, cwd=tmp_path)[0] == 0
+    complete = (tmp_path / "report.html").read_bytes()
+    assert len(complete) > 60 * KiB  # its figures are inside
+
+    (tmp_path / "results.csv").write_text("\n".join(lines[:-1]) + "\n")  # one run fewer: a different report
+    rc, err = sonossl_limited("report", tmp_path, limit=60 * KiB, cwd=tmp_path)
+    assert_out_of_space(rc, err, "report", str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").read_bytes() == complete  # the last complete one, not a truncated new one
+    no_temporaries(tmp_path)

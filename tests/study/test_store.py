@@ -116,7 +116,7 @@ def test_a_fold_that_meets_a_full_disk_changes_nothing_and_a_later_fold_complete
                        preexec_fn=_file_size_limit(len(before) + 4096), timeout=120)
     assert p.returncode == 2, p.stderr
     [line] = p.stderr.strip().splitlines()
-    assert line.startswith(f"{tmp_path / 'study.db'}: not written, file size limit reached") and "--resume" in line
+    assert line.startswith(f"{tmp_path / 'study.db'}: not written, file size limit reached") and "run the command again" in line
     assert (tmp_path / "study.db").read_bytes() == before  # rolled back: the database as it was
     assert not (tmp_path / "study.db-journal").exists()
     store = ResultsStore(tmp_path / "study.db")
