@@ -1,6 +1,8 @@
 """The study on a cluster's terms, through submitit's local executor: jobs record their units in
 result files and never open ``study.db`` (here they cannot: an audit hook refuses it in every
-job process), and a launcher killed while jobs are still finishing loses nothing on resume."""
+job process), and a launcher killed while jobs are still finishing loses nothing on resume.
+
+Both are marked slow: each starts a dozen submitit job processes (minutes on 2 busy cores)."""
 
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ def _db_keys(db: Path) -> set[str]:
         con.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_jobs_that_cannot_open_the_database_complete_the_study(tmp_path, local_run):
     study, local = local_run
@@ -93,6 +96,7 @@ def _jobs(out: Path) -> tuple[set[str], set[str]]:
     return ids("*_submitted.pkl"), ids("*_result.pkl")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_launcher_killed_while_jobs_finish_then_resume_counts_each_recorded_unit_once(tmp_path, local_run):
     study, local = local_run
