@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import traceback
+from pathlib import Path
 
 from sonossl import __version__, api
 from sonossl.config import (DemoConfig, EmbedConfig, EvaluateConfig, ExportConfig, InfoConfig, IngestConfig, PredictConfig,
@@ -176,6 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sonossl {a.command}: interrupted; run again with --resume to continue", file=sys.stderr)
         return 130
+    except Exception as exc:  # a write out of space that no writer's own guard named: still one line
+        from sonossl.diskspace import full_errno, full_message
+
+        code = full_errno(exc)
+        if code is None:
+            raise
+        if a.debug:
+            traceback.print_exc()
+        where = getattr(exc, "filename", None) or getattr(a, "out", None) or "the output"
+        print(f"sonossl {a.command}: error: {full_message(Path(where), code, None, None)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,14 +13,18 @@ interrupted demo continues where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sonossl.errors import SonosslError
 from sonossl.outputs import claim_output_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,18 @@ def claim_output_dir(out: Path, *, resume: bool = False, overwrite: bool = False
 
 
 @contextmanager
-def atomic_write(path: Path | str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+def atomic_write(path: Path | str, mode: str = "w", need: int | None = None, **open_kwargs: Any) -> Iterator[IO]:
     """Open ``path.tmp`` for writing; on a clean exit flush, fsync and rename it to ``path``.
-    On an exception the temporary file is removed and ``path`` is left as it was."""
+    On an exception the temporary file is removed and ``path`` is left as it was; a write that
+    runs out of space raises :class:`sonossl.diskspace.DiskFullError` naming ``path`` and the
+    ``need`` bytes (when known), in one line."""
+    from sonossl.diskspace import room_for
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, mode, **open_kwargs) as fh:
+        with room_for(path, need=need, tmp=tmp), open(tmp, mode, **open_kwargs) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -71,5 +75,7 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
     """``torch.save(obj)`` to ``path`` atomically (checkpoints, ``backbone.pt``, ``model.pt``)."""
     import torch
 
-    with atomic_write(path, "wb") as fh:
+    from sonossl.diskspace import nbytes
+
+    with atomic_write(path, "wb", need=nbytes(obj)) as fh:
         torch.save(obj, fh)

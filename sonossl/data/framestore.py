@@ -20,6 +20,7 @@ only when closed without error: a crash never leaves a half-written store under 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
 
 FORMAT_VERSION = 1
@@ -165,6 +167,28 @@ class FrameStore:
 
 
 TMP_SUFFIX = ".writing"
+_STORED_EOF = re.compile(r"truncated file: eof = (\d+), sblock->base_addr = \d+, stored_eof = (\d+)")
+
+
+def _open_partial(path: Path) -> h5py.File:
+    """Open a partial store to continue it, without the clips whose write did not finish;
+    OSError when it cannot be. One that a full disk cut short of the size its header records is
+    padded back to that size first (the missing tail held only the clip being written)."""
+    try:
+        f = h5py.File(path, "a")
+    except OSError as exc:
+        m = _STORED_EOF.search(str(exc))
+        if m is None or int(m.group(1)) != path.stat().st_size or int(m.group(2)) <= int(m.group(1)):
+            raise
+        os.truncate(path, int(m.group(2)))
+        f = h5py.File(path, "a")
+    try:
+        for name in [k for k in f.keys() if k.endswith(TMP_SUFFIX)]:
+            del f[name]
+    except (KeyError, RuntimeError) as exc:  # the failed write left its links inconsistent
+        f.close()
+        raise OSError(f"{path}: cannot drop an unfinished clip ({exc})") from None
+    return f
 
 
 class FrameStoreWriter:
@@ -176,6 +200,12 @@ class FrameStoreWriter:
     so a clip cut off by a kill is dropped on resume rather than taken for a finished one; a
     partial file that a kill left unreadable is set aside (``.partial.corrupt``) and the store
     is started again.
+
+    A write that runs out of space (``ENOSPC``, ``EDQUOT``, ``EFBIG``) raises
+    :class:`~sonossl.diskspace.DiskFullError` and closes the file without another byte written
+    (HDF5 cannot close a file whose metadata it cannot flush: h5py would crash the process);
+    the partial file then ends short of the size its header records, and ``resume`` pads it back
+    to that size, which gives back every clip completed before the failure.
     """
 
     def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False):
@@ -189,12 +219,10 @@ class FrameStoreWriter:
         elif not resume and self.partial.exists():
             self.partial.unlink()
         try:
-            self._f = h5py.File(self.partial, "a")
-        except OSError:  # cut off mid-write by a kill: HDF5 metadata may be unreadable
+            self._f = _open_partial(self.partial)
+        except OSError:  # cut off mid-write by a kill or a full disk: HDF5 metadata may be unreadable
             os.replace(self.partial, self.partial.with_name(self.partial.name + ".corrupt"))
             self._f = h5py.File(self.partial, "a")
-        for name in [k for k in self._f.keys() if k.endswith(TMP_SUFFIX)]:
-            del self._f[name]  # a clip whose write did not finish
         self._f.attrs["sonossl_format"] = FORMAT_VERSION
 
     def __contains__(self, key: str) -> bool:
@@ -223,20 +251,24 @@ class FrameStoreWriter:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self._check_size(frames.shape[1:3])
         tmp = key + TMP_SUFFIX
-        for name in (key, tmp):
-            if name in self._f:
-                del self._f[name]
-        ds = self._f.create_dataset(tmp, data=frames, chunks=(1, *frames.shape[1:]))
-        ds.attrs.update({"video_id": video_id, "group_id": group_id, "split": split})
-        if fps is not None:
-            ds.attrs["fps"] = float(fps)
-        if frame_skip is not None:
-            ds.attrs["frame_skip"] = int(frame_skip)
-        if crop_box is not None:
-            ds.attrs["crop_box"] = np.asarray(crop_box, dtype=np.int64)
-        self._f.flush()
-        self._f.move(tmp, key)  # the clip exists under its name only once it is complete
-        self._f.flush()
+        try:
+            for name in (key, tmp):
+                if name in self._f:
+                    del self._f[name]
+            ds = self._f.create_dataset(tmp, data=frames, chunks=(1, *frames.shape[1:]))
+            ds.attrs.update({"video_id": video_id, "group_id": group_id, "split": split})
+            if fps is not None:
+                ds.attrs["fps"] = float(fps)
+            if frame_skip is not None:
+                ds.attrs["frame_skip"] = int(frame_skip)
+            if crop_box is not None:
+                ds.attrs["crop_box"] = np.asarray(crop_box, dtype=np.int64)
+            self._f.flush()
+            self._f.move(tmp, key)  # the clip exists under its name only once it is complete
+            self._f.flush()
+        except Exception as exc:
+            self._out_of_space(exc, frames.nbytes)
+            raise
 
     def _check_size(self, hw: tuple[int, int]) -> None:
         """Record ``frame_size`` with the first clip; refuse a clip of another size (a store
@@ -258,15 +290,42 @@ class FrameStoreWriter:
         """Re-assign a clip's split (ingest decides splits once every group is known)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self._f[key].attrs["split"] = split
+        try:
+            self._f[key].attrs["split"] = split
+        except Exception as exc:
+            self._out_of_space(exc, 0)
+            raise
 
     def close(self, ok: bool = True) -> None:
         if self._f is None:
             return
-        self._f.close()
+        try:
+            self._f.close()
+        except Exception as exc:
+            self._out_of_space(exc, 0)
+            raise
         self._f = None
         if ok:
             os.replace(self.partial, self.path)
+
+    def _out_of_space(self, exc: BaseException, need: int) -> None:
+        """When ``exc`` is a write that ran out of room: close the file without writing more
+        (its descriptor now points at /dev/null, so HDF5's closing flush succeeds and the file on
+        disk stays as the failure left it) and raise :class:`DiskFullError`."""
+        code = full_errno(exc)
+        if code is None or self._f is None:
+            return
+        f, self._f = self._f, None
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, f.id.get_vfd_handle())
+        finally:
+            os.close(null)
+        try:
+            f.close()
+        except Exception:  # nothing more can reach the disk; the partial file is resumable as it is
+            pass
+        raise DiskFullError(full_message(self.partial, code, need, None)) from None
 
     def __enter__(self) -> "FrameStoreWriter":
         return self

@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressB
 from sonossl.config import AugmentConfig, PretrainConfig, ViewAugment, dump_config
 from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
+from sonossl.diskspace import room_for
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method, validate_method
 from sonossl.methods.base import SSLMethod
@@ -70,8 +71,9 @@ class StatsWriter(Callback):
         self._written_step = -1
 
     def _append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        with room_for(self.path, need=len(line)), open(self.path, "a") as f:  # a cut line is dropped on resume
+            f.write(line)
 
     def on_train_start(self, trainer, pl_module) -> None:  # also covers a mid-epoch resume
         self.on_train_epoch_start(trainer, pl_module)

@@ -2,14 +2,20 @@
 
 Units run in dependency order (ingestions, then the pretrainings that read them, then the
 evaluations of each init as soon as its pretraining is done). A unit is complete only once its
-row is committed to ``DIR/study.db`` (:class:`~sonossl.study.store.ResultsStore`); completed
-units are skipped on ``--resume``, and a unit that was interrupted resumes from its own
-checkpoint (pretraining) or restarts (an evaluation run, minutes at most).
+result file exists (``DIR/records/done/``, written atomically by the job that ran it,
+:class:`~sonossl.study.store.UnitRecords`); the launcher alone folds those files into
+``DIR/study.db`` (:class:`~sonossl.study.store.ResultsStore`), as outcomes arrive and on every
+start, so no job opens the database (safe on a cluster's network file system). Completed units
+are skipped on ``--resume``, and a unit that was interrupted resumes from its own checkpoint
+(pretraining) or restarts (an evaluation run, minutes at most). A unit that runs out of disk
+space stops the study: the runs in flight finish, nothing new starts, and the error is one line
+(exit status 2); ``--resume`` continues once space is freed.
 
 Layout of ``DIR``::
 
     study.yaml  study.json           the resolved study and its description (for the report)
-    study.db                         the results store (SQLite, WAL)
+    records/done/<key>.json          one result file per completed unit (records/failed/: failed attempts)
+    study.db                         the launcher's index of those files (SQLite, rollback journal)
     data/<variant>.h5                frame stores, one per pretraining-data variant
     pretrain/<method>-<pairs>-<variant>/   pretraining runs (stats.jsonl, backbone.pt, ...)
     evals/<dataset>/<init>/<protocol>-<fraction>-s<seed>/   one downstream training each
@@ -43,10 +49,11 @@ from typing import Any, Callable
 import yaml
 
 from sonossl.data.framestore import is_hdf5_path
+from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
 from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
 from sonossl.study.grid import EvalUnit, IngestUnit, Plan, PretrainUnit
-from sonossl.study.store import ResultsStore
+from sonossl.study.store import ResultsStore, UnitRecords
 
 STUDY_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy",
                  "dataset", "pretrain", "method", "pairs", "data_variant"]
@@ -74,6 +81,7 @@ class Outcome:
     wall_s: float
     message: str = ""
     skipped: bool = False
+    disk_full: bool = False  # the unit ran out of space: the study stops starting new units
 
 
 @dataclass
@@ -83,6 +91,7 @@ class StudySummary:
     ran: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
+    disk_full: str = ""  # the first out-of-space message, if any
     results: Path | None = None
     report: Path | None = None
 
@@ -153,29 +162,34 @@ def _run_eval(unit: EvalUnit, ctx: Context) -> dict[str, Any]:
 
 
 def run_unit(unit, ctx: Context) -> Outcome:
-    """Run one unit and record it in the store; never raises (failures are recorded)."""
-    store = ResultsStore(Path(ctx.out) / "study.db")
+    """Run one unit and write its result file (never the database); never raises (failures are
+    recorded as files too, except a full disk, which is reported in the outcome only)."""
+    records = UnitRecords(Path(ctx.out))
+    if records.is_done(unit.key):
+        return Outcome(unit.key, True, 0.0, skipped=True)
+    t0 = time.time()
     try:
-        if unit.key in store.completed():
-            return Outcome(unit.key, True, 0.0, skipped=True)
-        t0 = time.time()
-        try:
-            fn = {IngestUnit: _run_ingest, PretrainUnit: _run_pretrain, EvalUnit: _run_eval}[type(unit)]
-            row = fn(unit, ctx)
-        except SonosslError as exc:
-            store.fail(unit.key, str(exc))
-            return Outcome(unit.key, False, time.time() - t0, str(exc))
-        except Exception as exc:  # a bug or a crash in one run must not stop the study
-            msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-            (Path(ctx.out) / "logs").mkdir(exist_ok=True)
-            (Path(ctx.out) / "logs" / (unit.key.replace("/", "__") + ".traceback.txt")).write_text(traceback.format_exc())
-            store.fail(unit.key, msg)
-            return Outcome(unit.key, False, time.time() - t0, msg)
+        fn = {IngestUnit: _run_ingest, PretrainUnit: _run_pretrain, EvalUnit: _run_eval}[type(unit)]
+        row = fn(unit, ctx)
         wall = time.time() - t0
-        store.record(unit.key, type(unit).__name__, {**row, "unit_hash": unit_hash(unit)}, wall)
+        records.write_done(unit.key, type(unit).__name__, {**row, "unit_hash": unit_hash(unit)}, wall)
         return Outcome(unit.key, True, wall)
-    finally:
-        store.close()
+    except DiskFullError as exc:  # no failure file: there is no room for one, and the unit is not at fault
+        return Outcome(unit.key, False, time.time() - t0, str(exc), disk_full=True)
+    except SonosslError as exc:
+        msg = str(exc)
+    except Exception as exc:  # a bug or a crash in one run must not stop the study
+        code = full_errno(exc)
+        if code is not None:  # a write that no guard caught: still a full disk, named by the study folder
+            return Outcome(unit.key, False, time.time() - t0, full_message(Path(ctx.out), code, None, None), disk_full=True)
+        msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        (Path(ctx.out) / "logs").mkdir(exist_ok=True)
+        (Path(ctx.out) / "logs" / (unit.key.replace("/", "__") + ".traceback.txt")).write_text(traceback.format_exc())
+    try:
+        records.write_failed(unit.key, msg)
+    except DiskFullError as exc:
+        return Outcome(unit.key, False, time.time() - t0, str(exc), disk_full=True)
+    return Outcome(unit.key, False, time.time() - t0, msg)
 
 
 def _init_worker(threads: int) -> None:
@@ -230,10 +244,11 @@ def prepare(plan: Plan, out: Path, *, resume: bool, overwrite: bool) -> Path:
     missing = plan.missing_paths()
     if missing:
         raise SonosslError(missing[0])
-    existing = Path(out) / "study.db"
-    if resume and existing.is_file():
-        store = ResultsStore(existing)
+    records = UnitRecords(Path(out))
+    if resume and ((Path(out) / "study.db").is_file() or records.root.is_dir()):
+        store = ResultsStore(Path(out) / "study.db")
         try:
+            store.fold(records)  # units a killed launcher had not folded yet are complete too
             rows = store.rows()
         finally:
             store.close()
@@ -299,22 +314,27 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
         backbone = plan.evals[0].config.get("backbone") or "resnet18"
         resolve_init("imagenet", backbone, imagenet_weights)  # no weights: say so now, not after hours
 
-    store = ResultsStore(out / "study.db")
+    store, records = ResultsStore(out / "study.db"), UnitRecords(out)
+    store.fold(records)
     done = store.completed() & {u.key for u in plan.units}
     summary = StudySummary(total=len(plan.units), already_done=len(done))
-    progress = _Progress(plan, store, workers, log)
     todo = [u for u in plan.units if u.key not in done]
+    tally = _Tally(todo, done, _Progress(plan, store, workers, log), summary, records)
     log(f"[study] {plan.spec.name}: {len(plan.units)} units, {len(done)} already complete, {len(todo)} to run "
         f"({launcher}, {workers} worker{'s' * (workers > 1)})")
     try:
         if launcher == "local":
-            _run_local(todo, ctx, workers, done, progress, summary)
+            _run_local(todo, ctx, workers, tally)
         else:
-            _run_submitit(todo, ctx, workers, done, progress, summary, cluster="slurm" if launcher == "slurm" else "local",
-                          slurm=slurm or {})
+            _run_submitit(todo, ctx, workers, tally, cluster="slurm" if launcher == "slurm" else "local", slurm=slurm or {})
     finally:
-        summary.results = export_results(plan, out, store)
-        store.close()
+        try:
+            store.fold(records)  # whatever finished while the last outcomes were settled
+            summary.results = export_results(plan, out, store)
+        finally:
+            store.close()
+    if summary.disk_full:  # the runs that finished are recorded; the rest wait for --resume
+        raise DiskFullError(summary.disk_full)
     if summary.results is not None:
         from sonossl.study.report import write_report
 
@@ -325,11 +345,25 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
 class _Tally:
     """Done, failed and blocked units as outcomes arrive, with a progress line per outcome."""
 
-    def __init__(self, todo: list, done: set[str], progress: _Progress, summary: StudySummary):
-        self.todo, self.done, self.progress, self.summary = todo, done, progress, summary
+    def __init__(self, todo: list, done: set[str], progress: _Progress, summary: StudySummary, records: UnitRecords):
+        self.todo, self.done, self.progress, self.summary, self.records = todo, done, progress, summary, records
         self.failed: set[str] = set()
 
+    @property
+    def stopped(self) -> bool:
+        """True once a unit ran out of disk space: start nothing more."""
+        return bool(self.summary.disk_full)
+
     def settle(self, outcome: Outcome) -> None:
+        try:
+            self.progress.store.fold(self.records)  # the launcher alone writes the database
+        except DiskFullError as exc:
+            self.summary.disk_full = self.summary.disk_full or str(exc)
+        if outcome.disk_full:
+            self.summary.disk_full = self.summary.disk_full or outcome.message
+            return
+        if not outcome.ok and self.records.is_done(outcome.key):  # its job died after recording it: complete
+            outcome = Outcome(outcome.key, True, outcome.wall_s)
         if outcome.ok:
             self.done.add(outcome.key)
             self.summary.ran += 0 if outcome.skipped else 1
@@ -350,10 +384,11 @@ class _Tally:
         return all(d in self.done for d in unit.deps())
 
 
-def _run_local(todo: list, ctx: Context, workers: int, done: set[str], progress: _Progress, summary: StudySummary) -> None:
-    tally = _Tally(todo, done, progress, summary)
+def _run_local(todo: list, ctx: Context, workers: int, tally: _Tally) -> None:
     if workers == 1:
         for unit in todo:
+            if tally.stopped:
+                break
             if not tally.blocked(unit):
                 tally.settle(run_unit(unit, ctx))
         return
@@ -363,6 +398,8 @@ def _run_local(todo: list, ctx: Context, workers: int, done: set[str], progress:
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
         running: dict = {}
         while pending or running:
+            if tally.stopped:
+                pending.clear()  # out of space: let the runs in flight finish, start nothing new
             for unit in list(pending):
                 if len(running) >= workers:
                     break
@@ -373,7 +410,7 @@ def _run_local(todo: list, ctx: Context, workers: int, done: set[str], progress:
                     running[pool.submit(run_unit, unit, ctx)] = unit
             if not running:
                 if pending:  # dependencies neither done nor failed: cannot happen in a valid plan
-                    summary.blocked += [u.key for u in pending]
+                    tally.summary.blocked += [u.key for u in pending]
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -400,8 +437,7 @@ class _Job:
         return submitit.helpers.DelayedSubmission(_Job(self.unit, self.ctx))
 
 
-def _run_submitit(todo: list, ctx: Context, workers: int, done: set[str], progress: _Progress, summary: StudySummary,
-                  *, cluster: str, slurm: dict[str, Any]) -> None:
+def _run_submitit(todo: list, ctx: Context, workers: int, tally: _Tally, *, cluster: str, slurm: dict[str, Any]) -> None:
     """Waves in dependency order (ingest, pretrain, evaluate), each a job array."""
     import submitit
 
@@ -414,12 +450,13 @@ def _run_submitit(todo: list, ctx: Context, workers: int, done: set[str], progre
         if slurm.get("partition"):
             params["slurm_partition"] = slurm["partition"]
     executor.update_parameters(**params)
-    tally = _Tally(todo, done, progress, summary)
     for kind in (IngestUnit, PretrainUnit, EvalUnit):
         runnable = [u for u in todo if isinstance(u, kind) and not tally.blocked(u)]
         # The local executor starts every job of an array at once: keep it to `workers` at a time.
         chunk = len(runnable) if cluster == "slurm" else workers
         for i in range(0, len(runnable), max(1, chunk)):
+            if tally.stopped:
+                return
             jobs = []
             with executor.batch():
                 for u in runnable[i:i + chunk]:

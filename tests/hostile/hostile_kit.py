@@ -87,3 +87,11 @@ def tiny_store(path: Path, clips: int = 3, frames: int = 6, seed: int = 0, split
             w.add_video(f"v{v}", rng.integers(0, 256, (frames, 40, 48), dtype=np.uint8), video_id=f"v{v}",
                         group_id=f"g{v}", split=split)
     return path
+
+
+def dicom_sources(scans, folder: Path, clips: int, frames: int, per_patient: int) -> Path:
+    """``clips`` DICOM files ``folder/cNN.dcm`` of ``frames`` frames, ``per_patient`` per fake patient."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(clips):
+        scans.dicom(folder / f"c{i:02d}.dcm", scans.clip(frames, seed=i), patient_id=f"P{i // per_patient}")
+    return folder

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from hostile_kit import TINY_PRETRAIN, run_cli_process, spawn_cli, tiny_store, write_yaml
+from hostile_kit import TINY_PRETRAIN, dicom_sources, run_cli_process, spawn_cli, tiny_store, write_yaml
 from helpers import make_labelled
 
 
@@ -46,10 +46,7 @@ def tensors_equal(a: dict, b: dict) -> bool:
 
 # ------------------------------------------------------------------------------------- ingest
 def test_ingest_killed_and_resumed_loses_and_duplicates_nothing(scans, tmp_path: Path):
-    src = tmp_path / "scans"
-    src.mkdir()
-    for i in range(24):
-        scans.dicom(src / f"c{i:02d}.dcm", scans.clip(40, seed=i), patient_id=f"P{i // 3}")
+    src = dicom_sources(scans, tmp_path / "scans", clips=24, frames=40, per_patient=3)
     args = ["--frame-skip", "1", "--size", "64", "--quiet"]
     ref = tmp_path / "ref.h5"
     assert run_cli_process("ingest", src, "--out", ref, *args, log=tmp_path / "ref.log") == 0

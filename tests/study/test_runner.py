@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import yaml
 from helpers import write_study
 
 from sonossl.cli import main
+from sonossl.study.store import UnitRecords
 
 
 def _study(args: list[str], **kw) -> subprocess.Popen:
@@ -25,13 +25,9 @@ def _study(args: list[str], **kw) -> subprocess.Popen:
 
 
 def _done(db: Path) -> set[str]:
-    if not db.is_file():
-        return set()
-    try:
-        with sqlite3.connect(db, timeout=5) as con:
-            return {k for (k,) in con.execute("SELECT key FROM done")}
-    except sqlite3.OperationalError:
-        return set()
+    """The completed units of the study folder holding ``db``: their result files (the launcher
+    may not have folded the last ones into the database when it was killed)."""
+    return UnitRecords(db.parent).done_keys()
 
 
 def test_sigkill_midway_then_resume_repeats_nothing_and_matches_an_uninterrupted_run(tmp_path, study_data):
