@@ -111,11 +111,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        synthesize(Path(tmp), videos=0, seed=args.seed)
+        synthesize(Path(tmp), videos=0, seed=args.seed, labelled_per_class=(100, 20, 300))
         gen_s = time.time() - t0
         root = Path(tmp) / "labelled"
         train, valid, test = (load_split(root, s) for s in ("train", "valid", "test"))
-    print(f"labelled set (100/20/40 per class, 128 px) generated in {gen_s:.1f} s; evaluated at {SIZE} px")
+    print(f"labelled set (100/20/300 per class, 128 px) generated in {gen_s:.1f} s; evaluated at {SIZE} px")
     flat = lambda x: x.reshape(len(x), -1).astype(np.float32)  # noqa: E731
     f1_lr = logistic(train, test, flat)
     f1_cues = logistic(train, test, global_cues)
