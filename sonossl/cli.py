@@ -87,7 +87,7 @@ def pretrain_config(a: argparse.Namespace):
 
     flags = {k: getattr(a, k) for k in ("method", "frames", "val_frames", "out", "backbone", "image_size", "batch_size",
                                         "epochs", "max_steps", "max_time_s", "pairs", "max_gap", "devices", "accelerator",
-                                        "precision", "num_workers", "seed", "monitor_labels")}
+                                        "precision", "num_workers", "augment_on", "seed", "monitor_labels")}
     file_layer = read_config_file(a.config) if a.config else {}
     preset = a.preset or file_layer.pop("preset", None) or "cpu"
     method = a.method or file_layer.get("method") or PretrainConfig.model_fields["method"].default
@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accelerator", choices=["auto", "cpu", "gpu"])
     s.add_argument("--precision")
     s.add_argument("--num-workers", type=int)
+    s.add_argument("--augment-on", choices=["auto", "loader", "device"],
+                   help="where views are made: loader (per sample, CPU workers), device (batched on the model's "
+                        "device from uint8 frames), auto = device on GPU, loader on CPU (default auto)")
     s.add_argument("--seed", type=int)
     s.add_argument("--monitor-labels", type=Path, help="labelled set (train.csv, valid.csv) for the per-epoch kNN monitor")
     s.add_argument("--quiet", action="store_true")

@@ -116,6 +116,10 @@ class PretrainConfig(Config):
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     num_workers: int = Field(2, ge=0)
+    # where the views are made: "loader" (per sample, in the loader's workers), "device" (the
+    # loader yields uint8 frames; batched on the model's device, sonossl.data.batched_views),
+    # "auto" (device on GPU, loader on CPU)
+    augment_on: Literal["auto", "loader", "device"] = "auto"
     seed: int = 0
     # optimiser (LARS, the seed's BarlowTwins/VICReg recipe): lr = base * batch / 256
     optimizer: Literal["lars", "adamw", "sgd"] = "lars"

@@ -29,6 +29,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 
 from sonossl.config import PretrainConfig, dump_config
+from sonossl.data.batched_views import BatchedViews, FrameDataset
 from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
 from sonossl.errors import SonosslError
@@ -191,6 +192,17 @@ def _prepare_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: boo
     return ckpt if resume and ckpt.is_file() else None
 
 
+def attach_train_set(model: SSLMethod, store: FrameStore, cfg: PretrainConfig, accelerator: str) -> None:
+    """The model's training data. ``augment_on`` loader: views made per sample in the loader
+    (:class:`FramePairDataset`); device (``auto`` on a GPU): the loader yields uint8 frames
+    (:class:`FrameDataset`) and the model makes the views batched on its device."""
+    on_device = cfg.augment_on == "device" or (cfg.augment_on == "auto" and accelerator == "gpu")
+    dataset = FrameDataset if on_device else FramePairDataset
+    model.train_set = dataset(store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
+                              frame_stride=cfg.frame_stride, seed=cfg.seed)
+    model.device_views = BatchedViews(model.view_transforms()) if on_device else None
+
+
 def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Pretrain ``cfg.method`` on the ``train`` split of ``cfg.frames``; returns the run folder.
 
@@ -223,10 +235,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
             logging.getLogger(name).setLevel(logging.WARNING)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = method_cls(cfg)
-    model.train_set = FramePairDataset(
-        store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
-        frame_stride=cfg.frame_stride, seed=cfg.seed,
-    )
+    attach_train_set(model, store, cfg, accelerator)
     monitors = Monitors(store, cfg.image_size, cfg.monitor_labels)  # reads (and checks) the monitor's labelled set
     out = Path(cfg.out)
     resume_step = None
