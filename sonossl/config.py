@@ -232,6 +232,10 @@ class PretrainConfig(Config):
     precision: str = Field("auto", description="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, 16-mixed, "
                            "bf16-mixed or bf16-true")
     num_workers: int = Field(2, ge=0, description="data loader processes")
+    augment_on: Literal["auto", "loader", "device"] = Field(
+        "auto", description="where the views are made: loader (per sample, in the loader's workers), device "
+        "(the loader yields uint8 frames, the views are made batched on the model's device), auto: device on "
+        "a GPU, loader on a CPU")
     seed: int = Field(0, description="seed of weights, pair sampling and augmentations")
     optimizer: Literal["lars", "adamw", "sgd"] = Field("lars", description="optimiser (LARS: the seed's BarlowTwins/VICReg "
                                                          "recipe)")

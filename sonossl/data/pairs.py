@@ -84,21 +84,31 @@ class FramePairDataset(Dataset):
     def _frame(self, v: int, i: int) -> torch.Tensor:
         return torch.from_numpy(to_grey(self.store.read(self.videos[v].key, i)))[None]
 
+    def item_seed(self, index: int, epoch: int) -> int:
+        """Seed of item ``index``'s generator in ``epoch``."""
+        return _seed(self.seed, epoch, index)
+
+    def neighbour(self, v: int, i: int, g: torch.Generator) -> int:
+        """A stored frame of clip ``v`` at most ``max_gap`` from ``i`` and not ``i`` (``i`` itself
+        for a one-frame clip), drawn from ``g``."""
+        n = self.videos[v].n_frames
+        if n < 2:
+            return i
+        lo, hi = max(0, i - self.max_gap), min(n - 1, i + self.max_gap)
+        j = int(torch.randint(lo, hi, (), generator=g))  # lo..hi-1, skip i below
+        return j + 1 if j >= i else j
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
         if not 0 <= index < len(self):
             raise IndexError(index)
-        g = torch.Generator().manual_seed(_seed(self.seed, epoch, index))
+        g = torch.Generator().manual_seed(self.item_seed(index, epoch))
         v, i = self.locate(int(index))
         frame = self._frame(v, i)
         views = [self.transforms[0](frame, g)]
-        n = self.videos[v].n_frames
         for t in self.transforms[1:]:
-            if self.pairs == "temporal" and n > 1:
-                lo, hi = max(0, i - self.max_gap), min(n - 1, i + self.max_gap)
-                j = int(torch.randint(lo, hi, (), generator=g))  # lo..hi-1, skip i below
-                j = j + 1 if j >= i else j
-                views.append(t(self._frame(v, j), g))
+            if self.pairs == "temporal" and self.videos[v].n_frames > 1:
+                views.append(t(self._frame(v, self.neighbour(v, i, g)), g))
             else:
                 views.append(t(frame, g))
         return tuple(views)

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from sonossl.config import PretrainConfig, validated
+from sonossl.data.batched_views import BatchedViews, view_generator
 from sonossl.data.pairs import EpochSampler, FramePairDataset, ResumableLoader
 from sonossl.data.transforms import ViewTransform, asymmetric_pair
 from sonossl.errors import SonosslError
@@ -73,6 +74,7 @@ class SSLMethod(pl.LightningModule):
             raise SonosslError("image_size: not resolved; run_pretrain sets it from the frame store (or give image_size)")
         self.encoder = build_encoder(cfg.backbone)
         self.train_set: FramePairDataset | None = None  # set by run_pretrain
+        self.device_views: BatchedViews | None = None  # set by run_pretrain when augment_on is device
         self.images_seen = 0
         self.train_time_s = 0.0
         self.last_logs: dict[str, float] = {}  # host copies, refreshed every log interval
@@ -167,6 +169,17 @@ class SSLMethod(pl.LightningModule):
         )
         loader.progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return loader
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With views made on the device (``augment_on: device``): the loader's uint8 frames,
+        each (batch_size, 1, H, W), become the method's views, each (batch_size, 1, S, S), here
+        on the model's device. The generator is seeded by (seed, global step, rank), so a resumed
+        run makes the same views as a straight one."""
+        if self.device_views is None or not self.training:
+            return batch
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        g = view_generator(self.cfg.seed, self.global_step, rank, self.device)
+        return self.device_views(batch, g)
 
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):

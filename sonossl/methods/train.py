@@ -29,6 +29,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 
 from sonossl.config import AugmentConfig, PretrainConfig, ViewAugment, dump_config
+from sonossl.data.batched_views import BatchedViews, FrameDataset
 from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
 from sonossl.diskspace import room_for
@@ -210,14 +211,19 @@ def _checked(cfg: PretrainConfig, resume: bool, overwrite: bool) -> tuple[Pretra
     return cfg, store, accelerator, precision
 
 
-def build_model(cfg: PretrainConfig, store: FrameStore) -> SSLMethod:
-    """The method of ``cfg`` with its training set: pairs of the store's ``train`` split, drawn
-    through :meth:`~sonossl.methods.base.SSLMethod.view_transforms` (the ``augment`` block applied)."""
+def build_model(cfg: PretrainConfig, store: FrameStore, accelerator: str = "cpu") -> SSLMethod:
+    """The method of ``cfg`` with its training set: frames of the store's ``train`` split, viewed
+    through :meth:`~sonossl.methods.base.SSLMethod.view_transforms` (the ``augment`` block applied).
+
+    ``augment_on`` loader: views made per sample in the loader (:class:`FramePairDataset`);
+    device (``auto`` on a GPU): the loader yields uint8 frames (:class:`FrameDataset`) and the
+    model makes the views batched on its device (:class:`BatchedViews`)."""
     model = get_method(cfg.method)(cfg)
-    model.train_set = FramePairDataset(
-        store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
-        frame_stride=cfg.frame_stride, seed=cfg.seed,
-    )
+    on_device = cfg.augment_on == "device" or (cfg.augment_on == "auto" and accelerator == "gpu")
+    dataset = FrameDataset if on_device else FramePairDataset
+    model.train_set = dataset(store, "train", model.view_transforms(), pairs=cfg.pairs, max_gap=cfg.max_gap,
+                              frame_stride=cfg.frame_stride, seed=cfg.seed)
+    model.device_views = BatchedViews(model.view_transforms()) if on_device else None
     return model
 
 
@@ -260,7 +266,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     cfg, store, accelerator, precision = _checked(cfg, resume, overwrite)
     _quiet_lightning(progress)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(cfg, store)
+    model = build_model(cfg, store, accelerator)
     monitors = Monitors(store, cfg.image_size, cfg.monitor_labels)  # reads (and checks) the monitor's labelled set
     out = Path(cfg.out)
     # the folder is touched only once the input has passed every check above (nothing half-written)
