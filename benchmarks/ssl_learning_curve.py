@@ -231,6 +231,35 @@ def crossover(rows: list[dict], init: str, metric: str, split: str, fraction: fl
     return None
 
 
+def markdown_table(rows: list[dict], inits: list[str]) -> str:
+    """Per init and snapshot: minutes, pairs seen, kNN and linear-probe means as valid / test."""
+    head = "| init | step | pairs seen | minutes | " + " | ".join(t for _, _, t in PANELS) + " |"
+    lines = [head, "|---" * (4 + len(PANELS)) + "|"]
+
+    def cell(init, step, metric, frac):
+        vals = []
+        for split in ("valid", "test"):
+            v = [float(r["value"]) for r in rows if r["init"] == init and int(r["step"]) == step and r["metric"] == metric
+                 and r["split"] == split and float(r["fraction"]) == frac]
+            vals.append(f"{np.mean(v):.3f}")
+        return " / ".join(vals)
+
+    for metric_row in [("random", "random (5 seeds)")]:
+        cells = []
+        for metric, frac, _ in PANELS:
+            lo_v, mid_v, hi_v = _random_band(rows, metric, "valid", frac)
+            lo_t, mid_t, hi_t = _random_band(rows, metric, "test", frac)
+            cells.append(f"{mid_v:.3f} / {mid_t:.3f} (max {hi_v:.3f} / {hi_t:.3f})")
+        lines.append(f"| {metric_row[1]} | 0 | 0 | 0 | " + " | ".join(cells) + " |")
+    for init in inits:
+        steps = sorted({int(r["step"]) for r in rows if r["init"] == init})
+        for step in steps:
+            r0 = next(r for r in rows if r["init"] == init and int(r["step"]) == step)
+            lines.append(f"| {init} | {step} | {r0['pairs_seen']} | {float(r0['minutes']):.1f} | "
+                         + " | ".join(cell(init, step, m, f) for m, f, _ in PANELS) + " |")
+    return "\n".join(lines)
+
+
 def plot(out: Path, results: Path) -> None:
     import matplotlib
 
@@ -261,6 +290,7 @@ def plot(out: Path, results: Path) -> None:
         fig.savefig(results / f"ssl_learning_curve_{split}.png", dpi=110)
         plt.close(fig)
     (results / "ssl_learning_curve.csv").write_text((out / "curve.csv").read_text())
+    print(markdown_table(rows, inits))
     (results / "ssl_learning_curve_crossover.json").write_text(json.dumps(summary, indent=1) + "\n")
     for k, v in summary.items():
         print(f"{k}: " + ("no crossover" if v is None else f"step {v['step']} ({v['minutes']:.1f} min): {v['value']:.3f} "
