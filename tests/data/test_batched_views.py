@@ -200,13 +200,14 @@ def test_frame_dataset_yields_uint8_frames_and_temporal_neighbours(store):
         assert int(a[0, 0, 0]) == 20 and abs(int(b[0, 0, 0]) - 20) == 10
 
 
-def test_frame_dataset_refuses_clips_of_several_sizes(tmp_path):
+def test_a_store_never_holds_clips_of_several_sizes(tmp_path):
+    """FrameDataset batches frames of the store's one recorded size; the writer refuses a clip
+    of another size in one line, so a mixed store cannot reach it."""
     path = tmp_path / "mixed.h5"
-    with FrameStoreWriter(path) as w:
-        w.add_video("a", np.zeros((2, 16, 16), np.uint8), video_id="a", group_id="a")
-        w.add_video("b", np.zeros((2, 20, 16), np.uint8), video_id="b", group_id="b")
-    with pytest.raises(SonosslError, match="augment_on: loader"):
-        FrameDataset(FrameStore(path), "train", asymmetric_pair(8))
+    with pytest.raises(SonosslError, match="holds 16 px frames"):
+        with FrameStoreWriter(path) as w:
+            w.add_video("a", np.zeros((2, 16, 16), np.uint8), video_id="a", group_id="a")
+            w.add_video("b", np.zeros((2, 20, 16), np.uint8), video_id="b", group_id="b")
 
 
 # ---- pretraining with device views ---------------------------------------------------------------
