@@ -118,8 +118,7 @@ def test_flags_are_the_config_fields_and_version(capsys):
     from sonossl.cli import build_parser
 
     commands = _subparsers(build_parser())
-    for name, cls, config_only in (("pretrain", PretrainConfig, {"method_options", "augment"}),
-                                     ("evaluate", EvaluateConfig, set())):
+    for name, cls, config_only in (("pretrain", PretrainConfig, {"method_options", "augment"}), ("evaluate", EvaluateConfig, set())):
         dests = {a.dest for a in commands[name]._actions}
         assert set(cls.model_fields) - config_only <= dests, set(cls.model_fields) - dests
     a = build_parser().parse_args(["evaluate", "--protocol", "linear", "--fractions", "1,10", "--no-augment"])
