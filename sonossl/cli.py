@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sonossl.errors import SonosslError
 from sonossl.infer.commands import add_embed_parser, add_export_parser, add_predict_parser
+from sonossl.select.command import add_select_parser
 
 
 class _Parser(argparse.ArgumentParser):
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(sub)
     add_export_parser(sub)
     add_embed_parser(sub)
+    add_select_parser(sub)
     return p
 
 
