@@ -13,6 +13,7 @@ from pathlib import Path
 from sonossl.errors import SonosslError
 from sonossl.infer.commands import add_embed_parser, add_export_parser, add_predict_parser
 from sonossl.select.command import add_select_parser
+from sonossl.select.strategies import STRATEGIES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,7 +114,7 @@ def evaluate_config(a: argparse.Namespace):
 
     flags = {k: getattr(a, k) for k in ("labels", "train_csv", "val_csv", "test_csv", "init", "imagenet_weights", "backbone",
                                         "fractions", "seeds", "out", "image_size", "epochs", "linear_epochs", "batch_size",
-                                        "max_steps", "min_steps", "lr", "accelerator")}
+                                        "max_steps", "min_steps", "lr", "accelerator", "selection", "selection_init")}
     flags["allow_outside_root"] = a.allow_outside_root or None
     flags["protocol"] = a.protocol.split(",") if a.protocol else None
     return build_config(EvaluateConfig, read_config_file(a.config) if a.config else {}, flags, source=str(a.config or "evaluate"))
@@ -261,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-steps", type=int)
     s.add_argument("--lr", type=float)
     s.add_argument("--accelerator", choices=["auto", "cpu", "gpu"])
+    s.add_argument("--selection", choices=STRATEGIES, help="which train images a fraction labels: random (the stratified "
+                   "random draw, default) or a strategy choosing them on backbone features, blind to the labels")
+    s.add_argument("--selection-init", help="features the --selection strategy sees: random | imagenet | pretrain run "
+                   "folder | backbone.pt (default: the --init's own)")
     s.add_argument("--no-save-models", action="store_true", help="skip model.pt in each run folder")
     s.add_argument("--allow-outside-root", action="store_true",
                    help="let CSV image paths point outside the CSV's folder (refused by default)")

@@ -168,11 +168,25 @@ class EvaluateConfig(Config):
     num_workers: int = Field(0, ge=0)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: str = "auto"
+    # which images of a fraction are labelled: random = the stratified draw; else a strategy of
+    # sonossl.select on backbone features, blind to the labels (docs/selection.md)
+    selection: str = "random"
+    selection_init: str | None = None  # features the strategy sees; None: the init's own
+    selection_fractions: list[float] | None = None  # the ladder the selected subsets nest along; None: fractions
 
-    @field_validator("fractions")
+    @field_validator("fractions", "selection_fractions")
     @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        return check_fractions(v)
+    def _fractions(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else check_fractions(v)
+
+    @field_validator("selection")
+    @classmethod
+    def _selection(cls, v: str) -> str:
+        from sonossl.select.strategies import STRATEGIES
+
+        if v not in STRATEGIES:
+            raise ValueError(f"expected one of {', '.join(STRATEGIES)}")
+        return v
 
 
 def check_fractions(v: list[float]) -> list[float]:
