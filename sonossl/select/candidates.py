@@ -87,7 +87,7 @@ def folder_pool(root: Path, salt: str) -> Pool:
     def read(i: int) -> np.ndarray:
         try:
             with Image.open(files[i]) as im:
-                return np.asarray(im.convert("L"), dtype=np.uint8)
+                return np.array(im.convert("L"), dtype=np.uint8)
         except OSError as exc:
             raise SonosslError(f"{files[i]}: not a readable image ({exc})") from None
 
