@@ -45,7 +45,9 @@ def selected_subsets(embed: Callable[[int], np.ndarray], n: int, fractions: Iter
         chosen = np.zeros(0, np.int64)
         for f in steps:
             k = fraction_budget(f, n, source)
-            if k > len(chosen):
+            if k == n:  # every image: nothing to choose
+                chosen = np.concatenate([chosen, np.setdiff1d(np.arange(n), chosen)])
+            elif k > len(chosen):
                 chosen = np.concatenate([chosen, select(feats, k - len(chosen), strategy, seed, already=chosen,
                                                         classes=classes)])
             if f in fractions:

@@ -130,6 +130,11 @@ def _kcenter(feats, budget, picker, rng, *, already, **_) -> None:
         np.minimum(min_d, 1.0 - feats @ feats[i], out=min_d)
 
 
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))`` squared distances of unit vectors."""
+    return np.maximum(2.0 - 2.0 * (a @ b.T), 0.0)
+
+
 def kmeans_labels(feats: np.ndarray, k: int, seed: int) -> np.ndarray:
     """``(N,)`` cluster of each point: scikit-learn's MiniBatchKMeans, seeded."""
     from sklearn.cluster import MiniBatchKMeans
@@ -142,15 +147,16 @@ def kmeans_labels(feats: np.ndarray, k: int, seed: int) -> np.ndarray:
 def typicality(x: np.ndarray, rng: np.random.Generator, k: int = TYPICLUST_KNN) -> np.ndarray:
     """``(n,)``: 1 / mean distance of each point of ``x`` ``(n, D)`` to its ``k`` nearest others
     (``min(k, n // 2)``, at least 1), against at most ``TYPICALITY_SAMPLE`` points of ``x``."""
-    from sklearn.neighbors import NearestNeighbors
-
     n = len(x)
     if n < 2:
         return np.ones(n)
     ref = x if n <= TYPICALITY_SAMPLE else x[np.sort(rng.choice(n, TYPICALITY_SAMPLE, replace=False))]
-    k = max(1, min(k, n // 2))
-    dist, _ = NearestNeighbors(n_neighbors=min(k + 1, len(ref)), algorithm="brute").fit(ref).kneighbors(x)
-    return 1.0 / (dist[:, 1:].mean(axis=1) + 1e-5)  # column 0: the point itself (or its nearest in the sample)
+    k = max(1, min(k, n // 2, len(ref) - 1))
+    out = np.empty(n)
+    for lo in range(0, n, CHUNK):
+        d = np.sqrt(np.partition(_sq_dists(x[lo:lo + CHUNK], ref), k, axis=1)[:, : k + 1])
+        out[lo:lo + CHUNK] = 1.0 / ((d.sum(axis=1) - d.min(axis=1)) / k + 1e-5)  # the smallest: the point itself
+    return out
 
 
 def _typiclust(feats, budget, picker, rng, *, already, **_) -> None:
@@ -169,11 +175,6 @@ def _typiclust(feats, budget, picker, rng, *, already, **_) -> None:
         t = np.where(picker.allowed[members[c]], typ[c], -np.inf)
         picker.take(int(members[c][int(np.argmax(t))]))
         covered[c] += 1
-
-
-def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(len(a), len(b))`` squared distances of unit vectors."""
-    return np.maximum(2.0 - 2.0 * (a @ b.T), 0.0)
 
 
 def purity_radius(feats: np.ndarray, classes: int, rng: np.random.Generator, purity: float = PROBCOVER_PURITY) -> float:

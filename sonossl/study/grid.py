@@ -87,12 +87,24 @@ class EvaluateGrid(_Strict):
     protocols: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"], min_length=1)
     fractions: list[float] = Field(default_factory=lambda: [1, 10, 100], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    # which images a fraction labels: random (the stratified draw) and/or strategies of sonossl.select
+    selection: list[str] = Field(default_factory=lambda: ["random"], min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
         return check_fractions(v)
+
+    @field_validator("selection")
+    @classmethod
+    def _selection(cls, v: list[str]) -> list[str]:
+        from sonossl.select.strategies import STRATEGIES
+
+        for name in v:
+            if name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r}; expected some of {', '.join(STRATEGIES)}")
+        return list(dict.fromkeys(v))
 
 
 class StudySpec(_Strict):
@@ -144,14 +156,19 @@ class EvalUnit:
     fraction: float
     seed: int
     config: dict[str, Any] = field(hash=False, compare=False, default_factory=dict)
+    selection: str = "random"  # random: the stratified draw; else a strategy (key and folder INIT@STRATEGY)
+
+    @property
+    def label(self) -> str:
+        return self.init if self.selection == "random" else f"{self.init}@{self.selection}"
 
     @property
     def key(self) -> str:
-        return f"eval/{self.dataset}/{self.init}/{self.protocol}/{self.fraction:g}/{self.seed}"
+        return f"eval/{self.dataset}/{self.label}/{self.protocol}/{self.fraction:g}/{self.seed}"
 
     @property
     def folder(self) -> str:
-        return f"evals/{self.dataset}/{self.init}/{self.protocol}-{self.fraction:g}-s{self.seed}"
+        return f"evals/{self.dataset}/{self.label}/{self.protocol}-{self.fraction:g}-s{self.seed}"
 
     def deps(self) -> tuple[str, ...]:
         return () if self.init in BASELINE_INITS else (f"pretrain/{self.init}",)
@@ -195,7 +212,8 @@ class Plan:
         lines = [f"study {self.spec.name!r}: {len(self.ingests)} ingestions, {len(self.pretrains)} pretrainings, "
                  f"{len(self.evals)} evaluations",
                  f"  evaluations = {len(self.datasets)} datasets x {len(inits)} inits x {len(ev.protocols)} protocols x "
-                 f"{len(ev.fractions)} fractions x {len(ev.seeds)} seeds",
+                 f"{len(ev.fractions)} fractions x {len(ev.seeds)} seeds"
+                 + (f" x {len(ev.selection)} selections ({', '.join(ev.selection)})" if len(ev.selection) > 1 else ""),
                  f"  inits: {', '.join(inits)}"]
         if self.pretrains:
             pg = self.spec.pretrain
@@ -303,13 +321,16 @@ def expand(spec: StudySpec, root: Path, source: str = "study") -> Plan:
             raise SonosslError(f"{source}: evaluate.inits: {i!r} is neither random, imagenet, pretrained nor a declared "
                                f"pretraining (declared: {', '.join(names) or 'none'})")
     inits = list(dict.fromkeys(inits))
-    for key in ("init", "out", "labels", "train_csv", "val_csv", "test_csv", "protocol", "fractions", "seeds"):
+    for key in ("init", "out", "labels", "train_csv", "val_csv", "test_csv", "protocol", "fractions", "seeds", "selection",
+                "selection_fractions"):
         if key in ev.options:
             raise SonosslError(f"{source}: evaluate.options.{key}: set by the study grid, not an option")
     eval_cfg = {"image_size": spec.ingest.size, **ev.options}
     build_config(EvaluateConfig, eval_cfg, source=f"{source}: evaluate.options")
-    evals = [EvalUnit(d, i, p, f, s, eval_cfg) for d in datasets for i in inits for p in ev.protocols
-             for f in ev.fractions for s in ev.seeds]
+    configs = {sel: eval_cfg if sel == "random" else {**eval_cfg, "selection": sel, "selection_fractions": ev.fractions}
+               for sel in ev.selection}  # a strategy's subsets nest along the study's fractions
+    evals = [EvalUnit(d, i, p, f, s, configs[sel], sel) for d in datasets for i in inits for sel in ev.selection
+             for p in ev.protocols for f in ev.fractions for s in ev.seeds]
     if not evals and not pretrains:
         raise SonosslError(f"{source}: the study declares no runs")
     return Plan(spec, root, ingests, pretrains, evals)

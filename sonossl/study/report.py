@@ -130,9 +130,18 @@ def load_results(path: Path) -> pd.DataFrame:
         if c in df.columns:
             df[c] = df[c].fillna("").astype(str)
     df["init"] = df["init"].astype(str)
+    fold_selection(df)
     df["protocol"] = df["protocol"].astype(str)
     df["fraction"] = df["fraction"].astype(float)
     return df.drop_duplicates(subset=_cell_keys(df) + ["seed"], keep="last").reset_index(drop=True)
+
+
+def fold_selection(df: pd.DataFrame) -> None:
+    """In place: an init evaluated with a selection strategy (column ``selection``, not ``random``)
+    becomes ``INIT@STRATEGY``, so it is summarised and compared as an init of its own."""
+    if "selection" in df.columns:
+        sel = df["selection"].fillna("random").astype(str)
+        df["init"] = df["init"].astype(str).where(sel.isin(["random", ""]), df["init"].astype(str) + "@" + sel)
 
 
 def _cell_keys(df: pd.DataFrame) -> list[str]:
@@ -163,6 +172,17 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def comparisons(inits: set[str]) -> list[tuple[str, str]]:
+    """(baseline, init) pairs: every init against each baseline present, and each ``INIT@STRATEGY``
+    against the same ``INIT`` with the stratified random draw (the selection strategy's effect)."""
+    pairs = [(b, i) for b in BASELINES if b in inits for i in order_inits(inits - {b})]
+    for i in order_inits(inits):
+        base = i.split("@", 1)[0]
+        if "@" in i and base in inits and base not in BASELINES:
+            pairs.append((base, i))
+    return pairs
+
+
 def paired_differences(df: pd.DataFrame, metric: str = "macro_f1", n_resamples: int = BOOTSTRAP_RESAMPLES,
                        seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
     """Each init minus each baseline present (imagenet, random), paired on (dataset, protocol,
@@ -171,22 +191,21 @@ def paired_differences(df: pd.DataFrame, metric: str = "macro_f1", n_resamples: 
     ds = ["dataset"] if "dataset" in df.columns else []
     pair_keys = ds + ["protocol", "fraction", "seed"]
     rows = []
-    for baseline in [b for b in BASELINES if b in set(df["init"])]:
+    for baseline, init in comparisons(set(df["init"])):
         base = df[df["init"] == baseline].set_index(pair_keys)[metric]
-        for init in order_inits(set(df["init"]) - {baseline}):
-            cur = df[df["init"] == init].set_index(pair_keys)[metric]
-            joined = pd.concat([cur.rename("x"), base.rename("b")], axis=1, join="inner").reset_index()
-            for key, g in joined.groupby(ds + ["protocol", "fraction"], sort=True):
-                diff = (g["x"] - g["b"]).to_numpy(dtype=float)
-                mean, lo, hi = t_interval(diff)
-                blo, bhi = bootstrap_interval(diff, n_resamples=n_resamples, seed=seed)
-                p, note = wilcoxon_test(diff)
-                real = bool(len(diff) > 1 and (lo > 0 or hi < 0) and (blo > 0 or bhi < 0))
-                rows.append({**dict(zip(ds + ["protocol", "fraction"], key)), "init": init, "baseline": baseline,
-                             "pairs": len(diff), "diff_mean": mean,
-                             "diff_std": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"),
-                             "diff_ci_low": lo, "diff_ci_high": hi, "boot_ci_low": blo, "boot_ci_high": bhi,
-                             "wilcoxon_p": p, "real": real, "note": note})
+        cur = df[df["init"] == init].set_index(pair_keys)[metric]
+        joined = pd.concat([cur.rename("x"), base.rename("b")], axis=1, join="inner").reset_index()
+        for key, g in joined.groupby(ds + ["protocol", "fraction"], sort=True):
+            diff = (g["x"] - g["b"]).to_numpy(dtype=float)
+            mean, lo, hi = t_interval(diff)
+            blo, bhi = bootstrap_interval(diff, n_resamples=n_resamples, seed=seed)
+            p, note = wilcoxon_test(diff)
+            real = bool(len(diff) > 1 and (lo > 0 or hi < 0) and (blo > 0 or bhi < 0))
+            rows.append({**dict(zip(ds + ["protocol", "fraction"], key)), "init": init, "baseline": baseline,
+                         "pairs": len(diff), "diff_mean": mean,
+                         "diff_std": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"),
+                         "diff_ci_low": lo, "diff_ci_high": hi, "boot_ci_low": blo, "boot_ci_high": bhi,
+                         "wilcoxon_p": p, "real": real, "note": note})
     cols = ds + ["init", "baseline", "protocol", "fraction", "pairs", "diff_mean", "diff_std", "diff_ci_low",
                  "diff_ci_high", "boot_ci_low", "boot_ci_high", "wilcoxon_p", "real", "note"]
     return pd.DataFrame(rows, columns=cols)
@@ -255,12 +274,12 @@ def what_won(summary: pd.DataFrame, diffs: pd.DataFrame, metric: str = "macro_f1
 
 def format_table(summary: pd.DataFrame, diffs: pd.DataFrame, metric: str = "macro_f1") -> str:
     """The plain-text table the demo and ``sonossl report`` print: mean [95 % CI] per cell, and each
-    init minus random (real/noise as in ``differences.csv``)."""
+    init minus random, and each ``INIT@STRATEGY`` minus ``INIT`` (real/noise as in ``differences.csv``)."""
     multi = "dataset" in summary.columns and summary["dataset"].nunique() > 1
     width = max(14, *(len(i) for i in summary["init"]))
     lines = []
     header = (f"{'dataset':<12} " if multi else "") + \
-        f"{'protocol':<9} {'fraction':>8} {'init':<{width}} {'runs':>4} {metric + ' mean [95% CI]':>28}   diff vs random [95% CI]"
+        f"{'protocol':<9} {'fraction':>8} {'init':<{width}} {'runs':>4} {metric + ' mean [95% CI]':>28}   diff vs random (INIT@STRATEGY: vs INIT) [95% CI]"
     lines.append(header)
     lines.append("-" * len(header))
     sort = (["dataset"] if "dataset" in summary.columns else []) + ["protocol", "fraction", "init"]
@@ -268,7 +287,8 @@ def format_table(summary: pd.DataFrame, diffs: pd.DataFrame, metric: str = "macr
         ci = f"[{r[f'{metric}_ci_low']:.3f}, {r[f'{metric}_ci_high']:.3f}]" if not np.isnan(r[f"{metric}_ci_low"]) else "[n<2]"
         dtxt = ""
         if len(diffs):
-            sel = (diffs["init"] == r["init"]) & (diffs["baseline"] == "random") & (diffs["protocol"] == r["protocol"]) \
+            base = r["init"].split("@", 1)[0] if "@" in r["init"] else "random"
+            sel = (diffs["init"] == r["init"]) & (diffs["baseline"] == base) & (diffs["protocol"] == r["protocol"]) \
                 & np.isclose(diffs["fraction"], r["fraction"])
             if "dataset" in diffs.columns and "dataset" in r:
                 sel &= diffs["dataset"] == r["dataset"]
@@ -355,6 +375,7 @@ def confusion_figures(out: Path, df: pd.DataFrame, summary: pd.DataFrame, metric
     if not {"init", "protocol", "fraction", "seed", "run_dir"} <= set(runs.columns):
         return []
     runs["fraction"] = runs["fraction"].astype(float)
+    fold_selection(runs)
     by_ds = "dataset" in summary.columns and "dataset" in runs.columns
     if by_ds:
         runs["dataset"] = runs["dataset"].fillna("").astype(str)
@@ -410,6 +431,12 @@ def _facts(df: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
     facts["label fractions"] = ", ".join(f"{f:g} %" for f in sorted(df["fraction"].unique()))
     facts["seeds"] = f"{df['seed'].nunique()} ({', '.join(str(s) for s in sorted(df['seed'].unique()))})"
     facts["downstream runs"] = str(len(df))
+    if "classes_missed" in df.columns and (df["classes_missed"].fillna(0) > 0).any():
+        bad = df[df["classes_missed"].fillna(0) > 0]
+        facts["classes without an image"] = (
+            f"{len(bad)} of {len(df)} runs had no training image of at least one class (a selection strategy does not "
+            "see the labels): " + "; ".join(f"{r.init} {r.protocol} {r.fraction:g} % seed {r.seed}: {int(r.classes_missed)}"
+                                            for r in bad.head(12).itertuples()) + ("; ..." if len(bad) > 12 else ""))
     return facts
 
 
