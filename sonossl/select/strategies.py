@@ -140,7 +140,7 @@ def kmeans_labels(feats: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.cluster import MiniBatchKMeans
 
     k = max(1, min(k, len(feats)))
-    km = MiniBatchKMeans(n_clusters=k, random_state=int(seed), n_init=3, batch_size=4096, max_iter=100)
+    km = MiniBatchKMeans(n_clusters=k, random_state=int(seed), n_init=1, batch_size=2048, max_iter=100)
     return km.fit_predict(feats).astype(np.int64)
 
 
