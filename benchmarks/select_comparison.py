@@ -14,7 +14,7 @@ of each selection, and each strategy minus the random draw paired by seed (t and
 drew no image of some class.
 
     python benchmarks/select_comparison.py --labels DIR --out DIR [--pretrained RUN ...]
-        [--strategies typiclust,probcover] [--fractions 5,10,20] [--seeds 0,1,2,3,4]
+        [--strategies typiclust,probcover] [--pretrained-strategies S] [--fractions 5,10,20] [--seeds 0,1,2,3,4]
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from sonossl.downstream.evaluate import evaluate
 from sonossl.study.report import load_results, paired_differences, summarise
 
 
-def run(labels: Path, out: Path, inits: list[str], strategies: list[str], fractions: list[float], seeds: list[int],
+def run(labels: Path, out: Path, inits: dict[str, list[str]], fractions: list[float], seeds: list[int],
         image_size: int) -> pd.DataFrame:
+    """inits: {init: strategies compared with the random draw for it}."""
     frames = []
-    for init in inits:
+    for init, strategies in inits.items():
         for sel in ["random", *strategies]:
             name = f"{Path(init).name if init != 'random' else 'random'}-{sel}"
             cfg = EvaluateConfig(labels=labels, init=init, protocol=["linear"], fractions=fractions, seeds=seeds,
@@ -78,14 +79,16 @@ def main() -> None:
     p.add_argument("--out", required=True, type=Path, help="folder of the evaluations and comparison.md")
     p.add_argument("--pretrained", nargs="*", default=[], help="pretrain run folders or backbone.pt files (default none)")
     p.add_argument("--strategies", default="typiclust,probcover", help="compared with the random draw (default typiclust,probcover)")
+    p.add_argument("--pretrained-strategies", help="the same for the pretrained inits (default --strategies)")
     p.add_argument("--fractions", default="5,10,20", help="percent of the train split (default 5,10,20)")
     p.add_argument("--seeds", default="0,1,2,3,4", help="paired seeds (default 0,1,2,3,4)")
     p.add_argument("--image-size", type=int, default=64, help="pixels (default 64)")
     a = p.parse_args()
     t0 = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
-    df = run(a.labels, a.out, ["random", *a.pretrained], a.strategies.split(","), [float(f) for f in a.fractions.split(",")],
-             [int(s) for s in a.seeds.split(",")], a.image_size)
+    inits = {"random": a.strategies.split(","), **{p: (a.pretrained_strategies or a.strategies).split(",") for p in a.pretrained}}
+    df = run(a.labels, a.out, inits, [float(f) for f in a.fractions.split(",")], [int(s) for s in a.seeds.split(",")],
+             a.image_size)
     text = table(df)
     info = {**machine(), "wall_s": round(time.time() - t0, 1)}
     (a.out / "comparison.md").write_text(text + "\n")

@@ -24,6 +24,7 @@ protocols x label fractions x seeds)::
       protocols: [linear, finetune]
       fractions: [1, 10, 100]
       seeds: [0, 1, 2]
+      selection: [random, typiclust]   # which images a fraction labels (default [random]; docs/selection.md)
       options: {batch_size: 32}        # any `sonossl evaluate` key
 
 Relative paths are relative to the study file. A pretraining is named
