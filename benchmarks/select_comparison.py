@@ -83,12 +83,18 @@ def main() -> None:
     p.add_argument("--fractions", default="5,10,20", help="percent of the train split (default 5,10,20)")
     p.add_argument("--seeds", default="0,1,2,3,4", help="paired seeds (default 0,1,2,3,4)")
     p.add_argument("--image-size", type=int, default=64, help="pixels (default 64)")
+    p.add_argument("--table-only", action="store_true", help="only tabulate OUT/*/results.csv (runs made before, e.g. in "
+                   "parallel with the same settings by sonossl evaluate)")
     a = p.parse_args()
     t0 = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
     inits = {"random": a.strategies.split(","), **{p: (a.pretrained_strategies or a.strategies).split(",") for p in a.pretrained}}
-    df = run(a.labels, a.out, inits, [float(f) for f in a.fractions.split(",")], [int(s) for s in a.seeds.split(",")],
-             a.image_size)
+    if a.table_only:
+        pd.concat([pd.read_csv(f) for f in sorted(a.out.glob("*/results.csv"))]).to_csv(a.out / "results.csv", index=False)
+        df = load_results(a.out / "results.csv")
+    else:
+        df = run(a.labels, a.out, inits, [float(f) for f in a.fractions.split(",")], [int(s) for s in a.seeds.split(",")],
+                 a.image_size)
     text = table(df)
     info = {**machine(), "wall_s": round(time.time() - t0, 1)}
     (a.out / "comparison.md").write_text(text + "\n")
