@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sonossl.config import (DemoConfig, EmbedConfig, EvaluateConfig, ExportConfig, IngestConfig, PredictConfig,
-                            PretrainConfig, StudyRunConfig, SynthConfig, build_config, read_config_file, read_preset)
+                            PretrainConfig, SelectConfig, StudyRunConfig, SynthConfig, build_config, read_config_file,
+                            read_preset)
 from sonossl.errors import SonosslError
 
 ConfigSource = str | Path | dict[str, Any] | None
@@ -154,6 +155,16 @@ def embed(model: str | Path, labels: str | Path, out: str | Path, *, overwrite: 
     c = build_config(EmbedConfig, {"model": model, "labels": labels, "out": out, **options}, source="embed")
     return run(c.model, c.labels, c.out, method=c.method, split=c.split, k=c.k, seed=c.seed, device=c.device,
                overwrite=overwrite)
+
+
+def select(frames: str | Path, budget: int, out: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
+    """Embed the candidate frames (a frame store or a folder of images) and choose ``budget`` of
+    them to label (settings: :class:`SelectConfig`); writes ``out`` (``to_label.csv``, PNG crops,
+    contact sheet, embedding map) and returns ``{"out", "chosen", "n_candidates", "clips", "wall_s"}``."""
+    from sonossl.select.command import run_select
+
+    c = build_config(SelectConfig, {"frames": frames, "budget": budget, "out": out, **options}, source="select")
+    return run_select(c, overwrite=overwrite)
 
 
 def demo(out: str | Path = "demo_out", *, resume: bool = False, overwrite: bool = False, **options: Any) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sonossl import __version__, api
 from sonossl.config import (DemoConfig, EmbedConfig, EvaluateConfig, ExportConfig, InfoConfig, IngestConfig, PredictConfig,
-                            PretrainConfig, ReportConfig, StudyRunConfig, SynthConfig)
+                            PretrainConfig, ReportConfig, SelectConfig, StudyRunConfig, SynthConfig)
 from sonossl.errors import SonosslError
 from sonossl.flags import Command, flag_values, register
 
@@ -123,6 +123,13 @@ def cmd_embed(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(a: argparse.Namespace) -> int:
+    r = api.select(overwrite=a.overwrite, **_settings(a))
+    print(f"{len(r['chosen'])} of {r['n_candidates']} frames chosen from {r['clips']} clips in {r['wall_s']:.1f} s: "
+          f"{r['out'] / 'to_label.csv'}, contact_sheet.png, embedding.png")
+    return 0
+
+
 def _preset_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=["cpu", "paper"],
                    help="per-method recipe to start from: cpu (ResNet-18, minutes) or paper (the seed study's) "
@@ -150,6 +157,8 @@ COMMANDS = (
             cmd_export, output="overwrite"),
     Command("embed", "2-D map of backbone features coloured by class, and kNN accuracy", EmbedConfig, cmd_embed,
             output="overwrite"),
+    Command("select", "choose which frames to label: embed the candidates, pick a budget of them", SelectConfig,
+            cmd_select, output="overwrite"),
 )
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
 from sonossl.outputs import atomic_write_text
+from sonossl.select.strategies import PROBCOVER_CLASSES, Strategy
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_IMAGE_SIZE = 64  # px: ingest's --size, and evaluate's when its init has no pretraining size
@@ -290,11 +291,18 @@ class EvaluateConfig(Config):
     num_workers: int = Field(0, ge=0, description="data loader processes")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
     precision: str = Field("auto", description="auto: bf16 autocast on GPU, float32 on CPU")
+    selection: Strategy = Field("random", description="which train images a fraction labels: random (the stratified "
+                                "draw) or a strategy choosing them on backbone features, blind to the labels "
+                                "(docs/selection.md)")
+    selection_init: str | None = Field(None, description="features the selection strategy sees: random, imagenet, a "
+                                       "pretrain run folder or a backbone.pt file; none: the init's own")
+    selection_fractions: list[float] | None = Field(None, description="percent ladder the selected subsets nest along; "
+                                                    "none: the fractions")
 
-    @field_validator("fractions")
+    @field_validator("fractions", "selection_fractions")
     @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        return check_fractions(v)
+    def _fractions(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else check_fractions(v)
 
     @field_validator("init", mode="before")
     @classmethod
@@ -365,6 +373,32 @@ class EmbedConfig(Config):
     k: int = Field(5, description="neighbours of the kNN accuracy")
     seed: int = Field(0, description="seed of the map")
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
+
+
+class SelectConfig(Config):
+    """``sonossl select``: embed the candidate frames with a backbone and choose a budget of them to label."""
+
+    frames: Path = Field(description="candidates: a frame store FRAMES.h5 or a folder of images (each folder of "
+                         "images is one clip)")
+    budget: int = Field(description="number of frames to choose (images)")
+    out: Path = Field(description="folder to write: to_label.csv, frames/, contact_sheet.png, embedding.png, "
+                      "selection.json")
+    init: str = Field("random", description="the embedding backbone: random, imagenet, a pretrain run folder or a "
+                      "backbone.pt file")
+    backbone: str | None = Field(None, description="torchvision trunk; none: the pretraining's, else resnet18")
+    imagenet_weights: Path | None = Field(None, description="torchvision ImageNet weights file; none: torchvision's cache")
+    strategy: Strategy = Field("typiclust", description="how to choose; sources in docs/selection.md")
+    per_clip: int = Field(2, ge=0, description="at most this many frames of one clip (frames); 0: no limit")
+    split: Literal["all", "train", "val"] = Field("all", description="frames of the store to choose from")
+    seed: int = Field(0, description="seed of the strategy and of a random init")
+    image_size: int | None = Field(None, ge=8, description="side the frames are resized to before embedding, in "
+                                   f"pixels; none: the pretraining's, else the store's frame size, else {DEFAULT_IMAGE_SIZE}")
+    classes: int = Field(PROBCOVER_CLASSES, ge=2, description="probcover: k-means pseudo-classes of the ball purity, "
+                         "ideally the number of classes to label")
+    map: Literal["tsne", "pca"] = Field("tsne", description="projection of embedding.png")
+    batch_size: int = Field(256, ge=1, description="frames per forward pass")
+    device: str = Field("auto", description="auto, cpu or cuda[:N]")
+    salt: str = Field("sonossl", description="key of the pseudonymous clip ids of a folder of images, as ingest's --salt")
 
 
 def check_fractions(v: list[float]) -> list[float]:

@@ -100,7 +100,7 @@ def test_every_flag_of_every_sub_command_has_a_help_line_with_its_default():
 
     parser = build_parser()
     commands = _subparsers(parser)
-    assert sorted(commands) == sorted(c.name for c in COMMANDS) and len(commands) == 11
+    assert sorted(commands) == sorted(c.name for c in COMMANDS) and len(commands) == 12
     for name, sub in commands.items():
         assert sub.description, name
         for action in sub._actions:

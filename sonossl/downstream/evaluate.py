@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import yaml
 
 from sonossl.config import DEFAULT_IMAGE_SIZE, EvaluateConfig, dump_config
-from sonossl.data.labelled import load_labelled
+from sonossl.data.labelled import LabelledData, load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
 from sonossl.downstream.modelfile import save_model
 from sonossl.downstream.metrics import per_class_report, save_confusion_png, scores
@@ -28,7 +29,8 @@ from sonossl.errors import SonosslError
 from sonossl.models.backbones import Encoder, build_encoder, get_spec, imagenet_available, imagenet_cache_path
 from sonossl.outputs import atomic_write_csv, claim_output_dir
 
-RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy"]
+RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy", "selection",
+                  "classes_missed"]
 
 
 @dataclass
@@ -96,6 +98,40 @@ def run_key(label: str, protocol: str, fraction: float, seed: int) -> str:
     return f"{label}_{protocol}_f{fraction:g}_s{seed}"
 
 
+def selection_label(label: str, selection: str | None) -> str:
+    """An init's label in run keys and reports: ``INIT`` with the stratified random draw, else ``INIT@STRATEGY``."""
+    return label if selection in (None, "", "random") else f"{label}@{selection}"
+
+
+def draw_subsets(cfg: EvaluateConfig, data: LabelledData, init: InitSpec, cache: dict | None, data_key: tuple,
+                 device: str) -> dict[tuple[float, int], np.ndarray]:
+    """``{(fraction, seed): indices into the train split}``: the stratified random draw, or the
+    ``cfg.selection`` strategy on the features of ``cfg.selection_init`` (default the init's own)."""
+    y_train = data.train.labels.numpy()
+    if cfg.selection == "random":
+        return {(f, s): stratified_subset(y_train, f, s, data.class_names, str(data.train.source))
+                for s in cfg.seeds for f in cfg.fractions}
+    from sonossl.methods.monitors import features
+    from sonossl.select.candidates import check_features
+    from sonossl.select.protocol import selected_subsets
+
+    spec = init if cfg.selection_init is None else resolve_init(
+        cfg.selection_init, cfg.backbone if cfg.selection_init in ("random", "imagenet") else None, cfg.imagenet_weights)
+    cache = cache if cache is not None else {}
+
+    def embed(seed: int):
+        key = ("selection-features", spec.source, spec.backbone, data_key, seed if spec.source == "random" else None)
+        if key not in cache:
+            torch.manual_seed(seed)  # a random init: the encoder the classifier of this seed starts from
+            cache[key] = features(spec.build(cfg.imagenet_weights).to(device).eval(), data.train.images,
+                                  torch.device(device)).numpy()
+            check_features(cache[key], f"--selection-init {cfg.selection_init or cfg.init}")
+        return cache[key]
+
+    return selected_subsets(embed, len(y_train), cfg.fractions, cfg.seeds, cfg.selection, ladder=cfg.selection_fractions,
+                            classes=len(data.class_names), source=str(data.train.source))
+
+
 def _device(accelerator: str) -> str:
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise SonosslError("--accelerator gpu: no CUDA device is visible")
@@ -123,7 +159,7 @@ def _labelled(cfg: EvaluateConfig, cache: dict | None):
         data = load_labelled(cfg.labels, train_csv=cfg.train_csv, val_csv=cfg.val_csv, test_csv=cfg.test_csv, size=cfg.image_size,
                              allow_outside_root=cfg.allow_outside_root)
         if cache is not None:  # one labelled set at a time; features of up to 8 inits
-            for k in [k for k in cache if k[0] == "data" or (k[0] == "features" and k[3] != data_key)]:
+            for k in [k for k in cache if k[0] == "data" or (k[0] in ("features", "selection-features") and k[3] != data_key)]:
                 del cache[k]
             cache[data_key] = data
     return data, data_key
@@ -205,9 +241,8 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
     cfg = cfg.model_copy(update={"image_size": resolve_image_size(cfg.image_size, init, progress)})
     data, data_key = _labelled(cfg, cache)
-    y_train = data.train.labels.numpy()
-    subsets = {(f, s): stratified_subset(y_train, f, s, data.class_names, str(data.train.source)) for s in cfg.seeds for f in cfg.fractions}
     device = _device(cfg.accelerator)
+    subsets = draw_subsets(cfg, data, init, cache, data_key, device)
     amp = torch.bfloat16 if (device == "cuda" and cfg.precision in ("auto", "bf16-mixed")) else None
     if init.source not in ("random", "imagenet"):
         init.build(cfg.imagenet_weights)  # a checkpoint that will be refused is refused before --out exists
@@ -215,22 +250,26 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     dump_config(cfg, out / "config.yaml")
     results_path = out / "results.csv"
     rows = read_results(results_path)
-    done = {run_key(r["init"], r["protocol"], float(r["fraction"]), int(r["seed"])) for r in rows}
+    done = {run_key(selection_label(r["init"], r.get("selection")), r["protocol"], float(r["fraction"]), int(r["seed"]))
+            for r in rows}
+    label = selection_label(init.label, cfg.selection)
     # within this call at least: features once per backbone
     r = _Run(cfg, init, data, data_key, device, amp, cache if cache is not None else {})
     plan = [(p, f, s) for p in cfg.protocol for f in cfg.fractions for s in cfg.seeds]
     for i, (protocol, fraction, seed) in enumerate(plan, start=1):
-        key = run_key(init.label, protocol, fraction, seed)
+        key = run_key(label, protocol, fraction, seed)
         if key in done:
             continue
         t0 = time.time()
         idx = torch.from_numpy(subsets[(fraction, seed)])
+        missed = [c for k, c in enumerate(data.class_names) if not (data.train.labels[idx] == k).any()]
         model, result, logits = _train(r, protocol, seed, idx)
         y_true, probs = data.test.labels.numpy(), torch.softmax(logits, 1).numpy()
         y_pred = probs.argmax(1)
         metrics = scores(y_true, y_pred, len(data.class_names))
         run_info = {"init": init.label, "init_source": init.source, "backbone": init.backbone, "protocol": protocol,
-                    "fraction": fraction, "seed": seed, "n_train": int(len(idx)), "best_epoch": result.best_epoch,
+                    "fraction": fraction, "seed": seed, "n_train": int(len(idx)), "selection": cfg.selection,
+                    "classes_missed": missed, "best_epoch": result.best_epoch,
                     "epochs": result.epochs, "steps": result.steps,
                     "best_val_balanced_accuracy": result.best_val_balanced_accuracy, "wall_s": round(time.time() - t0, 2),
                     "device": device}
@@ -238,7 +277,8 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
         (out / key / "history.json").write_text(json.dumps(result.history))
         _write_run(out / key, r, key, idx, model, run_info, y_true, y_pred, probs, metrics, save_models)
         rows.append({"init": init.label, "protocol": protocol, "fraction": f"{fraction:g}", "seed": seed,
-                     "n_train": len(idx), **{k: f"{v:.6f}" for k, v in metrics.items()}})
+                     "n_train": len(idx), **{k: f"{v:.6f}" for k, v in metrics.items()}, "selection": cfg.selection,
+                     "classes_missed": len(missed)})
         atomic_write_csv(results_path, rows, RESULT_COLUMNS)  # the run counts as done only now
         if progress:
             progress(f"[{i}/{len(plan)}] {key}: n_train={len(idx)} macro_f1={metrics['macro_f1']:.3f} "

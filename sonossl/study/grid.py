@@ -24,6 +24,7 @@ protocols x label fractions x seeds)::
       protocols: [linear, finetune]
       fractions: [1, 10, 100]
       seeds: [0, 1, 2]
+      selection: [random, typiclust]   # which images a fraction labels (default [random]; docs/selection.md)
       options: {batch_size: 32}        # any `sonossl evaluate` key
 
 Relative paths are relative to the study file. A pretraining is named
@@ -46,6 +47,7 @@ from sonossl.config import EvaluateConfig, PretrainConfig, build_config, check_f
 from sonossl.data.framestore import is_hdf5_path
 from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
+from sonossl.select.strategies import Strategy
 
 STUDY_PRESET_DIR = Path(__file__).parent / "presets"
 BASELINE_INITS = ("random", "imagenet")
@@ -104,6 +106,8 @@ class EvaluateGrid(_Strict):
     protocols: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"], min_length=1)
     fractions: list[float] = Field(default_factory=lambda: [1, 10, 100], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    # which images a fraction labels: random (the stratified draw) and/or strategies of sonossl.select
+    selection: list[Strategy] = Field(default_factory=lambda: ["random"], min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
     per_protocol: dict[Literal["linear", "finetune"], ProtocolGrid] = Field(default_factory=dict)
 
@@ -111,6 +115,11 @@ class EvaluateGrid(_Strict):
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
         return check_fractions(v)
+
+    @field_validator("selection")
+    @classmethod
+    def _selection(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
 
 
 class StudySpec(_Strict):
@@ -163,14 +172,19 @@ class EvalUnit:
     seed: int
     config: dict[str, Any] = field(hash=False, compare=False, default_factory=dict)
     pretrain: PretrainUnit | None = field(default=None, hash=False, compare=False)  # the init's pretraining
+    selection: str = "random"  # random: the stratified draw; else a strategy (key and folder INIT@STRATEGY)
+
+    @property
+    def label(self) -> str:
+        return self.init if self.selection == "random" else f"{self.init}@{self.selection}"
 
     @property
     def key(self) -> str:
-        return f"eval/{self.dataset}/{self.init}/{self.protocol}/{self.fraction:g}/{self.seed}"
+        return f"eval/{self.dataset}/{self.label}/{self.protocol}/{self.fraction:g}/{self.seed}"
 
     @property
     def folder(self) -> str:
-        return f"evals/{self.dataset}/{self.init}/{self.protocol}-{self.fraction:g}-s{self.seed}"
+        return f"evals/{self.dataset}/{self.label}/{self.protocol}-{self.fraction:g}-s{self.seed}"
 
     def deps(self) -> tuple[str, ...]:
         return () if self.pretrain is None else (self.pretrain.key,)
@@ -211,7 +225,8 @@ class Plan:
         lines = [f"study {self.spec.name!r}: {len(self.ingests)} ingestions, {len(self.pretrains)} pretrainings, "
                  f"{len(self.evals)} evaluations",
                  f"  evaluations = {len(self.datasets)} datasets x {len(inits)} inits x {len(ev.protocols)} protocols x "
-                 f"{len(ev.fractions)} fractions x {len(ev.seeds)} seeds",
+                 f"{len(ev.fractions)} fractions x {len(ev.seeds)} seeds"
+                 + (f" x {len(ev.selection)} selections ({', '.join(ev.selection)})" if len(ev.selection) > 1 else ""),
                  f"  inits: {', '.join(inits)}"]
         if self.pretrains:
             pg = self.spec.pretrain
@@ -347,10 +362,21 @@ def _expand_evals(spec: StudySpec, pretrains: list[PretrainUnit], source: str) -
             raise SonosslError(f"{source}: evaluate.inits: {i!r} is neither random, imagenet, pretrained nor a declared "
                                f"pretraining (declared: {', '.join(by_name) or 'none'})")
     names = list(inits)
-    evals = [EvalUnit(d, i, p, f, s, cfg, inits[i]) for p, fractions, seeds, cfg in _protocol_grids(spec, source)
-             for d in datasets for i in names for f in fractions for s in seeds]
-    evals.sort(key=lambda u: (datasets.index(u.dataset), names.index(u.init), ev.protocols.index(u.protocol)))
+    grids = _protocol_grids(spec, source)
+    ladder = sorted({f for _, fractions, _, _ in grids for f in fractions})  # one ladder: the same subset per fraction
+    evals = [EvalUnit(d, i, p, f, s, _with_selection(cfg, sel, ladder), inits[i], sel)
+             for p, fractions, seeds, cfg in grids for d in datasets for i in names for sel in ev.selection
+             for f in fractions for s in seeds]
+    evals.sort(key=lambda u: (datasets.index(u.dataset), names.index(u.init), ev.selection.index(u.selection),
+                              ev.protocols.index(u.protocol)))
     return evals
+
+
+def _with_selection(cfg: dict[str, Any], selection: str, ladder: list[float]) -> dict[str, Any]:
+    """A unit's evaluate options: the random draw keeps them as they are (its key and hash are those
+    of a study without the axis); a strategy's subsets nest along the study's fractions (``ladder``),
+    so a fraction's subset is the same in every unit that labels it."""
+    return cfg if selection == "random" else {**cfg, "selection": selection, "selection_fractions": ladder}
 
 
 def _protocol_grids(spec: StudySpec, source: str) -> list[tuple[str, list[float], list[int], dict[str, Any]]]:
@@ -363,7 +389,8 @@ def _protocol_grids(spec: StudySpec, source: str) -> list[tuple[str, list[float]
     for p in ev.protocols:
         over = ev.per_protocol.get(p, ProtocolGrid())
         for where, opts in (("evaluate.options", ev.options), (f"evaluate.per_protocol.{p}.options", over.options)):
-            for key in ("init", "out", "labels", "train_csv", "val_csv", "test_csv", "protocol", "fractions", "seeds"):
+            for key in ("init", "out", "labels", "train_csv", "val_csv", "test_csv", "protocol", "fractions", "seeds",
+                        "selection", "selection_fractions"):
                 if key in opts:
                     raise SonosslError(f"{source}: {where}.{key}: set by the study grid, not an option")
         cfg = {"image_size": image_size(spec), **ev.options, **over.options}

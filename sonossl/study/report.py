@@ -4,9 +4,9 @@
 Inputs (only ``results.csv`` is required; a missing file or column skips that part of the report):
 
     DIR/results.csv    init,protocol,fraction,seed,n_train,macro_f1,balanced_accuracy,accuracy
-                       [,dataset,pretrain,method,pairs,data_variant]
-    DIR/runs.csv       init,protocol,fraction,seed,dataset,run_dir  (run_dir relative to DIR, holding
-                       predictions.csv and confusion.png)
+                       [,dataset,pretrain,method,pairs,data_variant,selection,classes_missed]
+    DIR/runs.csv       init,protocol,fraction,seed,dataset,run_dir[,selection]  (run_dir relative to
+                       DIR, holding predictions.csv and confusion.png)
     DIR/pretrain/<name>/stats.jsonl   pretraining logs ("kind": "step" | "epoch" lines)
     DIR/study.json     {"name": ..., "context": {...}}
 
@@ -30,7 +30,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from sonossl.errors import SonosslError
 from sonossl.outputs import atomic_write, atomic_write_text
-from sonossl.study.stats import (BASELINES, BOOTSTRAP_RESAMPLES, load_results, order_inits,
+from sonossl.study.stats import (BASELINES, BOOTSTRAP_RESAMPLES, fold_selection, load_results, order_inits,
                                   paired_differences, summarise)
 from sonossl.study.figures import (
     Figure,
@@ -110,12 +110,12 @@ def what_won(summary: pd.DataFrame, diffs: pd.DataFrame, metric: str = "macro_f1
 
 def format_table(summary: pd.DataFrame, diffs: pd.DataFrame, metric: str = "macro_f1") -> str:
     """The plain-text table the demo and ``sonossl report`` print: mean [95 % CI] per cell, and each
-    init minus random (real/noise as in ``differences.csv``)."""
+    init minus random, and each ``INIT@STRATEGY`` minus ``INIT`` (real/noise as in ``differences.csv``)."""
     multi = "dataset" in summary.columns and summary["dataset"].nunique() > 1
     width = max(14, *(len(i) for i in summary["init"]))
     lines = []
     header = (f"{'dataset':<12} " if multi else "") + \
-        f"{'protocol':<9} {'fraction':>8} {'init':<{width}} {'runs':>4} {metric + ' mean [95% CI]':>28}   diff vs random [95% CI]"
+        f"{'protocol':<9} {'fraction':>8} {'init':<{width}} {'runs':>4} {metric + ' mean [95% CI]':>28}   diff vs random (INIT@STRATEGY: vs INIT) [95% CI]"
     lines.append(header)
     lines.append("-" * len(header))
     sort = (["dataset"] if "dataset" in summary.columns else []) + ["protocol", "fraction", "init"]
@@ -123,7 +123,8 @@ def format_table(summary: pd.DataFrame, diffs: pd.DataFrame, metric: str = "macr
         ci = f"[{r[f'{metric}_ci_low']:.3f}, {r[f'{metric}_ci_high']:.3f}]" if not np.isnan(r[f"{metric}_ci_low"]) else "[n<2]"
         dtxt = ""
         if len(diffs):
-            sel = (diffs["init"] == r["init"]) & (diffs["baseline"] == "random") & (diffs["protocol"] == r["protocol"]) \
+            base = r["init"].split("@", 1)[0] if "@" in r["init"] else "random"
+            sel = (diffs["init"] == r["init"]) & (diffs["baseline"] == base) & (diffs["protocol"] == r["protocol"]) \
                 & np.isclose(diffs["fraction"], r["fraction"])
             if "dataset" in diffs.columns and "dataset" in r:
                 sel &= diffs["dataset"] == r["dataset"]
@@ -210,6 +211,7 @@ def confusion_figures(out: Path, df: pd.DataFrame, summary: pd.DataFrame, metric
     if not {"init", "protocol", "fraction", "seed", "run_dir"} <= set(runs.columns):
         return []
     runs["fraction"] = runs["fraction"].astype(float)
+    fold_selection(runs)
     by_ds = "dataset" in summary.columns and "dataset" in runs.columns
     if by_ds:
         runs["dataset"] = runs["dataset"].fillna("").astype(str)
@@ -265,6 +267,12 @@ def _facts(df: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
     facts["label fractions"] = ", ".join(f"{f:g} %" for f in sorted(df["fraction"].unique()))
     facts["seeds"] = f"{df['seed'].nunique()} ({', '.join(str(s) for s in sorted(df['seed'].unique()))})"
     facts["downstream runs"] = str(len(df))
+    if "classes_missed" in df.columns and (df["classes_missed"].fillna(0) > 0).any():
+        bad = df[df["classes_missed"].fillna(0) > 0]
+        facts["classes without an image"] = (
+            f"{len(bad)} of {len(df)} runs had no training image of at least one class (a selection strategy does not "
+            "see the labels): " + "; ".join(f"{r.init} {r.protocol} {r.fraction:g} % seed {r.seed}: {int(r.classes_missed)}"
+                                            for r in bad.head(12).itertuples()) + ("; ..." if len(bad) > 12 else ""))
     return facts
 
 

@@ -56,8 +56,8 @@ from sonossl.study.grid import EvalUnit, IngestUnit, Plan, PretrainUnit
 from sonossl.study.store import ResultsStore, UnitRecords
 
 STUDY_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy",
-                 "dataset", "pretrain", "method", "pairs", "data_variant"]
-RUNS_COLUMNS = ["init", "protocol", "fraction", "seed", "dataset", "run_dir"]
+                 "dataset", "pretrain", "method", "pairs", "data_variant", "selection", "classes_missed"]
+RUNS_COLUMNS = ["init", "protocol", "fraction", "seed", "dataset", "run_dir", "selection"]
 LAUNCHERS = ("local", "slurm", "submitit-local")
 
 
@@ -98,7 +98,7 @@ class StudySummary:
 
 def unit_hash(unit) -> str:
     """The settings a completed unit was run with; a resumed study must not silently change them."""
-    payload = {k: v for k, v in asdict(unit).items()}
+    payload = {k: v for k, v in asdict(unit).items() if not (k == "selection" and v == "random")}  # as before the axis
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -5,9 +5,10 @@ differences out (what :mod:`sonossl.study.report` renders into tables and ``repo
 descriptors, and for each metric the mean, std and a 95 % confidence interval over seeds
 (Student t, n - 1 degrees of freedom).
 
-``differences.csv``: each init against each baseline present (``imagenet`` and ``random``), per
-cell, paired by seed (the same seed draws the same labelled subset, so the pairing removes the
-subset-to-subset variation). For the paired differences in macro F1 it gives
+``differences.csv``: each init against each baseline present (``imagenet`` and ``random``), and
+each ``INIT@STRATEGY`` (an init whose labelled subsets a selection strategy chose) against the
+same ``INIT`` with the stratified random draw, per cell, paired by seed (the same seed draws the
+same labelled subset, so the pairing removes the subset-to-subset variation). For the paired differences in macro F1 it gives
 
 - the mean and a 95 % Student t interval;
 - a 95 % percentile bootstrap interval: ``BOOTSTRAP_RESAMPLES`` resamples with replacement of the
@@ -102,9 +103,18 @@ def load_results(path: Path) -> pd.DataFrame:
         if c in df.columns:
             df[c] = df[c].fillna("").astype(str)
     df["init"] = df["init"].astype(str)
+    fold_selection(df)
     df["protocol"] = df["protocol"].astype(str)
     df["fraction"] = df["fraction"].astype(float)
     return df.drop_duplicates(subset=_cell_keys(df) + ["seed"], keep="last").reset_index(drop=True)
+
+
+def fold_selection(df: pd.DataFrame) -> None:
+    """In place: an init evaluated with a selection strategy (column ``selection``, not ``random``)
+    becomes ``INIT@STRATEGY``, so it is summarised and compared as an init of its own."""
+    if "selection" in df.columns:
+        sel = df["selection"].fillna("random").astype(str)
+        df["init"] = df["init"].astype(str).where(sel.isin(["random", ""]), df["init"].astype(str) + "@" + sel)
 
 
 def _cell_keys(df: pd.DataFrame) -> list[str]:
@@ -135,30 +145,40 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def comparisons(inits: set[str]) -> list[tuple[str, str]]:
+    """(baseline, init) pairs: every init against each baseline present, and each ``INIT@STRATEGY``
+    against the same ``INIT`` with the stratified random draw (the selection strategy's effect)."""
+    pairs = [(b, i) for b in BASELINES if b in inits for i in order_inits(inits - {b})]
+    for i in order_inits(inits):
+        base = i.split("@", 1)[0]
+        if "@" in i and base in inits and base not in BASELINES:
+            pairs.append((base, i))
+    return pairs
+
+
 def paired_differences(df: pd.DataFrame, metric: str = "macro_f1", n_resamples: int = BOOTSTRAP_RESAMPLES,
                        seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
-    """Each init minus each baseline present (imagenet, random), paired on (dataset, protocol,
-    fraction, seed). Columns: [dataset,] init, baseline, protocol, fraction, pairs, diff_mean,
+    """Each init minus each baseline present (imagenet, random), and each ``INIT@STRATEGY`` minus
+    ``INIT`` (:func:`comparisons`), paired on (dataset, protocol, fraction, seed). Columns: [dataset,] init, baseline, protocol, fraction, pairs, diff_mean,
     diff_std, diff_ci_low, diff_ci_high (t), boot_ci_low, boot_ci_high, wilcoxon_p, real, note."""
     ds = ["dataset"] if "dataset" in df.columns else []
     pair_keys = ds + ["protocol", "fraction", "seed"]
     rows = []
-    for baseline in [b for b in BASELINES if b in set(df["init"])]:
+    for baseline, init in comparisons(set(df["init"])):
         base = df[df["init"] == baseline].set_index(pair_keys)[metric]
-        for init in order_inits(set(df["init"]) - {baseline}):
-            cur = df[df["init"] == init].set_index(pair_keys)[metric]
-            joined = pd.concat([cur.rename("x"), base.rename("b")], axis=1, join="inner").reset_index()
-            for key, g in joined.groupby(ds + ["protocol", "fraction"], sort=True):
-                diff = (g["x"] - g["b"]).to_numpy(dtype=float)
-                mean, lo, hi = t_interval(diff)
-                blo, bhi = bootstrap_interval(diff, n_resamples=n_resamples, seed=seed)
-                p, note = wilcoxon_test(diff)
-                real = bool(len(diff) > 1 and (lo > 0 or hi < 0) and (blo > 0 or bhi < 0))
-                rows.append({**dict(zip(ds + ["protocol", "fraction"], key)), "init": init, "baseline": baseline,
-                             "pairs": len(diff), "diff_mean": mean,
-                             "diff_std": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"),
-                             "diff_ci_low": lo, "diff_ci_high": hi, "boot_ci_low": blo, "boot_ci_high": bhi,
-                             "wilcoxon_p": p, "real": real, "note": note})
+        cur = df[df["init"] == init].set_index(pair_keys)[metric]
+        joined = pd.concat([cur.rename("x"), base.rename("b")], axis=1, join="inner").reset_index()
+        for key, g in joined.groupby(ds + ["protocol", "fraction"], sort=True):
+            diff = (g["x"] - g["b"]).to_numpy(dtype=float)
+            mean, lo, hi = t_interval(diff)
+            blo, bhi = bootstrap_interval(diff, n_resamples=n_resamples, seed=seed)
+            p, note = wilcoxon_test(diff)
+            real = bool(len(diff) > 1 and (lo > 0 or hi < 0) and (blo > 0 or bhi < 0))
+            rows.append({**dict(zip(ds + ["protocol", "fraction"], key)), "init": init, "baseline": baseline,
+                         "pairs": len(diff), "diff_mean": mean,
+                         "diff_std": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"),
+                         "diff_ci_low": lo, "diff_ci_high": hi, "boot_ci_low": blo, "boot_ci_high": bhi,
+                         "wilcoxon_p": p, "real": real, "note": note})
     cols = ds + ["init", "baseline", "protocol", "fraction", "pairs", "diff_mean", "diff_std", "diff_ci_low",
                  "diff_ci_high", "boot_ci_low", "boot_ci_high", "wilcoxon_p", "real", "note"]
     return pd.DataFrame(rows, columns=cols)

@@ -108,3 +108,29 @@ def test_evaluations_point_at_their_pretraining_unit(tmp_path, study_data):
         assert (u.pretrain is None) == (u.init in ("random", "imagenet"))
         if u.pretrain is not None:
             assert u.pretrain in plan.pretrains and u.pretrain.name == u.init
+
+
+def test_the_selection_axis_coexists_with_per_protocol_grids(tmp_path, study_data):
+    path = _edit(write_study(tmp_path / "s.yaml", study_data, fractions=(10, 50, 100)), lambda s: s["evaluate"].update(
+        selection=["random", "typiclust", "random"], per_protocol={"finetune": {"fractions": [100], "seeds": [0]}}))
+    plan = load_study(path)
+    assert plan.spec.evaluate.selection == ["random", "typiclust"]
+    assert len(plan.evals) == 2 * 2 * (3 * 2 + 1 * 1)  # inits x selections x (linear 3 fractions x 2 seeds + finetune 1)
+    random_draw = [u for u in plan.evals if u.selection == "random"]
+    chosen = [u for u in plan.evals if u.selection == "typiclust"]
+    # the random draw: keys, folders and options as without the axis
+    assert all("@" not in u.key and "selection" not in u.config for u in random_draw)
+    # a strategy: its own keys and folders, one ladder for both protocols, the same pretraining unit
+    assert {u.key for u in chosen} == {u.key.replace(f"/{u.init}/", f"/{u.init}@typiclust/") for u in random_draw}
+    assert all(u.config["selection_fractions"] == [10, 50, 100] for u in chosen)
+    assert {(u.protocol, u.fraction) for u in chosen if u.protocol == "finetune"} == {("finetune", 100)}
+    pre = [u for u in chosen if u.init != "random"]
+    assert pre and all(u.deps() == (u.pretrain.key,) == ("pretrain/barlowtwins-augment-all",) for u in pre)
+    for edit, expected in [(lambda s: s["evaluate"].update(selection=["typiclust", "coreset"]), "evaluate.selection"),
+                           (lambda s: s["evaluate"]["options"].update(selection="kcenter"),
+                            "evaluate.options.selection: set by the study grid"),
+                           (lambda s: s["evaluate"].update(per_protocol={"linear": {"options": {"selection_fractions": [5]}}}),
+                            "evaluate.per_protocol.linear.options.selection_fractions")]:
+        with pytest.raises(SonosslError) as exc:
+            load_study(_edit(write_study(tmp_path / "bad.yaml", study_data), edit))
+        assert expected in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
