@@ -105,13 +105,11 @@ def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
 def keep_best_model(out: Path, results: "pd.DataFrame") -> Path | None:
     """Keep the ``model.pt`` of the fine-tuning run with the best validation score (the test split
     is not used to choose); delete the others. Returns the kept run folder."""
-    import json as _json
-
     runs = results[results["protocol"] == "finetune"]
     best, best_score = None, -1.0
     for rel in runs["run_dir"]:
         run = out / rel
-        score = _json.loads((run / "run.json").read_text())["best_val_balanced_accuracy"]
+        score = json.loads((run / "run.json").read_text())["best_val_balanced_accuracy"]
         if (run / "model.pt").is_file() and score > best_score:
             best, best_score = run, score
     for rel in runs["run_dir"]:

@@ -146,3 +146,30 @@ def fixed_batch_losses(m, views, opt, steps: int = 30, before=None, after=None) 
             after(m)
         losses.append(loss.item())
     return losses
+
+
+def random_clip_store(path: Path, val_frames: int = 0) -> Path:
+    """3 clips x 6 random grey 40x48 frames (train), plus a val clip of ``val_frames`` frames when > 0."""
+    from sonossl.data.framestore import FrameStoreWriter
+
+    rng = np.random.default_rng(0)
+    with FrameStoreWriter(path) as w:
+        for v in range(3):
+            w.add_video(f"v{v}", rng.integers(0, 256, (6, 40, 48), dtype=np.uint8), video_id=f"v{v}", group_id=f"g{v}")
+        if val_frames:
+            w.add_video("val0", rng.integers(0, 256, (val_frames, 40, 48), dtype=np.uint8), video_id="val0",
+                        group_id="gv", split="val")
+    return path
+
+
+def ramp_store(path: Path, val_clip: bool = False) -> Path:
+    """Clip v0: 5 frames whose pixels all equal 10 * frame index; clip v1: 3 colour frames; with
+    ``val_clip``, a 2-frame val clip v2."""
+    from sonossl.data.framestore import FrameStoreWriter
+
+    with FrameStoreWriter(path) as w:
+        w.add_video("v0", np.stack([np.full((16, 16), 10 * i, np.uint8) for i in range(5)]), video_id="a", group_id="a")
+        w.add_video("v1", np.full((3, 16, 16, 3), 200, np.uint8), video_id="b", group_id="b")
+        if val_clip:
+            w.add_video("v2", np.zeros((2, 16, 16), np.uint8), video_id="c", group_id="c", split="val")
+    return path

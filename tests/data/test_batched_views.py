@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import ks_2samp
 
-from helpers import one_thread_run
+from helpers import one_thread_run, ramp_store, random_clip_store
 
 import sonossl.data.transforms as transforms_module
 from sonossl.config import PretrainConfig
@@ -183,11 +183,7 @@ def test_views_are_a_function_of_the_frames_and_the_seed():
 
 @pytest.fixture
 def store(tmp_path):
-    path = tmp_path / "f.h5"
-    with FrameStoreWriter(path) as w:
-        w.add_video("v0", np.stack([np.full((16, 16), 10 * i, np.uint8) for i in range(5)]), video_id="a", group_id="a")
-        w.add_video("v1", np.full((3, 16, 16, 3), 200, np.uint8), video_id="b", group_id="b")
-    return FrameStore(path)
+    return FrameStore(ramp_store(tmp_path / "f.h5"))
 
 
 def test_frame_dataset_yields_uint8_frames_and_temporal_neighbours(store):
@@ -213,12 +209,7 @@ def test_a_store_never_holds_clips_of_several_sizes(tmp_path):
 # ---- pretraining with device views ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
-    path = tmp_path_factory.mktemp("store") / "frames.h5"
-    rng = np.random.default_rng(0)
-    with FrameStoreWriter(path) as w:
-        for v in range(3):
-            w.add_video(f"v{v}", rng.integers(0, 256, (6, 40, 48), dtype=np.uint8), video_id=f"v{v}", group_id=f"g{v}")
-    return path
+    return random_clip_store(tmp_path_factory.mktemp("store") / "frames.h5")
 
 
 def _cfg(frames, out, **kw) -> PretrainConfig:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sonossl.data.framestore import FrameStore, FrameStoreWriter
+from helpers import ramp_store
+from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import EpochSampler, FramePairDataset, ResumableLoader, to_grey
 from sonossl.data.transforms import ViewTransform
 from sonossl.errors import SonosslError
@@ -18,12 +19,7 @@ PLAIN = ViewTransform(size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_p=0, g
 @pytest.fixture
 def store(tmp_path):
     """Clip v0: 5 frames whose pixels all equal 10 * frame index; clip v1: 3 colour frames; val clip."""
-    path = tmp_path / "f.h5"
-    with FrameStoreWriter(path) as w:
-        w.add_video("v0", np.stack([np.full((16, 16), 10 * i, np.uint8) for i in range(5)]), video_id="a", group_id="a")
-        w.add_video("v1", np.full((3, 16, 16, 3), 200, np.uint8), video_id="b", group_id="b")
-        w.add_video("v2", np.zeros((2, 16, 16), np.uint8), video_id="c", group_id="c", split="val")
-    return FrameStore(path)
+    return FrameStore(ramp_store(tmp_path / "f.h5", val_clip=True))
 
 
 def test_index_covers_every_frame_of_the_split(store):
