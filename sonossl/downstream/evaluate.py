@@ -17,7 +17,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 
 from sonossl.config import DEFAULT_IMAGE_SIZE, EvaluateConfig, dump_config
 from sonossl.data.labelled import LabelledData, load_labelled
@@ -26,54 +25,12 @@ from sonossl.downstream.modelfile import save_model
 from sonossl.downstream.metrics import per_class_report, save_confusion_png, scores
 from sonossl.downstream.protocol import stratified_subset
 from sonossl.errors import SonosslError
-from sonossl.models.backbones import Encoder, build_encoder, get_spec, imagenet_available, imagenet_cache_path
+from sonossl.models.devices import accelerator_device
+from sonossl.models.init import InitSpec, resolve_init
 from sonossl.outputs import atomic_write_csv, claim_output_dir
 
 RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy", "selection",
                   "classes_missed"]
-
-
-@dataclass
-class InitSpec:
-    """A resolved ``--init``: its label in results, its backbone name and how to build it."""
-
-    label: str
-    backbone: str
-    source: str  # random | imagenet | path of backbone.pt
-    image_size: int | None = None  # the pretraining resolution, when known
-
-    def build(self, imagenet_weights: Path | None) -> Encoder:
-        return build_encoder(self.backbone, self.source, imagenet_weights)
-
-
-def resolve_init(init: str, backbone: str | None, imagenet_weights: Path | None = None) -> InitSpec:
-    """``random`` | ``imagenet`` | a pretrain run folder | a ``backbone.pt`` file."""
-    if init in ("random", "imagenet"):
-        name = backbone or "resnet18"
-        get_spec(name)
-        if init == "imagenet" and not imagenet_available(name, imagenet_weights):
-            where = imagenet_weights or imagenet_cache_path(name)
-            raise SonosslError(
-                f"ImageNet weights for {name} not found at {where}; put torchvision's "
-                f"{get_spec(name).weights.url.rsplit('/', 1)[-1]} in its cache or pass --imagenet-weights FILE"
-            )
-        return InitSpec(init, name, init)
-    path = Path(init)
-    if not path.exists():
-        raise SonosslError(f"{path}: init not found; expected random, imagenet, a pretrain run folder or a backbone.pt file")
-    run_dir = path if path.is_dir() else path.parent
-    ckpt = path / "backbone.pt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise SonosslError(f"{ckpt}: backbone checkpoint not found; has the pretraining in {run_dir} finished?")
-    run_cfg = {}
-    if (run_dir / "config.yaml").is_file():
-        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    name = backbone or run_cfg.get("backbone")
-    if name is None:
-        raise SonosslError(f"{ckpt}: cannot tell its backbone (no config.yaml beside it); pass --backbone")
-    get_spec(name)
-    label = run_cfg.get("method") or run_dir.name
-    return InitSpec(str(label), name, str(ckpt), run_cfg.get("image_size"))
 
 
 def read_results(path: Path) -> list[dict]:
@@ -132,12 +89,6 @@ def draw_subsets(cfg: EvaluateConfig, data: LabelledData, init: InitSpec, cache:
                             classes=len(data.class_names), source=str(data.train.source))
 
 
-def _device(accelerator: str) -> str:
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise SonosslError("--accelerator gpu: no CUDA device is visible")
-    return "cuda" if accelerator in ("auto", "gpu") and torch.cuda.is_available() else "cpu"
-
-
 @dataclass
 class _Run:
     """One (protocol, fraction, seed) run of an evaluation: everything the grid shares."""
@@ -185,7 +136,7 @@ def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
     the fit result and the test logits (n_test, classes)."""
     cfg, data, n_classes = r.cfg, r.data, len(r.data.class_names)
     torch.manual_seed(seed)
-    settings = FitSettings(lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=seed,
+    settings = FitSettings(lr=cfg.lr, lr_schedule=cfg.lr_schedule, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=seed,
                            device=r.device, amp_dtype=r.amp)
     if protocol == "finetune":  # the step budget bounds the expensive protocol only
         settings.epochs, settings.max_steps, settings.min_steps = cfg.epochs, cfg.max_steps, cfg.min_steps
@@ -199,7 +150,7 @@ def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
         result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels,
                      n_classes, settings)
         return model, result, predict_logits(model.head, features["test"], 256, r.device, r.amp)
-    augment = finetune_augment(cfg.hflip) if cfg.augment else None
+    augment = finetune_augment(cfg.hflip, cfg.rotate) if cfg.augment else None
     result = fit(model, data.train.images[idx], data.train.labels[idx], data.valid.images, data.valid.labels, n_classes,
                  settings, augment)
     return model, result, predict_logits(model, data.test.images, 256, r.device, r.amp)
@@ -241,7 +192,7 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
     cfg = cfg.model_copy(update={"image_size": resolve_image_size(cfg.image_size, init, progress)})
     data, data_key = _labelled(cfg, cache)
-    device = _device(cfg.accelerator)
+    device = accelerator_device(cfg.accelerator)
     subsets = draw_subsets(cfg, data, init, cache, data_key, device)
     amp = torch.bfloat16 if (device == "cuda" and cfg.precision in ("auto", "bf16-mixed")) else None
     if init.source not in ("random", "imagenet"):

@@ -19,6 +19,7 @@ import torch
 from sonossl.downstream.classifier import Classifier
 from sonossl.errors import SonosslError
 from sonossl.models.backbones import build_encoder, get_spec, load_error
+from sonossl.models.devices import resolve_device
 from sonossl.outputs import atomic_torch_save
 
 MODEL_FORMAT = 1
@@ -37,17 +38,6 @@ class LoadedModel:
     path: Path
     device: str
     meta: dict[str, Any] = field(default_factory=dict)  # the bundle without its state_dict
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``/``cuda``/``cuda:N`` as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SonosslError(f"--device {device}: no CUDA device is visible")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise SonosslError(f"--device: expected auto, cpu or cuda[:N], got {device!r}")
-    return device
 
 
 def model_file(model: Path) -> Path:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, get_args
 
 import numpy as np
 import torch
 
+from sonossl.config import PoolSplit
 from sonossl.errors import SonosslError
 
-POOL_SPLITS = ("all", "train", "val")
+POOL_SPLITS = get_args(PoolSplit)
 
 
 @dataclass

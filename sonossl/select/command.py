@@ -29,8 +29,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def run_select(s: SelectConfig, overwrite: bool = False) -> dict:
     """Select ``s.budget`` frames (settings: :class:`SelectConfig`); returns ``{"out", "chosen", "n_candidates", "clips", "wall_s"}``."""
-    from sonossl.downstream.evaluate import resolve_init
-    from sonossl.downstream.modelfile import resolve_device
+    from sonossl.models.devices import resolve_device
+    from sonossl.models.init import resolve_init
     from sonossl.select.candidates import embed_pool, open_pool
     from sonossl.select.sheets import contact_sheet, embedding_map, publish, write_frames, write_json
 

@@ -8,15 +8,6 @@ import numpy as np
 import pytest
 
 
-def blobs(sizes: list[int], dim: int = 16, spread: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Well-separated clusters on the unit sphere: features ``(sum(sizes), dim)`` and cluster ids."""
-    rng = np.random.default_rng(seed)
-    centres = np.linalg.qr(rng.normal(size=(dim, dim)))[0][: len(sizes)]  # orthonormal: all pairs sqrt(2) apart
-    y = np.repeat(np.arange(len(sizes)), sizes)
-    x = centres[y] + spread * rng.normal(size=(len(y), dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
-
-
 @pytest.fixture
 def tiny_store(tmp_path) -> Path:
     """4 clips x 6 frames of 32 px; each clip a different texture, its frames near-duplicates."""

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import blobs
 
 from sonossl.errors import SonosslError
 from sonossl.select import strategies
 from sonossl.select.strategies import STRATEGIES, ball_graph, purity_radius, select
+
+
+def blobs(sizes: list[int], dim: int = 16, spread: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated clusters on the unit sphere: features ``(sum(sizes), dim)`` and cluster ids."""
+    rng = np.random.default_rng(seed)
+    centres = np.linalg.qr(rng.normal(size=(dim, dim)))[0][: len(sizes)]  # orthonormal: all pairs sqrt(2) apart
+    y = np.repeat(np.arange(len(sizes)), sizes)
+    x = centres[y] + spread * rng.normal(size=(len(y), dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
 
 UNBALANCED = [300, 40, 20, 12, 8]  # a random draw of 5 almost never meets all five
 

@@ -1,0 +1,59 @@
+"""``--init``, resolved: which backbone an evaluation or a selection starts from, and how to build it.
+
+One reader for every command that takes ``--init`` (``evaluate``, ``select``, ``study``): random
+initialisation, torchvision's ImageNet weights (from its cache or a local file, never downloaded),
+a pretrain run folder, or a ``backbone.pt`` file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sonossl.errors import SonosslError
+from sonossl.models.backbones import Encoder, build_encoder, get_spec, imagenet_available, imagenet_cache_path
+
+
+@dataclass
+class InitSpec:
+    """A resolved ``--init``: its label in results, its backbone name and how to build it."""
+
+    label: str
+    backbone: str
+    source: str  # random | imagenet | path of backbone.pt
+    image_size: int | None = None  # the pretraining resolution, when known
+
+    def build(self, imagenet_weights: Path | None) -> Encoder:
+        return build_encoder(self.backbone, self.source, imagenet_weights)
+
+
+def resolve_init(init: str, backbone: str | None, imagenet_weights: Path | None = None) -> InitSpec:
+    """``random`` | ``imagenet`` | a pretrain run folder | a ``backbone.pt`` file."""
+    if init in ("random", "imagenet"):
+        name = backbone or "resnet18"
+        get_spec(name)
+        if init == "imagenet" and not imagenet_available(name, imagenet_weights):
+            where = imagenet_weights or imagenet_cache_path(name)
+            raise SonosslError(
+                f"ImageNet weights for {name} not found at {where}; put torchvision's "
+                f"{get_spec(name).weights.url.rsplit('/', 1)[-1]} in its cache or pass --imagenet-weights FILE"
+            )
+        return InitSpec(init, name, init)
+    path = Path(init)
+    if not path.exists():
+        raise SonosslError(f"{path}: init not found; expected random, imagenet, a pretrain run folder or a backbone.pt file")
+    run_dir = path if path.is_dir() else path.parent
+    ckpt = path / "backbone.pt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise SonosslError(f"{ckpt}: backbone checkpoint not found; has the pretraining in {run_dir} finished?")
+    run_cfg = {}
+    if (run_dir / "config.yaml").is_file():
+        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    name = backbone or run_cfg.get("backbone")
+    if name is None:
+        raise SonosslError(f"{ckpt}: cannot tell its backbone (no config.yaml beside it); pass --backbone")
+    get_spec(name)
+    label = run_cfg.get("method") or run_dir.name
+    return InitSpec(str(label), name, str(ckpt), run_cfg.get("image_size"))
