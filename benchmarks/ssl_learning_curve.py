@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from pytorch_lightning.callbacks import Callback
 
 from sonossl.config import PretrainConfig, build_config, read_preset
@@ -95,19 +96,24 @@ def prepare(out: Path, videos: int, frames: int, seed: int) -> None:
         ingest([src / "videos"], out / "frames.h5", frame_skip=1, size=64, val_fraction=0.1, progress=False)
 
 
-def pretrain(out: Path, method: str, steps: int, threads: int, seed: int) -> None:
+def pretrain(out: Path, method: str, steps: int, threads: int, seed: int, name: str | None = None,
+             options: Path | None = None) -> None:
+    """Pretrain ``method`` (run and snapshots named ``name``, default the method) with the cpu
+    preset, overridden by the YAML mapping in ``options`` (e.g. an ``augment:`` block)."""
     torch.set_num_threads(threads)
+    name = name or method
     layer = read_preset("cpu", method)
-    cfg = build_config(PretrainConfig, layer, {
-        "method": method, "frames": out / "frames.h5", "out": out / "runs" / method, "seed": seed,
+    extra = yaml.safe_load(options.read_text()) if options else {}
+    cfg = build_config(PretrainConfig, {**layer, **extra}, {
+        "method": method, "frames": out / "frames.h5", "out": out / "runs" / name, "seed": seed,
         "max_steps": steps, "epochs": 10_000, "num_workers": 1, "monitor_labels": None,
-    }, source=f"learning curve ({method})")
-    run = out / "runs" / method
+    }, source=f"learning curve ({name})")
+    run = out / "runs" / name
     resume = (run / "checkpoints" / "last.ckpt").is_file()
     if (run / "backbone.pt").is_file():
         print(f"{run}: finished")
         return
-    snaps = Snapshots(out / "snapshots" / method, snapshot_steps(steps))
+    snaps = Snapshots(out / "snapshots" / name, snapshot_steps(steps))
     snaps.folder.mkdir(parents=True, exist_ok=True)
     run_pretrain(cfg, resume=resume, overwrite=not resume, progress=False, callbacks=[snaps])
 
@@ -302,6 +308,10 @@ def main() -> None:
     p.add_argument("phase", choices=["prepare", "pretrain", "score", "plot"], help="what to do (see the module docstring)")
     p.add_argument("--out", type=Path, required=True, help="working folder (data, runs, snapshots, curve.csv)")
     p.add_argument("--method", default="barlowtwins", help="pretrain: SSL method (default barlowtwins)")
+    p.add_argument("--name", default=None, help="pretrain: name of the run and its curve (default: the method)")
+    p.add_argument("--options", type=Path, default=None,
+                   help="pretrain: YAML mapping of pretraining settings over the cpu preset, e.g. an augment: block "
+                        "(default: none)")
     p.add_argument("--steps", type=int, default=3000, help="pretrain: optimiser steps of the schedule (default 3000)")
     p.add_argument("--videos", type=int, default=600, help="prepare: unlabelled clips (default 600)")
     p.add_argument("--frames", type=int, default=8, help="prepare: frames per clip (default 8)")
@@ -314,7 +324,7 @@ def main() -> None:
     if a.phase == "prepare":
         prepare(a.out, a.videos, a.frames, a.seed)
     elif a.phase == "pretrain":
-        pretrain(a.out, a.method, a.steps, a.threads, a.seed)
+        pretrain(a.out, a.method, a.steps, a.threads, a.seed, a.name, a.options)
     elif a.phase == "score":
         score(a.out, a.random_seeds, a.threads)
     else:

@@ -21,6 +21,7 @@ from sonossl.outputs import atomic_write_text
 from sonossl.select.strategies import PROBCOVER_CLASSES, Strategy
 
 PRESET_DIR = Path(__file__).parent / "presets"
+PoolSplit = Literal["all", "train", "val"]  # the frames `select` chooses from: the whole store or one split
 DEFAULT_IMAGE_SIZE = 64  # px: ingest's --size, and evaluate's when its init has no pretraining size
 
 
@@ -173,6 +174,9 @@ class ViewAugment(Config):
     blur_sigma: Range | None = Field(None, description="blur sigma range (lo, hi) in pixels at 224 px, scaled to image_size")
     solarize_p: Prob | None = Field(None, description="probability of solarisation (inverting intensities above 0.5)")
     hflip: bool | None = Field(None, description="random horizontal flips (an LVOT mirrored looks like an RVOT)")
+    rotate_p: Prob | None = Field(None, description="probability of rotating the view about its centre (default 0)")
+    rotate: float | None = Field(None, ge=0, le=180, description="maximum rotation in degrees; the angle is uniform "
+                                 "in +- this (a rotation keeps handedness, so the plane's class)")
 
     @field_validator("crop_scale", "crop_ratio", "gamma", "speckle_sigma", "blur_sigma")
     @classmethod
@@ -278,6 +282,9 @@ class EvaluateConfig(Config):
     image_size: int | None = Field(None, gt=0, description="side of the input images in pixels; none: the init's "
                                    f"pretraining size, else {DEFAULT_IMAGE_SIZE}")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate over a run: constant (the published protocol), or cosine decay to 0 "
+        "over the run's steps (docs/protocol.md, deviations)")
     weight_decay: float = Field(1e-6, ge=0, description="AdamW weight decay")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the linear head")
     batch_size: int = Field(128, gt=0, description="images per step")
@@ -287,6 +294,8 @@ class EvaluateConfig(Config):
     min_steps: int = Field(0, ge=0, description="floor on fine-tuning steps, so 1 % runs are more than a handful of updates")
     augment: bool = Field(True, description="fine-tuning augmentations (crop, vertical flip, intensity)")
     hflip: bool = Field(False, description="horizontal flips in fine-tuning (LVOT and RVOT mirror each other)")
+    rotate: float = Field(0.0, ge=0, le=180, description="fine-tuning rotation: an angle uniform in +- this, in degrees; "
+                          "0: none, as the published protocol (docs/protocol.md, deviations)")
     save_models: bool = Field(True, description="write model.pt in each run folder")
     num_workers: int = Field(0, ge=0, description="data loader processes")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
@@ -389,7 +398,7 @@ class SelectConfig(Config):
     imagenet_weights: Path | None = Field(None, description="torchvision ImageNet weights file; none: torchvision's cache")
     strategy: Strategy = Field("typiclust", description="how to choose; sources in docs/selection.md")
     per_clip: int = Field(2, ge=0, description="at most this many frames of one clip (frames); 0: no limit")
-    split: Literal["all", "train", "val"] = Field("all", description="frames of the store to choose from")
+    split: PoolSplit = Field("all", description="frames of the store to choose from")
     seed: int = Field(0, description="seed of the strategy and of a random init")
     image_size: int | None = Field(None, ge=8, description="side the frames are resized to before embedding, in "
                                    f"pixels; none: the pretraining's, else the store's frame size, else {DEFAULT_IMAGE_SIZE}")

@@ -5,7 +5,7 @@ at once, with the semantics and parameter ranges of :class:`~sonossl.data.transf
 (it reads them from the very same objects): per sample, a random resized crop (torchvision's
 sampling: 10 tries of area fraction and log-aspect, then the centre square), resized with the
 same antialiased bilinear weights ``F.interpolate(..., antialias=True)`` uses, an optional
-horizontal flip, intensity jitter (brightness around the view's mean, then contrast), gamma,
+horizontal flip, an optional rotation (the very same :func:`~sonossl.data.transforms.rotate_views`), intensity jitter (brightness around the view's mean, then contrast), gamma,
 multiplicative speckle, Gaussian blur (sigma scaled by size / 224, radius 3 sigma, reflect
 padding) and solarisation, each with its own probability.
 
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sonossl.data.pairs import FramePairDataset
-from sonossl.data.transforms import ViewTransform
+from sonossl.data.transforms import ViewTransform, rotate_views
 from sonossl.errors import SonosslError
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop.get_params
@@ -178,9 +178,12 @@ class BatchedView:
         spk, speckle = u() < t.speckle_p, u(*t.speckle_sigma)
         blur, blur_sigma = u() < t.blur_p, u(*t.blur_sigma) * t.size / 224
         sol = u() < t.solarize_p
+        rot, angle = (u() < t.rotate_p, u(-t.rotate, t.rotate)) if t.rotate_p > 0 else (None, None)
         if frames.dtype == torch.uint8:
             frames = frames.float().div_(255)
         x = resized_crop(frames[:, 0], boxes, t.size, flip)[:, None]
+        if rot is not None:
+            x = _on(x, rot, lambda v, i: rotate_views(v, angle[i]))
 
         def jitter(v: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
             m = v.mean((1, 2, 3), keepdim=True)

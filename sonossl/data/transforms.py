@@ -12,7 +12,9 @@ What differs from the seed's ImageNet recipe, and why:
   RVOT-looking one, i.e. it changes the class the backbone should later tell apart;
 - added gamma and multiplicative (speckle-like) noise, the two intensity changes a change of
   scanner gain/compression and a different probe produce;
-- Gaussian blur's sigma is scaled with the output size (the seed's 0.1-2.0 px are at 224 px).
+- Gaussian blur's sigma is scaled with the output size (the seed's 0.1-2.0 px are at 224 px);
+- an optional rotation of the view (``rotate_p``, off by default): the heart's axis turns with
+  the fetus's lie, so a representation of the plane should not encode it (docs/methods.md, view augmentations).
 
 The seed's asymmetric pair (blur p 1.0 / 0.1, solarize p 0 / 0.2) is :func:`asymmetric_pair`.
 """
@@ -48,12 +50,20 @@ class ViewTransform:
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # at 224 px; scaled by size / 224
     solarize_p: float = 0.0
     hflip: bool = False
+    rotate_p: float = 0.0
+    rotate: float = 0.0  # degrees: the angle is drawn uniform in +- this
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rotate <= 180:
+            raise ValueError(f"rotate: expected a maximum angle in [0, 180] degrees, got {self.rotate}")
 
     def __call__(self, frame: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """frame: uint8 or float (1, H, W) -> float32 (1, size, size) in [0, 1]."""
         x = self._crop(frame, g)
         if self.hflip and _u(g) < 0.5:
             x = x.flip(-1)
+        if self.rotate_p > 0 and _u(g) < self.rotate_p:
+            x = rotate_views(x[None], torch.tensor([_u(g, -self.rotate, self.rotate)]))[0]
         if _u(g) < self.jitter_p:
             b = _u(g, 1 - self.brightness, 1 + self.brightness)
             c = _u(g, 1 - self.contrast, 1 + self.contrast)
@@ -92,6 +102,16 @@ class ViewTransform:
             crop = crop / 255
         out = F.interpolate(crop[None], size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         return out[0].clamp_(0, 1)
+
+
+def rotate_views(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each view of ``x`` ``(B, C, S, S)`` by its own angle ``degrees`` ``(B,)`` about the
+    centre (counter-clockwise), bilinear, black outside the frame (as the sector's surround)."""
+    a = torch.deg2rad(degrees.to(x.dtype))
+    cos, sin, zero = torch.cos(a), torch.sin(a), torch.zeros_like(a)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0, 1)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

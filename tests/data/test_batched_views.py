@@ -126,6 +126,7 @@ OPS = {
     "blur": dict(blur_p=0.5, blur_sigma=(1.0, 14.0)),  # 0.14-2 px at 32 px (the default range is for 224 px)
     "solarize": dict(solarize_p=0.2),
     "hflip": dict(hflip=True),
+    "rotate": dict(rotate_p=0.5, rotate=90.0),
 }
 CHANGED = {  # the same operation with one setting changed: the tests must notice
     "jitter": dict(jitter_p=0.8, brightness=0.0, contrast=0.0),
@@ -134,6 +135,7 @@ CHANGED = {  # the same operation with one setting changed: the tests must notic
     "blur": dict(blur_p=1.0, blur_sigma=(1.0, 14.0)),
     "solarize": dict(solarize_p=0.6),
     "hflip": dict(hflip=False),
+    "rotate": dict(rotate_p=0.5, rotate=15.0),
 }
 
 
