@@ -75,6 +75,7 @@ class Classifier(nn.Module):
 @dataclass
 class FitSettings:
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": decay to 0 over the run's optimiser steps
     weight_decay: float = 1e-6
     epochs: int = 100
     batch_size: int = 128
@@ -121,12 +122,15 @@ def plan_epochs(n: int, s: FitSettings) -> int:
     return epochs
 
 
-def finetune_augment(hflip: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """RandAugment(5, 5) + flips (docs/protocol.md), per image, on ``uint8 (1, S, S)``.
+def finetune_augment(hflip: bool = False, rotate: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """RandAugment(5, 5) + flips (docs/protocol.md), per image, on ``uint8 (1, S, S)``; with
+    ``rotate`` > 0, first a rotation by an angle uniform in +- ``rotate`` degrees (black corners).
 
-    Horizontal flips are off by default: a mirrored LVOT is an RVOT. Vertical flips keep sides.
+    Horizontal flips are off by default: a mirrored LVOT is an RVOT. Vertical flips keep sides,
+    and so does a rotation.
     """
-    ops = [v2.RandAugment(num_ops=5, magnitude=5), v2.RandomVerticalFlip()]
+    ops = [v2.RandomRotation(rotate)] if rotate > 0 else []
+    ops += [v2.RandAugment(num_ops=5, magnitude=5), v2.RandomVerticalFlip()]
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
     return v2.Compose(ops)
@@ -166,6 +170,9 @@ def fit(
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, n_classes).to(s.device))
     n = len(x_train)
     epochs = plan_epochs(n, s)
+    total = epochs * len(batch_bounds(n, s.batch_size))
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if s.lr_schedule == "cosine"
+             else None)
     eval_at = set(np.linspace(1, epochs, num=min(epochs, s.max_evals)).round().astype(int).tolist())
     best = (-1.0, 0, None)
     history, steps = [], 0
@@ -183,11 +190,14 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             steps += 1
         if epoch in eval_at:
             pred = predict_logits(model, x_val, 256, s.device, s.amp_dtype).argmax(1).numpy()
             bacc = float(balanced_accuracy_score(y_val.numpy(), pred))
-            history.append({"epoch": epoch, "step": steps, "train_loss": float(loss.detach()), "val_balanced_accuracy": bacc})
+            history.append({"epoch": epoch, "step": steps, "lr": opt.param_groups[0]["lr"], "train_loss": float(loss.detach()),
+                            "val_balanced_accuracy": bacc})
             if bacc > best[0]:
                 best = (bacc, epoch, copy.deepcopy(model.state_dict()))
         if on_epoch:

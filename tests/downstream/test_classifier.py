@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sonossl.downstream.classifier import Classifier, FitSettings, batch_bounds, fit
@@ -25,3 +27,18 @@ def test_finetune_with_n_one_more_than_a_multiple_of_the_batch_trains():
     y = torch.tensor([0, 1, 2] * 3)
     result = fit(model, x, y, x, y, 3, FitSettings(epochs=1, batch_size=8))
     assert result.steps == 1  # one batch of 9, not 8 + a batch of 1 that batch norm refuses
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run_and_constant_stays():
+    from torch import nn
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 6), torch.arange(40) % 2
+    lrs = {}
+    for schedule in ("constant", "cosine"):
+        head = nn.Linear(6, 2)
+        s = FitSettings(lr=1e-2, lr_schedule=schedule, epochs=8, batch_size=10, max_evals=8)
+        lrs[schedule] = [h["lr"] for h in fit(head, x, y, x, y, 2, s).history]
+    assert lrs["constant"] == [1e-2] * 8
+    assert lrs["cosine"][-1] < 1e-8 and all(a > b for a, b in zip(lrs["cosine"], lrs["cosine"][1:]))
+    assert abs(lrs["cosine"][3] - 1e-2 * 0.5 * (1 + math.cos(math.pi * 16 / 32))) < 1e-9  # after 4 of 8 epochs
