@@ -137,6 +137,16 @@ class IngestConfig(Config):
     dedup: float | None = Field(None, gt=0, description="drop a frame whose mean absolute difference (grey levels "
                                 "0-255, on a 32x32 copy) to the last kept frame is below this")
     seed: int = Field(0, description="seed of the group split")
+    shard: str | None = Field(None, description="I/N: ingest only part I (0 to N-1) of N of the sources, split by a "
+                              "hash of their paths, into OUT/part-I-of-N.h5; OUT is then a folder that reads as one "
+                              "store once all N parts are written; none: every source into OUT")
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        from sonossl.data.framestore import parse_shard
+
+        return None if v is None else "{}/{}".format(*parse_shard(v))
 
 
 class InfoConfig(Config):
