@@ -77,13 +77,26 @@ def ingest(sources: list[str | Path] | str | Path, out: str | Path, *, resume: b
 def pretrain(config: ConfigSource = None, *, preset: str | None = None, resume: bool = False, overwrite: bool = False,
              progress: bool = True, **options: Any) -> Path:
     """Self-supervised pretraining (settings: :class:`PretrainConfig`); returns the run folder,
-    which holds ``backbone.pt`` (a torchvision state_dict), ``stats.jsonl`` and ``config.yaml``."""
+    which holds ``backbone.pt`` (a torchvision state_dict), ``stats.jsonl`` and ``config.yaml``.
+    With ``launcher`` slurm or submitit-local the run is one submitted job, waited for."""
     from sonossl.methods.train import run_pretrain
 
     cfg = pretrain_config(config, preset=preset, **options)
     for key in ("frames", "out"):
         if getattr(cfg, key) is None:
             raise SonosslError(f"pretrain: {key} is required (--{key})")
+    if cfg.launcher != "local":  # one job of num_nodes x devices tasks; wait for it (it runs on if this stops)
+        from sonossl.methods.train import submit_pretrain
+
+        job = submit_pretrain(cfg, resume=resume, overwrite=overwrite)
+        if progress:
+            print(f"pretrain: submitted job {job.job_id} ({cfg.launcher}, {cfg.num_nodes} node(s) x {cfg.devices} "
+                  f"task(s)); its log is in {cfg.out}/submitit/; waiting for it (Ctrl-C stops waiting, not the job)")
+        try:
+            return Path(job.result())
+        except Exception as exc:  # the job's own error (a SonosslError in it too) arrives as text
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise SonosslError(f"pretrain job {job.job_id} failed: {last} (its log: {cfg.out}/submitit/)") from None
     return run_pretrain(cfg, resume=resume, overwrite=overwrite, progress=progress)
 
 
