@@ -134,7 +134,7 @@ def run_study(study: str | Path | None = None, out: str | Path | None = None, *,
              "cpus": cfg.slurm_cpus, "mem": cfg.slurm_mem}
     return run(load_study(cfg.study, preset=cfg.preset), cfg.out, workers=cfg.workers, launcher=cfg.launcher,
                resume=resume, overwrite=overwrite, imagenet_weights=cfg.imagenet_weights, save_models=cfg.save_models,
-               slurm=slurm, log=log)
+               slurm=slurm, ingest_shards=cfg.ingest_shards, log=log)
 
 
 def report(folder: str | Path) -> dict[str, Path]:

@@ -63,8 +63,10 @@ def executor(folder: Path, launcher: str, shape: JobShape):
     if shape.array_parallelism is not None:
         params["slurm_array_parallelism"] = int(shape.array_parallelism)
     if cluster == "slurm":
-        params.update(nodes=shape.nodes, tasks_per_node=shape.tasks_per_node, gpus_per_node=shape.gpus_per_node,
-                      cpus_per_task=shape.cpus_per_task, slurm_mem=shape.mem)
+        params.update(nodes=shape.nodes, tasks_per_node=shape.tasks_per_node, cpus_per_task=shape.cpus_per_task,
+                      slurm_mem=shape.mem)
+        if shape.gpus_per_node > 0:  # none asked for: no --gpus-per-node line (a CPU partition may refuse one)
+            params["gpus_per_node"] = shape.gpus_per_node
         if shape.partition:
             params["slurm_partition"] = shape.partition
     ex.update_parameters(**params)

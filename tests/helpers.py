@@ -211,3 +211,13 @@ def kill_when(proc, ready, log: Path, timeout: float = 240) -> None:
         pytest.fail("no progress to interrupt")
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(30) == -signal.SIGKILL
+
+
+def slurm_on_path(tmp_path: Path, monkeypatch) -> None:
+    """submitit's SLURM executor is built only where ``srun`` is on the PATH (it looks no
+    further); an ``srun`` that refuses to run lets the real executor write its sbatch script here."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import slurm_on_path
 from torch.utils.data import default_collate
 
 from sonossl.config import PretrainConfig
@@ -88,16 +89,6 @@ def test_two_nodes_equal_one_process_on_the_global_batch(frames, tmp_path):
         assert torch.allclose(state[k], v, rtol=1e-4, atol=1e-6), k
         moved += not torch.equal(v, dict(init.named_parameters())[k].detach())
     assert moved > len(ref_params) // 2  # the step changed the weights: the comparison is not of two inits
-
-
-def slurm_on_path(tmp_path: Path, monkeypatch) -> None:
-    """submitit's SLURM executor is built only where ``srun`` is on the PATH (it looks no
-    further); an ``srun`` that refuses to run lets the real executor write its sbatch script here."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def test_slurm_job_is_one_job_of_nodes_by_tasks(tmp_path, monkeypatch):
