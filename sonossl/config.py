@@ -233,7 +233,8 @@ class PretrainConfig(SlurmJobConfig):
     """``sonossl pretrain``. Defaults are the ``cpu`` preset's; ``paper`` overrides them."""
 
     method: str = Field("barlowtwins", description="SSL method: ae, simclr, moco, byol, dino, barlowtwins or vicreg")
-    frames: Path | None = Field(None, description="frame store written by sonossl ingest; required")
+    frames: Path | None = Field(None, description="frame store written by sonossl ingest (FRAMES.h5, or a folder or "
+                                  ".txt list of its --shard parts); required")
     out: Path | None = Field(None, description="run folder to create; required")
     backbone: str = Field("resnet18", description="torchvision trunk: resnet18, resnet34, resnet50 or convnext_tiny")
     image_size: int | None = Field(None, gt=0, description="side of the views in pixels; none: the frame store's size")
