@@ -63,25 +63,40 @@ def synth(out: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
 def ingest(sources: list[str | Path] | str | Path, out: str | Path, *, resume: bool = False, overwrite: bool = False,
            progress: bool = True, **options: Any):
     """Ingest scan files or folders into the frame store ``out`` (an ``IngestSummary``)."""
+    from sonossl.data.framestore import parse_shard
     from sonossl.data.ingest import ingest as run
 
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     c = build_config(IngestConfig, {"sources": sources, "out": out, **options}, source="ingest")
     return run(c.sources, c.out, frame_skip=c.frame_skip, size=c.size, crop=c.crop, val_fraction=c.val_fraction,
                workers=c.workers, resume=resume, overwrite=overwrite, salt=c.salt, seed=c.seed,
-               max_frames_per_video=c.max_frames_per_video, dedup=c.dedup, progress=progress)
+               max_frames_per_video=c.max_frames_per_video, dedup=c.dedup, progress=progress,
+               shard=parse_shard(c.shard) if c.shard else None)
 
 
 def pretrain(config: ConfigSource = None, *, preset: str | None = None, resume: bool = False, overwrite: bool = False,
              progress: bool = True, **options: Any) -> Path:
     """Self-supervised pretraining (settings: :class:`PretrainConfig`); returns the run folder,
-    which holds ``backbone.pt`` (a torchvision state_dict), ``stats.jsonl`` and ``config.yaml``."""
+    which holds ``backbone.pt`` (a torchvision state_dict), ``stats.jsonl`` and ``config.yaml``.
+    With ``launcher`` slurm or submitit-local the run is one submitted job, waited for."""
     from sonossl.methods.train import run_pretrain
 
     cfg = pretrain_config(config, preset=preset, **options)
     for key in ("frames", "out"):
         if getattr(cfg, key) is None:
             raise SonosslError(f"pretrain: {key} is required (--{key})")
+    if cfg.launcher != "local":  # one job of num_nodes x devices tasks; wait for it (it runs on if this stops)
+        from sonossl.methods.train import submit_pretrain
+
+        job = submit_pretrain(cfg, resume=resume, overwrite=overwrite)
+        if progress:
+            print(f"pretrain: submitted job {job.job_id} ({cfg.launcher}, {cfg.num_nodes} node(s) x {cfg.devices} "
+                  f"task(s)); its log is in {cfg.out}/submitit/; waiting for it (Ctrl-C stops waiting, not the job)")
+        try:
+            return Path(job.result())
+        except Exception as exc:  # the job's own error (a SonosslError in it too) arrives as text
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise SonosslError(f"pretrain job {job.job_id} failed: {last} (its log: {cfg.out}/submitit/)") from None
     return run_pretrain(cfg, resume=resume, overwrite=overwrite, progress=progress)
 
 
@@ -119,7 +134,7 @@ def run_study(study: str | Path | None = None, out: str | Path | None = None, *,
              "cpus": cfg.slurm_cpus, "mem": cfg.slurm_mem}
     return run(load_study(cfg.study, preset=cfg.preset), cfg.out, workers=cfg.workers, launcher=cfg.launcher,
                resume=resume, overwrite=overwrite, imagenet_weights=cfg.imagenet_weights, save_models=cfg.save_models,
-               slurm=slurm, log=log)
+               slurm=slurm, ingest_shards=cfg.ingest_shards, log=log)
 
 
 def report(folder: str | Path) -> dict[str, Path]:

@@ -108,6 +108,16 @@ def dump_config(cfg: Config, path: Path) -> None:
 
 
 Accelerator = Literal["auto", "cpu", "gpu"]
+Launcher = Literal["local", "slurm", "submitit-local"]
+
+
+class SlurmJobConfig(Config):
+    """What a SLURM job asks for, shared by the commands that submit jobs (:mod:`sonossl.launch`)."""
+
+    slurm_partition: str | None = Field(None, description="SLURM partition; none: the cluster's default")
+    slurm_timeout_min: int = Field(24 * 60, gt=0, description="SLURM job time limit in minutes")
+    slurm_cpus: int = Field(8, ge=1, description="CPUs per SLURM task (a task per GPU)")
+    slurm_mem: str = Field("64G", description="memory per SLURM node (SLURM syntax, e.g. 64G)")
 
 
 class SynthConfig(Config):
@@ -138,6 +148,16 @@ class IngestConfig(Config):
     dedup: float | None = Field(None, gt=0, description="drop a frame whose mean absolute difference (grey levels "
                                 "0-255, on a 32x32 copy) to the last kept frame is below this")
     seed: int = Field(0, description="seed of the group split")
+    shard: str | None = Field(None, description="I/N: ingest only part I (0 to N-1) of N of the sources, split by a "
+                              "hash of their paths, into OUT/part-I-of-N.h5; OUT is then a folder that reads as one "
+                              "store once all N parts are written; none: every source into OUT")
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        from sonossl.data.framestore import parse_shard
+
+        return None if v is None else "{}/{}".format(*parse_shard(v))
 
 
 class InfoConfig(Config):
@@ -213,11 +233,12 @@ class AugmentConfig(Config):
         return [self.view1, self.view2]
 
 
-class PretrainConfig(Config):
+class PretrainConfig(SlurmJobConfig):
     """``sonossl pretrain``. Defaults are the ``cpu`` preset's; ``paper`` overrides them."""
 
     method: str = Field("barlowtwins", description="SSL method: ae, simclr, moco, byol, dino, barlowtwins or vicreg")
-    frames: Path | None = Field(None, description="frame store written by sonossl ingest; required")
+    frames: Path | None = Field(None, description="frame store written by sonossl ingest (FRAMES.h5, or a folder or "
+                                  ".txt list of its --shard parts); required")
     out: Path | None = Field(None, description="run folder to create; required")
     backbone: str = Field("resnet18", description="torchvision trunk: resnet18, resnet34, resnet50 or convnext_tiny")
     image_size: int | None = Field(None, gt=0, description="side of the views in pixels; none: the frame store's size")
@@ -232,7 +253,14 @@ class PretrainConfig(Config):
     frame_stride: int = Field(1, ge=1, description="use every K-th stored frame as an anchor")
     monitor_labels: Path | None = Field(None, description="labelled set (train.csv, valid.csv) for the per-epoch kNN monitor")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="view augmentations (config file)")
-    devices: int = Field(1, ge=1, description="processes (GPUs, or CPU processes) of data-parallel training")
+    devices: int = Field(1, ge=1, description="processes (GPUs, or CPU processes) of data-parallel training per node")
+    num_nodes: int = Field(1, ge=1, description="machines of data-parallel training, each running devices processes; "
+                           "the global batch is split over num_nodes x devices")
+    launcher: Launcher = Field("local", description="local: train in this process (a multi-node run: start it on each "
+                               "node with MASTER_ADDR, MASTER_PORT, NODE_RANK set, or inside a SLURM allocation); "
+                               "slurm: submit one job of num_nodes nodes x devices tasks through submitit, requeued "
+                               "on preemption and resumed from its checkpoint; submitit-local: that job on this "
+                               "machine (one node)")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
     precision: str = Field("auto", description="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, 16-mixed, "
                            "bf16-mixed or bf16-true")
@@ -252,6 +280,11 @@ class PretrainConfig(Config):
     method_options: dict[str, Any] = Field(default_factory=dict, description="the method's own options (config file)")
     checkpoint_every_s: float = Field(300, gt=0, description="seconds between checkpoints (and one per epoch)")
     log_every_n_steps: int = Field(10, ge=1, description="optimiser steps per line of stats.jsonl")
+
+    @property
+    def world_size(self) -> int:
+        """Processes of data-parallel training: ``num_nodes x devices``."""
+        return self.num_nodes * self.devices
 
     @field_validator("precision")
     @classmethod
@@ -319,23 +352,22 @@ class EvaluateConfig(Config):
         return str(v) if isinstance(v, Path) else v  # a run folder as pretrain() returns it
 
 
-class StudyRunConfig(Config):
+class StudyRunConfig(SlurmJobConfig):
     """``sonossl study``: how to run a study file (what to run is in the file, :mod:`sonossl.study.grid`)."""
 
     study: Path | None = Field(None, description="study file (YAML); see the README's 'A whole study'")
     preset: str | None = Field(None, description="a built-in study (paper); a study file given too overrides its keys")
     out: Path | None = Field(None, description="study folder (required unless --dry-run)")
     workers: int = Field(1, ge=1, description="units run at once (local: processes sharing the cores)")
-    launcher: Literal["local", "slurm", "submitit-local"] = Field("local", description="where units run")
+    launcher: Launcher = Field("local", description="where units run")
     dry_run: bool = Field(False, description="print the expanded grid and exit")
     sample: int = Field(6, ge=1, description="runs listed by --dry-run")
     imagenet_weights: Path | None = Field(None, description="torchvision ImageNet weights file; none: torchvision's cache")
     save_models: bool = Field(False, description="keep model.pt in every evaluation run folder")
-    slurm_partition: str | None = Field(None, description="SLURM partition; none: the cluster's default")
-    slurm_timeout_min: int = Field(24 * 60, gt=0, description="SLURM job time limit in minutes")
     slurm_gpus: int = Field(1, ge=0, description="GPUs per SLURM job")
-    slurm_cpus: int = Field(8, ge=1, description="CPUs per SLURM job")
-    slurm_mem: str = Field("64G", description="memory per SLURM job (SLURM syntax, e.g. 64G)")
+    ingest_shards: int = Field(1, ge=1, description="parts each data variant's ingestion is split into (ingest "
+                               "--shard I/N), run as a job array under --launcher slurm or submitit-local, one after "
+                               "another under local; the store is then the folder data/<variant>/")
 
 
 class DemoConfig(Config):

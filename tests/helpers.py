@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 CLASSES = ["a", "b", "c"]
@@ -173,3 +179,45 @@ def ramp_store(path: Path, val_clip: bool = False) -> Path:
         if val_clip:
             w.add_video("v2", np.zeros((2, 16, 16), np.uint8), video_id="c", group_id="c", split="val")
     return path
+
+
+def spawn_cli(*argv, log: Path) -> subprocess.Popen:
+    """``sonossl ARGV`` in a child process (one torch thread), output to ``log``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    fh = open(log, "ab")
+    return subprocess.Popen([sys.executable, "-m", "sonossl.cli", *map(str, argv)], stdout=fh, stderr=subprocess.STDOUT,
+                            env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+def run_cli_process(*argv, log: Path, timeout: float = 300) -> int:
+    p = spawn_cli(*argv, log=log)
+    return p.wait(timeout)
+
+
+def kill_when(proc, ready, log: Path, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it finished (or timed out) first."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"finished before it could be killed (status {proc.returncode}): {log.read_text()[-2000:]}")
+        try:
+            if ready():
+                break
+        except Exception:  # a file caught mid-write: look again
+            pass
+        time.sleep(0.02)
+    else:
+        proc.kill()
+        pytest.fail("no progress to interrupt")
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL
+
+
+def slurm_on_path(tmp_path: Path, monkeypatch) -> None:
+    """submitit's SLURM executor is built only where ``srun`` is on the PATH (it looks no
+    further); an ``srun`` that refuses to run lets the real executor write its sbatch script here."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -11,7 +11,13 @@ Format (HDF5, compatible with the seed code's files):
 - file attributes: ``sonossl_format`` (version) and ``frame_size`` (the side in pixels of the
   square frames ``ingest`` wrote; one size per store).
 
-:class:`FrameStore` opens the HDF5 file lazily and re-opens it in each process (DataLoader
+A **sharded store** is several such files read as one: a folder of ``part-I-of-N.h5`` files
+(``sonossl ingest --shard I/N``, one per machine or job), or a ``.txt`` list of their paths.
+Each part also carries ``shard`` (``"I/N"``), ``val_fraction`` and ``split_seed``; the reader
+checks that every part of the N is there exactly once and assigns the splits over the groups of
+all parts, so the clips, frames, splits and groups are those of one ingest of everything.
+
+:class:`FrameStore` opens the HDF5 files lazily and re-opens it in each process (DataLoader
 workers fork or spawn), so one object can be handed to every worker.
 :class:`FrameStoreWriter` writes to a temporary file beside the target and renames it into place
 only when closed without error: a crash never leaves a half-written store under the real name.
@@ -19,9 +25,10 @@ only when closed without error: a crash never leaves a half-written store under 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -64,31 +71,131 @@ def _text(value, default: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class FrameStore:
-    """Read-only view of a frame store.
+def assign_splits(group_ids: list[str], val_fraction: float, seed: int = 0) -> dict[str, str]:
+    """``{group_id: "train" | "val"}``, deterministic in (groups, val_fraction, seed).
 
-    ``videos``: every clip, in file order; ``split(name)``: the clips of one split (a seed file
+    Groups are ranked by a hash of (``seed``, ``group_id``) and the first ``round(val_fraction *
+    groups)`` go to ``val`` (at least one when there are two or more groups and ``val_fraction
+    > 0``, never all of them)."""
+    groups = sorted(set(group_ids), key=lambda g: (hashlib.sha256(f"{seed}:{g}".encode()).hexdigest(), g))
+    n_val = round(val_fraction * len(groups))
+    if len(groups) > 1 and val_fraction > 0:
+        n_val = min(max(n_val, 1), len(groups) - 1)
+    elif len(groups) <= 1:
+        n_val = 0
+    return {g: ("val" if i < n_val else "train") for i, g in enumerate(groups)}
+
+
+# ------------------------------------------------------------------------- sharded stores
+SHARD_LIST_SUFFIX = ".txt"
+_PART = re.compile(r"^part-(\d+)-of-(\d+)\.h5$")
+
+
+def part_name(index: int, count: int) -> str:
+    """The file name of part ``index`` (0-based) of ``count`` in a folder of shards."""
+    return f"part-{index}-of-{count}.h5"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; ValueError otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if m is None or not int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"expected I/N with 0 <= I < N (part I of N, counted from 0), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def store_parts(path: Path) -> list[Path]:
+    """The HDF5 files of the store at ``path``: itself; for a folder, its ``part-I-of-N.h5``
+    files; for a shard list (a ``.txt`` file), the part stores it names, one per line, relative
+    to its own folder. Every part must be present (checked by :class:`FrameStore`)."""
+    path = Path(path)
+    if path.is_dir():
+        parts = sorted((p for p in path.iterdir() if _PART.match(p.name)), key=lambda p: p.name)
+        if not parts:
+            raise SonosslError(f"{path}: a folder, but no part-I-of-N.h5 shard stores in it "
+                               "(write them with sonossl ingest --shard I/N)")
+        return parts
+    if path.suffix.lower() == SHARD_LIST_SUFFIX and path.is_file():
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        if not lines:
+            raise SonosslError(f"{path}: shard list names no part stores (expected one path per line)")
+        return [p if p.is_absolute() else path.parent / p for p in map(Path, lines)]
+    if not path.is_file():
+        raise SonosslError(f"{path}: frame store not found")
+    return [path]
+
+
+def _check_shards(path: Path, parts: list[Path], attrs: list[dict]) -> None:
+    """Parts of a sharded store: each says which part of how many it is, all of one split of
+    the sources, none missing or twice, one frame size and split rule."""
+    have = []
+    for p, a in zip(parts, attrs):
+        if "shard" not in a:
+            raise SonosslError(f"{p}: not a shard store (no 'shard' attribute; written by sonossl ingest --shard I/N)")
+        have.append(parse_shard(_text(a["shard"], "")))
+        if _PART.match(p.name) and p.name != part_name(*have[-1]):
+            raise SonosslError(f"{p}: holds part {have[-1][0]} of {have[-1][1]}, not what its name says")
+    counts = {n for _, n in have}
+    if len(counts) != 1:
+        raise SonosslError(f"{path}: parts of different splits ({', '.join(sorted(f'of {n}' for n in counts))})")
+    [n] = counts
+    missing = sorted(set(range(n)) - {i for i, _ in have})
+    if missing or len(have) != n:
+        what = f"part {missing[0]} of {n} missing ({part_name(missing[0], n)})" if missing else f"{len(have)} parts for {n}"
+        raise SonosslError(f"{path}: {what}; ingest it with --shard {missing[0] if missing else 0}/{n} --resume")
+    for key in ("frame_size", "val_fraction", "split_seed"):
+        values = {float(a[key]) for a in attrs if key in a}
+        if len(values) > 1:
+            raise SonosslError(f"{path}: parts disagree on {key} ({', '.join(f'{v:g}' for v in sorted(values))})")
+
+
+class FrameStore:
+    """Read-only view of a frame store: one HDF5 file, or a sharded store (a folder of
+    ``part-I-of-N.h5`` files, or a ``.txt`` list of them) read as one.
+
+    ``videos``: every clip, in key order; ``split(name)``: the clips of one split (a seed file
     without ``split`` attributes is all ``train``); ``read(key, i)``: one frame ``uint8 [H, W]``
     or ``[H, W, 3]``; ``read_clip(key)``: ``[T, H, W(, 3)]``.
+
+    The splits of a sharded store are assigned over the groups of every part (the parts record
+    ``val_fraction`` and ``split_seed``), so they are the splits of one ingest of everything.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise SonosslError(f"{self.path}: frame store not found")
-        self._h5: h5py.File | None = None
+        self.parts = store_parts(self.path)
+        self._h5: dict[int, h5py.File] = {}
         self._pid: int | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
-        try:
-            with h5py.File(self.path, "r") as f:
-                self.videos = [self._record(k, f[k]) for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-                self.attrs = dict(f.attrs)
-        except OSError as exc:
-            raise SonosslError(f"{self.path}: not a readable HDF5 frame store ({exc})") from None
-        if not self.videos:
+        videos, attrs = [], []
+        for i, part in enumerate(self.parts):
+            try:
+                with h5py.File(part, "r") as f:
+                    videos += [(self._record(k, f[k]), i) for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+                    attrs.append(dict(f.attrs))
+            except OSError as exc:
+                raise SonosslError(f"{part}: not a readable HDF5 frame store ({exc})") from None
+        if len(self.parts) > 1 or self.path.is_dir() or self.path.suffix.lower() == SHARD_LIST_SUFFIX:
+            _check_shards(self.path, self.parts, attrs)
+            videos = self._union_splits(videos, attrs)
+        if not videos:
             raise SonosslError(f"{self.path}: frame store holds no clips")
+        self.attrs = {k: v for a in attrs for k, v in a.items() if k != "shard"}
+        self._part = {v.key: i for v, i in videos}
+        if len(self._part) != len(videos):
+            raise SonosslError(f"{self.path}: a clip is in more than one part")
+        self.videos = [v for v, _ in videos]
         self._by_key = {v.key: v for v in self.videos}
 
+    @staticmethod
+    def _union_splits(videos: list[tuple[VideoRecord, int]], attrs: list[dict]) -> list[tuple[VideoRecord, int]]:
+        """The parts' clips in key order, with splits assigned over the groups of every part."""
+        videos = sorted(videos, key=lambda vi: vi[0].key)
+        rule = next((a for a in attrs if "val_fraction" in a), None)
+        if rule is None:
+            return videos
+        splits = assign_splits([v.group_id for v, _ in videos], float(rule["val_fraction"]), int(rule["split_seed"]))
+        return [(replace(v, split=splits[v.group_id]), i) for v, i in videos]
     @staticmethod
     def _record(key: str, ds: h5py.Dataset) -> VideoRecord:
         if ds.dtype != np.uint8 or ds.ndim not in (3, 4) or (ds.ndim == 4 and ds.shape[3] != 3):
@@ -114,22 +221,27 @@ class FrameStore:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_h5"], state["_pid"], state["_datasets"] = None, None, {}  # each process opens its own handle
+        state["_h5"], state["_pid"], state["_datasets"] = {}, None, {}  # each process opens its own handles
         return state
+
+    def _file(self, part: int) -> h5py.File:
+        if self._pid != os.getpid():
+            self._h5, self._pid, self._datasets = {}, os.getpid(), {}
+        f = self._h5.get(part)
+        if f is None:
+            f = self._h5[part] = h5py.File(self.parts[part], "r")
+        return f
 
     @property
     def h5(self) -> h5py.File:
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-            self._datasets = {}
-        return self._h5
+        """The HDF5 file of a one-file store (a sharded store has one per part: :meth:`read`)."""
+        return self._file(0)
 
     def _dataset(self, key: str) -> h5py.Dataset:
         """The clip's dataset handle, kept per process (a lookup by name costs ~16x a frame read)."""
-        f = self.h5
-        ds = self._datasets.get(key)
+        ds = self._datasets.get(key) if self._pid == os.getpid() else None
         if ds is None:
+            f = self._file(self._part[key])
             ds = self._datasets[key] = f[key]
         return ds
 
@@ -160,10 +272,9 @@ class FrameStore:
         return min(min(v.height, v.width) for v in self.videos)
 
     def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
-            self._datasets = {}
+        for f in self._h5.values():
+            f.close()
+        self._h5, self._datasets = {}, {}
 
 
 TMP_SUFFIX = ".writing"
@@ -281,6 +392,11 @@ class FrameStoreWriter:
         elif have is not None and side != int(have):
             raise SonosslError(f"{self.path}: holds {int(have)} px frames, this clip's are {hw[0]}x{hw[1]}; "
                                "ingest at the store's --size, or into a new store (or --overwrite)")
+
+    def mark_shard(self, shard: str, val_fraction: float, split_seed: int) -> None:
+        """Record that this store is part ``shard`` (``"I/N"``) of a sharded store, and the split
+        rule, so a reader of all the parts assigns the splits of one ingest of everything."""
+        self._f.attrs.update({"shard": shard, "val_fraction": float(val_fraction), "split_seed": int(split_seed)})
 
     def records(self) -> list[VideoRecord]:
         """What the store being written holds so far (clips added by an earlier run included)."""

@@ -33,6 +33,14 @@ groups are ranked by a hash of (``seed``, ``group_id``) and the first ``round(va
 groups)`` go to ``val`` (at least one when there are two or more groups and ``val_fraction > 0``,
 never all of them). The ranking is redone over every group in the store at the end of each run,
 so a resumed store stays leak-free.
+
+Sharded ingestion (``shard=(I, N)``, ``sonossl ingest --shard I/N``): ``out`` is a folder and
+this run writes its part ``out/part-I-of-N.h5`` (with ``part-I-of-N.manifest.csv``) from the
+sources whose path relative to the source given (``::dataset`` appended for HDF5) hashes to
+``I`` mod N (SHA-256): a split that does not depend on the order files are found in, nor on
+files added later, so N machines or array jobs can each run one part and resume it alone. The
+parts read as one store (:class:`~sonossl.data.framestore.FrameStore` of the folder) with the
+splits assigned over all their groups.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from sonossl.data.framestore import HDF5_SUFFIXES, FrameStore, FrameStoreWriter
+from sonossl.data.framestore import HDF5_SUFFIXES, FrameStore, FrameStoreWriter, assign_splits, part_name
 from sonossl.data.readers import find_sources, hdf5_clips, open_source
 from sonossl.data.sector import CROPS, MAX_FRAMES_FOR_MOTION, Crop, crop_to_region, scan_region
 from sonossl.errors import SonosslError
@@ -85,17 +93,6 @@ def pseudonym(value: str, salt: str) -> str:
 def manifest_path(out: Path) -> Path:
     """``frames.h5`` -> ``frames.manifest.csv``."""
     return Path(out).with_suffix(".manifest.csv")
-
-
-def assign_splits(group_ids: list[str], val_fraction: float, seed: int = 0) -> dict[str, str]:
-    """``{group_id: "train" | "val"}``, deterministic in (groups, val_fraction, seed)."""
-    groups = sorted(set(group_ids), key=lambda g: (hashlib.sha256(f"{seed}:{g}".encode()).hexdigest(), g))
-    n_val = round(val_fraction * len(groups))
-    if len(groups) > 1 and val_fraction > 0:
-        n_val = min(max(n_val, 1), len(groups) - 1)
-    elif len(groups) <= 1:
-        n_val = 0
-    return {g: ("val" if i < n_val else "train") for i, g in enumerate(groups)}
 
 
 # ---------------------------------------------------------------- one source (runs in a worker)
@@ -225,6 +222,29 @@ def _label(src: Path, dataset: str | None) -> str:
     return f"{src}::{dataset}" if dataset is not None else str(src)
 
 
+def _relative_label(unit: Unit, roots: list[Path]) -> str:
+    """The unit's path relative to the source (file or folder) it was found under, with
+    ``::dataset`` for a clip of an HDF5 file: the same wherever the archive is mounted."""
+    src, dset = unit
+    path = src.resolve()
+    rel = src.name
+    for root in roots:
+        if root.is_dir() and path.is_relative_to(root):
+            rel = path.relative_to(root).as_posix()
+            break
+    return _label(Path(rel), dset)
+
+
+def shard_of(label: str, count: int) -> int:
+    """The part (0 .. count-1) a source labelled ``label`` (see :func:`_relative_label`) belongs to."""
+    return int(hashlib.sha256(label.encode()).hexdigest(), 16) % count
+
+
+def _in_shard(units: list[Unit], sources: list[Path], shard: tuple[int, int]) -> list[Unit]:
+    roots = [Path(s).resolve() for s in sources]
+    return [u for u in units if shard_of(_relative_label(u, roots), shard[1]) == shard[0]]
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -303,39 +323,39 @@ def ingest(
     seed: int = 0,
     progress: bool = True,
     dedup: float | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> IngestSummary:
     """Ingest ``sources`` (files or folders) into the frame store ``out``; see the module docstring.
 
     dedup: drop a frame whose mean absolute difference (0-255, on a 32x32 grey copy of the
     cropped frame) to the last kept frame is below this; None keeps every frame.
+    shard: ``(I, N)``: only part I (0-based) of N of the sources, into ``out/part-I-of-N.h5``
+    (``out`` is then the folder of the parts); a part that no source falls into is written empty.
 
-    Writes ``out`` (atomically) and ``out.with_suffix(".manifest.csv")``. Raises
-    :class:`SonosslError` on bad options, when ``out`` exists without ``resume``/``overwrite``,
+    Writes the store (atomically) and its ``.manifest.csv`` beside it. Raises
+    :class:`SonosslError` on bad options, when the store exists without ``resume``/``overwrite``,
     and (after writing the manifest) when no source could be ingested.
     """
     _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video, dedup)
-    out = Path(out)
-    manifest = manifest_path(out)
-    own = {p.resolve() for p in (out, out.with_name(out.name + ".partial"), manifest)}
+    store = Path(out) if shard is None else Path(out) / part_name(*shard)
+    manifest = manifest_path(store)
+    own = {p.resolve() for p in (store, store.with_name(store.name + ".partial"), manifest)}
     found = find_sources([Path(s) for s in sources], image_folders=True)
-    files = [p for p in found if p.resolve() not in own]
+    files = [p for p in found if p.resolve() not in own and not (shard and p.resolve().is_relative_to(Path(out).resolve()))]
     if not files:
         raise SonosslError(f"{', '.join(map(str, sources))}: no source files found")
     opts = {"frame_skip": frame_skip, "size": size, "crop": crop, "salt": salt, "max_frames": max_frames_per_video,
             "dedup": dedup}  # fmt: skip
     units, rows, order = _units(files, salt)
-
-    writer = FrameStoreWriter(out, overwrite=overwrite, resume=resume)
-    ok = 0
+    if shard is not None:
+        units = _in_shard(units, sources, shard)
+        mine = {_label(*u) for u in _in_shard([(Path(r["source"]), None) for r in rows], sources, shard)}
+        rows = [r for r in rows if r["source"] in mine]
+    writer = FrameStoreWriter(store, overwrite=overwrite, resume=resume)
+    if shard is not None:
+        writer.mark_shard(f"{shard[0]}/{shard[1]}", val_fraction, seed)
+    ok, records = _write_units(writer, units, rows, opts, workers, progress, salt)
     try:
-        todo = _todo(units, writer, salt, rows)
-        with progress_bar("ingest", progress) as bar:
-            task = bar.add_task("ingest", total=len(todo))
-            for (unit, vid), res in zip(todo, _results([u for u, _ in todo], opts, workers)):
-                rows.append(_store_result(writer, unit, vid, res, frame_skip))
-                ok += res["status"] == "ok"
-                bar.advance(task)
-        records = writer.records()
         splits = assign_splits([r.group_id for r in records], val_fraction, seed)
         for r in records:
             if r.split != splits[r.group_id]:
@@ -343,7 +363,7 @@ def ingest(
     except BaseException:
         writer.close(ok=False)
         raise
-    if records:
+    if records or (shard is not None and not units):
         writer.close(ok=True)
     else:
         writer.close(ok=False)
@@ -352,10 +372,30 @@ def ingest(
     _write_manifest(manifest, rows, keep_previous=resume)
     skipped = sum(r["status"] == "skipped" for r in rows)
     errors = sum(r["status"] == "error" for r in rows)
-    if ok == 0 and skipped == 0:
-        raise SonosslError(f"{out}: no source could be ingested; see {manifest}")
+    if ok == 0 and skipped == 0 and (shard is None or units):
+        raise SonosslError(f"{store}: no source could be ingested; see {manifest}")
     kept = sum(int(r["frames_kept"]) for r in rows if r["status"] == "ok")
-    return IngestSummary(ok=ok, skipped=skipped, error=errors, frames_kept=kept, store=out, manifest=manifest)
+    return IngestSummary(ok=ok, skipped=skipped, error=errors, frames_kept=kept, store=store, manifest=manifest)
+
+
+def _write_units(writer: FrameStoreWriter, units: list[Unit], rows: list[dict[str, Any]], opts: dict[str, Any],
+                 workers: int, progress: bool, salt: str) -> tuple[int, list]:
+    """Ingest the units not yet in the store (appending their manifest rows to ``rows``);
+    returns how many were ingested and the store's records. On any exception the writer is
+    closed with its partial file kept for ``resume``."""
+    ok = 0
+    try:
+        todo = _todo(units, writer, salt, rows)
+        with progress_bar("ingest", progress) as bar:
+            task = bar.add_task("ingest", total=len(todo))
+            for (unit, vid), res in zip(todo, _results([u for u, _ in todo], opts, workers)):
+                rows.append(_store_result(writer, unit, vid, res, opts["frame_skip"]))
+                ok += res["status"] == "ok"
+                bar.advance(task)
+        return ok, writer.records()
+    except BaseException:
+        writer.close(ok=False)
+        raise
 
 
 # ---------------------------------------------------------------- sonossl info

@@ -14,8 +14,8 @@ A method subclasses :class:`SSLMethod` and adds only what is its own (docs/metho
   ``export_encoder()`` (whose trunk becomes ``backbone.pt``; default: ``encoder``) and
   ``lr_schedule(step, steps_per_epoch)`` (default: warm-up then cosine).
 
-``cfg.batch_size`` is the global batch (as in barlowtwins ``main.py``); each of ``devices``
-processes gets ``batch_size / devices``. Learning rates scale with the global batch.
+``cfg.batch_size`` is the global batch (as in barlowtwins ``main.py``); each of the
+``num_nodes x devices`` processes gets ``batch_size / (num_nodes x devices)``. Learning rates scale with the global batch.
 """
 
 from __future__ import annotations
@@ -128,8 +128,9 @@ class SSLMethod(pl.LightningModule):
         before it writes anything, ``sonossl study`` before any run starts). ``cfg.image_size``
         may still be ``None`` (the frame store's size, resolved when the run starts): checks
         that need it are then made at the run's start. A subclass calls ``super()``."""
-        if cfg.batch_size % cfg.devices or cfg.batch_size // cfg.devices < 2:
-            raise SonosslError(f"batch_size: {cfg.batch_size} must be a multiple of devices ({cfg.devices}), >= 2 per device")
+        if cfg.batch_size % cfg.world_size or cfg.batch_size // cfg.world_size < 2:
+            raise SonosslError(f"batch_size: {cfg.batch_size} must be a multiple of num_nodes x devices "
+                               f"({cfg.world_size}), >= 2 per device")
 
     @classmethod
     def validate(cls, cfg: PretrainConfig) -> MethodOptions:

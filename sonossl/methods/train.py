@@ -291,12 +291,15 @@ def _trainer(cfg: PretrainConfig, out: Path, accelerator: str, precision: str, m
     callbacks += extra
     if progress:
         callbacks.append(RichProgressBar())
+    world = cfg.world_size
     strategy: Any = "auto"
-    if cfg.devices > 1:
+    if world > 1:
         from pytorch_lightning.strategies import DDPStrategy
 
-        # CPU: gloo in spawned processes (works from any caller, tests included);
-        # GPU: nccl, Lightning's default launcher (re-runs the command per device).
+        # CPU: gloo, in processes spawned here (any caller, tests included) or started per node;
+        # GPU: nccl, Lightning's default launcher (re-runs the command per device). Processes
+        # started by SLURM or per node (LOCAL_RANK set) are not launched again: Lightning's
+        # cluster environment (SLURM, or MASTER_ADDR/MASTER_PORT/NODE_RANK) joins them.
         strategy = DDPStrategy(
             process_group_backend="gloo" if accelerator == "cpu" else "nccl",
             start_method="spawn" if accelerator == "cpu" else "popen",
@@ -305,13 +308,14 @@ def _trainer(cfg: PretrainConfig, out: Path, accelerator: str, precision: str, m
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         strategy=strategy,
         precision=precision,
         max_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
         # SyncBatchNorm exists on GPU only; on CPU each process normalises its own share
-        sync_batchnorm=cfg.devices > 1 and accelerator == "gpu",
+        sync_batchnorm=world > 1 and accelerator == "gpu",
         use_distributed_sampler=False,  # EpochSampler shards, and resumes, by itself
         logger=False,
         callbacks=callbacks,
@@ -321,10 +325,21 @@ def _trainer(cfg: PretrainConfig, out: Path, accelerator: str, precision: str, m
         limit_val_batches=0,
         log_every_n_steps=cfg.log_every_n_steps,
         default_root_dir=out,
-        plugins=[AtomicCheckpointIO()] if cfg.devices == 1 else None,
+        plugins=_plugins(world),
         benchmark=accelerator == "gpu",
     )
     return trainer
+
+
+def _plugins(world: int) -> list:
+    """Atomic checkpoints (one process; with DDP the strategy carries them), and under SLURM its
+    cluster environment without Lightning's own requeue: submitit's job requeues itself."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    plugins: list = [AtomicCheckpointIO()] if world == 1 else []
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
 
 
 def _fit(trainer: pl.Trainer, model: SSLMethod, ckpt: Path | None) -> None:
@@ -337,3 +352,50 @@ def _fit(trainer: pl.Trainer, model: SSLMethod, ckpt: Path | None) -> None:
             msg = str(exc).strip().splitlines()[-1].split("SonosslError:", 1)[-1].strip()
             raise SonosslError(msg) from None
         raise
+
+
+# ------------------------------------------------------------------- a job on a cluster
+class PretrainJob:
+    """The submitit payload of ``pretrain --launcher slurm``: :func:`run_pretrain` with
+    ``resume``, run by every task of the job (Lightning's SLURM environment joins them into one
+    DDP run). On preemption or time-out submitit calls :meth:`checkpoint` and requeues the same
+    payload, which resumes from ``checkpoints/last.ckpt`` (at most ``checkpoint_every_s`` lost)."""
+
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg.model_copy(update={"launcher": "local"})  # the job trains; it never submits again
+
+    def __call__(self) -> str:
+        return str(run_pretrain(self.cfg, resume=True, progress=False))
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(PretrainJob(self.cfg))
+
+
+def job_shape(cfg: PretrainConfig):
+    """The one job of a pretraining: ``num_nodes`` nodes x ``devices`` tasks (a task per GPU)."""
+    from sonossl.launch import JobShape
+
+    gpus = 0 if cfg.accelerator == "cpu" else cfg.devices
+    return JobShape(timeout_min=cfg.slurm_timeout_min, nodes=cfg.num_nodes, tasks_per_node=cfg.devices,
+                    gpus_per_node=gpus, cpus_per_task=cfg.slurm_cpus, mem=cfg.slurm_mem, partition=cfg.slurm_partition,
+                    name=f"sonossl-pretrain-{cfg.method}")
+
+
+def submit_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False):
+    """Check ``cfg`` here, claim ``cfg.out`` (``resume``/``overwrite`` as for a local run), then
+    submit the run as one job through ``cfg.launcher``; returns the submitit job (job files in
+    ``OUT/submitit/``). The job always resumes, so a requeued job continues where it stopped."""
+    from dataclasses import replace
+
+    from sonossl.launch import check_launcher, executor
+
+    shape = job_shape(cfg)
+    if cfg.launcher == "submitit-local":  # one local task; Lightning starts the devices' processes inside it
+        shape = replace(shape, tasks_per_node=1)
+    check_launcher(cfg.launcher, shape)
+    # the accelerator is the job's; this machine (a login node) may have no GPU
+    _checked(cfg.model_copy(update={"accelerator": "cpu"}) if cfg.accelerator == "gpu" else cfg, resume, overwrite)
+    out = claim_output_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
+    return executor(out / "submitit", cfg.launcher, shape).submit(PretrainJob(cfg))

@@ -51,6 +51,7 @@ import yaml
 from sonossl.data.framestore import is_hdf5_path
 from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
+from sonossl.launch import check_launcher
 from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
 from sonossl.study.grid import EvalUnit, IngestUnit, Plan, PretrainUnit
 from sonossl.study.store import ResultsStore, UnitRecords
@@ -58,7 +59,6 @@ from sonossl.study.store import ResultsStore, UnitRecords
 STUDY_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy",
                  "dataset", "pretrain", "method", "pairs", "data_variant", "selection", "classes_missed"]
 RUNS_COLUMNS = ["init", "protocol", "fraction", "seed", "dataset", "run_dir", "selection"]
-LAUNCHERS = ("local", "slurm", "submitit-local")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class Context:
     monitor_dataset: str | None
     imagenet_weights: str | None = None
     save_models: bool | str = False  # True: every evaluation run keeps model.pt; a protocol name: that protocol's runs
+    ingest_shards: int = 1  # > 1: each variant is ingested in parts (a job array on a cluster) into data/<variant>/
 
 
 @dataclass
@@ -104,10 +105,16 @@ def unit_hash(unit) -> str:
 
 # --------------------------------------------------------------------------------- the payloads
 def _store_path(ctx: Context, variant: str) -> Path:
-    return Path(ctx.unlabelled) if ctx.store_given else Path(ctx.out) / "data" / f"{variant}.h5"
+    if ctx.store_given:
+        return Path(ctx.unlabelled)
+    data = Path(ctx.out) / "data"
+    return data / variant if ctx.ingest_shards > 1 else data / f"{variant}.h5"
 
 
-def _run_ingest(unit: IngestUnit, ctx: Context) -> dict[str, Any]:
+def _run_ingest(unit: IngestUnit, ctx: Context, shard: int | None = None) -> dict[str, Any]:
+    """Ingest the variant's sources into its store; sharded (``ctx.ingest_shards > 1``): part
+    ``shard`` alone (a job of the array), or with ``shard`` None every part in turn, the parts
+    already written only checked (how the launcher completes the unit after the array)."""
     from sonossl.data.ingest import ingest
     from sonossl.data.readers import find_sources
 
@@ -120,10 +127,13 @@ def _run_ingest(unit: IngestUnit, ctx: Context) -> dict[str, Any]:
         sources = sorted(random.Random(0).sample(found, o["clips"]))  # a seeded draw, the same on every rerun
     out = _store_path(ctx, unit.variant)
     out.parent.mkdir(parents=True, exist_ok=True)
-    s = ingest(sources, out, frame_skip=o["frame_skip"], size=o["size"], crop=o["crop"], val_fraction=o["val_fraction"],
-               salt=o["salt"], max_frames_per_video=o.get("max_frames_per_video"), dedup=o.get("dedup"),
-               resume=True, progress=False)
-    return {"clips": s.ok, "errors": s.error, "frames": s.frames_kept}
+    n = ctx.ingest_shards
+    parts = [None] if n == 1 else [(shard, n)] if shard is not None else [(i, n) for i in range(n)]
+    done = [ingest(sources, out, frame_skip=o["frame_skip"], size=o["size"], crop=o["crop"],
+                   val_fraction=o["val_fraction"], salt=o["salt"], max_frames_per_video=o.get("max_frames_per_video"),
+                   dedup=o.get("dedup"), resume=True, progress=False, shard=part) for part in parts]
+    return {"clips": sum(s.ok + s.skipped for s in done), "errors": sum(s.error for s in done),
+            "frames": sum(s.frames_kept for s in done)}
 
 
 def _run_pretrain(unit: PretrainUnit, ctx: Context) -> dict[str, Any]:
@@ -291,23 +301,21 @@ def _variant_text(v) -> str:
 
 def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local", resume: bool = False,
               overwrite: bool = False, imagenet_weights: Path | None = None, save_models: bool | str = False,
-              slurm: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> StudySummary:
+              slurm: dict[str, Any] | None = None, ingest_shards: int = 1,
+              log: Callable[[str], None] = print) -> StudySummary:
     """Run every unit of ``plan`` not yet complete in ``out``; then write results and the report."""
-    if launcher not in LAUNCHERS:
-        raise SonosslError(f"--launcher: {launcher!r}; expected one of: {', '.join(LAUNCHERS)}")
+    check_launcher(launcher)
     if workers < 1:
         raise SonosslError(f"--workers: {workers}; expected >= 1")
-    if launcher == "slurm":
-        import shutil
-
-        if shutil.which("sbatch") is None:
-            raise SonosslError("--launcher slurm: sbatch not found on this machine (use --launcher local)")
+    if ingest_shards < 1:
+        raise SonosslError(f"--ingest-shards: {ingest_shards}; expected >= 1")
     out = prepare(plan, out, resume=resume, overwrite=overwrite)
     ctx = Context(out=str(out), unlabelled=str(plan.spec.data.unlabelled) if plan.spec.data.unlabelled else None,
                   store_given=is_hdf5_path(plan.spec.data.unlabelled),
                   labelled={k: str(v) for k, v in plan.spec.data.labelled.items()},
                   monitor_dataset=plan.datasets[0] if plan.datasets else None,
-                  imagenet_weights=str(imagenet_weights) if imagenet_weights else None, save_models=save_models)
+                  imagenet_weights=str(imagenet_weights) if imagenet_weights else None, save_models=save_models,
+                  ingest_shards=ingest_shards)
     if any(u.init == "imagenet" for u in plan.evals):
         from sonossl.downstream.evaluate import resolve_init
 
@@ -326,7 +334,7 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
         if launcher == "local":
             _run_local(todo, ctx, workers, tally)
         else:
-            _run_submitit(todo, ctx, workers, tally, cluster="slurm" if launcher == "slurm" else "local", slurm=slurm or {})
+            _run_submitit(todo, ctx, workers, tally, launcher=launcher, slurm=slurm or {})
     finally:
         try:
             store.fold(records)  # whatever finished while the last outcomes were settled
@@ -422,38 +430,66 @@ def _run_local(todo: list, ctx: Context, workers: int, tally: _Tally) -> None:
 
 
 class _Job:
-    """A submitit payload: one unit. Requeued by submitit on preemption or time-out, and the
-    unit resumes from its own checkpoint, so requeueing loses at most the last few minutes."""
+    """A submitit payload: one unit, or one part (``shard``) of an ingestion unit. Requeued by
+    submitit on preemption or time-out, and the unit resumes from its own checkpoint (a part
+    from its partial store), so requeueing loses at most the last few minutes."""
 
-    def __init__(self, unit, ctx: Context):
-        self.unit, self.ctx = unit, ctx
+    def __init__(self, unit, ctx: Context, shard: int | None = None):
+        self.unit, self.ctx, self.shard = unit, ctx, shard
 
-    def __call__(self) -> Outcome:
+    def __call__(self):
+        if self.shard is not None:
+            return _run_ingest(self.unit, self.ctx, shard=self.shard)
         return run_unit(self.unit, self.ctx)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(_Job(self.unit, self.ctx))
+        return submitit.helpers.DelayedSubmission(_Job(self.unit, self.ctx, self.shard))
 
 
-def _run_submitit(todo: list, ctx: Context, workers: int, tally: _Tally, *, cluster: str, slurm: dict[str, Any]) -> None:
+def study_job_shape(slurm: dict[str, Any], workers: int):
+    """One unit per job (``gpus`` GPUs, ``cpus``, ``mem``), ``workers`` jobs of an array at once."""
+    from sonossl.launch import JobShape
+
+    return JobShape(timeout_min=int(slurm.get("timeout_min", 24 * 60)), gpus_per_node=int(slurm.get("gpus", 1)),
+                    cpus_per_task=int(slurm.get("cpus", 8)), mem=slurm.get("mem", "64G"),
+                    partition=slurm.get("partition"), array_parallelism=workers, name="sonossl-study")
+
+
+def _job_failed(job, key: str, exc: Exception) -> Outcome:
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return Outcome(key, False, 0.0, f"job {job.job_id} failed: {last}")
+
+
+def _ingest_shards(units: list, ctx: Context, executor, tally: _Tally) -> None:
+    """Each ingestion's parts as one job array; a unit whose parts all succeeded is then completed
+    here (every part already written, so only checked) and recorded."""
+    with executor.batch():
+        jobs = [(u, executor.submit(_Job(u, ctx, i))) for u in units for i in range(ctx.ingest_shards)]
+    failed: dict[str, Outcome] = {}
+    for u, job in jobs:
+        try:
+            job.result()
+        except Exception as exc:  # the part's job failed (a bad archive, killed, out of memory, ...)
+            failed.setdefault(u.key, _job_failed(job, u.key, exc))
+    for u in units:
+        tally.settle(failed.get(u.key) or run_unit(u, ctx))
+
+
+def _run_submitit(todo: list, ctx: Context, workers: int, tally: _Tally, *, launcher: str, slurm: dict[str, Any]) -> None:
     """Waves in dependency order (ingest, pretrain, evaluate), each a job array."""
-    import submitit
+    from sonossl.launch import executor as make_executor
 
-    folder = Path(ctx.out) / "submitit"
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    params: dict[str, Any] = {"timeout_min": int(slurm.get("timeout_min", 24 * 60)), "slurm_array_parallelism": workers}
-    if cluster == "slurm":
-        params.update(gpus_per_node=int(slurm.get("gpus", 1)), cpus_per_task=int(slurm.get("cpus", 8)),
-                      slurm_mem=slurm.get("mem", "64G"))
-        if slurm.get("partition"):
-            params["slurm_partition"] = slurm["partition"]
-    executor.update_parameters(**params)
+    executor = make_executor(Path(ctx.out) / "submitit", launcher, study_job_shape(slurm, workers))
+    cluster = launcher == "slurm"
     for kind in (IngestUnit, PretrainUnit, EvalUnit):
         runnable = [u for u in todo if isinstance(u, kind) and not tally.blocked(u)]
+        if kind is IngestUnit and ctx.ingest_shards > 1 and runnable and not tally.stopped:
+            _ingest_shards(runnable, ctx, executor, tally)
+            continue
         # The local executor starts every job of an array at once: keep it to `workers` at a time.
-        chunk = len(runnable) if cluster == "slurm" else workers
+        chunk = len(runnable) if cluster else workers
         for i in range(0, len(runnable), max(1, chunk)):
             if tally.stopped:
                 return
@@ -465,8 +501,7 @@ def _run_submitit(todo: list, ctx: Context, workers: int, tally: _Tally, *, clus
                 try:
                     outcome = job.result()
                 except Exception as exc:  # the job itself failed (killed, out of memory, ...)
-                    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                    outcome = Outcome(u.key, False, 0.0, f"job {job.job_id} failed: {last}")
+                    outcome = _job_failed(job, u.key, exc)
                 tally.settle(outcome)
 
 

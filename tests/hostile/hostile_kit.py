@@ -3,14 +3,10 @@
 ``sonossl``: the real command line in this process (``sonossl.cli.main``), returning the exit
 status and stderr's lines; ``refused(...)``: the contract for bad input (status 2, exactly one
 line on stderr naming the file or key and what was expected, no traceback).
-``spawn_cli``: the command line as a child process, for the crash tests that kill it.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,19 +51,6 @@ class Cli:
         for p in untouched:
             assert not Path(p).exists(), f"{p} left behind after a refusal"
         return line
-
-
-def spawn_cli(*argv, log: Path) -> subprocess.Popen:
-    """``sonossl ARGV`` in a child process (one torch thread), output to ``log``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    fh = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "sonossl.cli", *map(str, argv)], stdout=fh, stderr=subprocess.STDOUT,
-                            env=env, cwd=Path(__file__).resolve().parents[2])
-
-
-def run_cli_process(*argv, log: Path, timeout: float = 300) -> int:
-    p = spawn_cli(*argv, log=log)
-    return p.wait(timeout)
 
 
 def write_yaml(path: Path, data: dict) -> Path:

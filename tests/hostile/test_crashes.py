@@ -8,36 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from hostile_kit import TINY_PRETRAIN, dicom_sources, run_cli_process, spawn_cli, tiny_store, write_yaml
-from helpers import make_labelled
-
-
-def kill_when(proc, ready, log: Path, timeout: float = 240) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it finished (or timed out) first."""
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            pytest.fail(f"finished before it could be killed (status {proc.returncode}): {log.read_text()[-2000:]}")
-        try:
-            if ready():
-                break
-        except Exception:  # a file caught mid-write: look again
-            pass
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail("no progress to interrupt")
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(30) == -signal.SIGKILL
+from helpers import kill_when, make_labelled, run_cli_process, spawn_cli
+from hostile_kit import TINY_PRETRAIN, dicom_sources, tiny_store, write_yaml
 
 
 def tensors_equal(a: dict, b: dict) -> bool:
