@@ -48,6 +48,11 @@ def is_hdf5_path(path: str | Path | None) -> bool:
     return path is not None and Path(path).suffix.lower() in HDF5_SUFFIXES
 
 
+def is_store_path(path: str | Path | None) -> bool:
+    """Whether ``path`` names a frame store: an HDF5 file, or a sharded store (:func:`is_sharded`)."""
+    return path is not None and (is_hdf5_path(path) or is_sharded(Path(path)))
+
+
 @dataclass(frozen=True)
 class VideoRecord:
     """What the store knows of one clip (no PHI: ids are pseudonyms)."""
@@ -89,6 +94,14 @@ def assign_splits(group_ids: list[str], val_fraction: float, seed: int = 0) -> d
 # ------------------------------------------------------------------------- sharded stores
 SHARD_LIST_SUFFIX = ".txt"
 _PART = re.compile(r"^part-(\d+)-of-(\d+)\.h5$")
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether ``path`` is a sharded store: a folder holding ``part-I-of-N.h5`` files, or a ``.txt`` list of them."""
+    path = Path(path)
+    if path.is_dir():
+        return any(_PART.match(p.name) for p in path.iterdir())
+    return path.suffix == SHARD_LIST_SUFFIX and path.is_file()
 
 
 def part_name(index: int, count: int) -> str:

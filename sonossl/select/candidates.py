@@ -96,8 +96,12 @@ def folder_pool(root: Path, salt: str) -> Pool:
 
 
 def open_pool(frames: Path, split: str = "all", salt: str = "sonossl") -> Pool:
-    """A frame store (``.h5``/``.hdf5``) or a folder of images."""
+    """A frame store (``.h5``/``.hdf5``, or a sharded one: a folder or ``.txt`` list of parts) or a folder of images."""
+    from sonossl.data.framestore import is_sharded
+
     frames = Path(frames)
+    if is_sharded(frames):
+        return store_pool(frames, split)
     if frames.is_dir():
         if split != "all":
             raise SonosslError(f"--split {split}: a folder of images has no splits; expected --split all")

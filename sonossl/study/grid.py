@@ -44,7 +44,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sonossl.config import EvaluateConfig, PretrainConfig, build_config, check_fractions, read_config_file, read_preset, validated
-from sonossl.data.framestore import is_hdf5_path
+from sonossl.data.framestore import is_store_path
 from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
 from sonossl.select.strategies import Strategy
@@ -291,7 +291,7 @@ def image_size(spec: StudySpec) -> int:
     """The study's one image size, the default of its pretrainings and evaluations (above the
     preset): the frame store's size when ``data.unlabelled`` is one, else ``ingest.size``."""
     store = spec.data.unlabelled
-    if is_hdf5_path(store) and store.is_file():
+    if is_store_path(store) and store.exists():
         from sonossl.data.framestore import FrameStore
 
         return FrameStore(store).frame_size
@@ -306,7 +306,7 @@ def _expand_pretrains(spec: StudySpec, source: str) -> tuple[list[IngestUnit], l
     pg = spec.pretrain
     if pg is None:
         return [], []
-    store_given = is_hdf5_path(spec.data.unlabelled)
+    store_given = is_store_path(spec.data.unlabelled)
     if spec.data.unlabelled is None:
         raise SonosslError(f"{source}: data.unlabelled is required when pretrainings are declared")
     for m in pg.methods:

@@ -48,7 +48,7 @@ from typing import Any, Callable
 
 import yaml
 
-from sonossl.data.framestore import is_hdf5_path
+from sonossl.data.framestore import is_store_path
 from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
 from sonossl.launch import check_launcher
@@ -311,7 +311,7 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
         raise SonosslError(f"--ingest-shards: {ingest_shards}; expected >= 1")
     out = prepare(plan, out, resume=resume, overwrite=overwrite)
     ctx = Context(out=str(out), unlabelled=str(plan.spec.data.unlabelled) if plan.spec.data.unlabelled else None,
-                  store_given=is_hdf5_path(plan.spec.data.unlabelled),
+                  store_given=is_store_path(plan.spec.data.unlabelled),
                   labelled={k: str(v) for k, v in plan.spec.data.labelled.items()},
                   monitor_dataset=plan.datasets[0] if plan.datasets else None,
                   imagenet_weights=str(imagenet_weights) if imagenet_weights else None, save_models=save_models,

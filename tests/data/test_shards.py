@@ -137,3 +137,12 @@ def test_a_shard_killed_mid_ingest_resumes_alone(clips, tmp_path):
 def g_keys(path: Path) -> list[str]:
     with h5py.File(path, "r") as f:
         return list(f.keys())
+
+
+def test_select_reads_a_folder_of_parts_as_the_store(clips, tmp_path):
+    from sonossl.select.candidates import open_pool
+
+    _sharded(clips, tmp_path / "shards")
+    whole, parts = open_pool(clips / "all.h5", "train"), open_pool(tmp_path / "shards", "train")
+    assert list(parts.clip_ids) == list(whole.clip_ids) and list(parts.frames) == list(whole.frames)
+    assert np.array_equal(parts.read(len(parts) - 1), whole.read(len(whole) - 1))
