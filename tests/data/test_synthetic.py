@@ -13,6 +13,7 @@ from PIL import Image
 
 from sonossl import CLASSES_DEFAULT
 from sonossl.data import synthetic as syn
+from sonossl.data.synthetic.scene import plane_layout
 from sonossl.errors import SonosslError
 
 SIZE, FRAMES, VIDEOS = 32, 4, 4
@@ -167,8 +168,8 @@ def test_mp4_clips_decode(tmp_path):
 
 def test_lvot_is_rvot_mirrored():
     """The documented reason horizontal flips must stay off: RVOT = LVOT flipped left-right."""
-    lv = syn._plane("LVOT", np.random.default_rng(5))
-    rv = syn._plane("RVOT", np.random.default_rng(5))
+    lv = plane_layout("LVOT", np.random.default_rng(5))
+    rv = plane_layout("RVOT", np.random.default_rng(5))
     assert lv[0] == rv[0]
     for f, g in zip(lv[1], rv[1]):
         assert (g.c, g.q, g.a, g.b) == ((-f.c[0], f.c[1]), (-f.q[0], f.q[1]), f.a, f.b)
