@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DemoPlan:
     """Sizes and budgets of one demo. ``full`` fits 15 minutes on 2 idle cores, ``quick`` 3 minutes,
-    ``long`` (pretraining past the point where it overtakes random initialisation) 2 hours.
+    ``long`` (pretraining past the point where it overtakes random initialisation) 45 minutes.
 
     Linear probing is cheap (features are computed once per backbone), so it carries the
     comparison at every label fraction over several seeds; fine-tuning is expensive, so it runs
@@ -125,15 +125,24 @@ def keep_best_model(out: Path, results: "pd.DataFrame") -> Path | None:
 
 
 def verdict(diffs: "pd.DataFrame", plan: DemoPlan) -> str:
-    """One line: did pretraining beat random initialisation at <= 10 % labels, and where."""
-    low = diffs[(diffs["baseline"] == "random") & (diffs["fraction"] <= 10) & (diffs["init"] != "imagenet")]
-    wins = low[low["real"] & (low["diff_mean"] > 0)]
+    """One line: did pretraining beat random initialisation at <= 10 % labels, and where; if not,
+    where it did (more labels), and what the learning curve says about the budget."""
+    vs_random = diffs[(diffs["baseline"] == "random") & (diffs["init"] != "imagenet")]
+    wins = vs_random[vs_random["real"] & (vs_random["diff_mean"] > 0)]
+
+    def cells(rows) -> str:
+        return ", ".join(f"{r.protocol} {r.fraction:g} % (+{r.diff_mean:.3f})" for r in rows.itertuples())
+
+    low = wins[wins["fraction"] <= 10]
+    if len(low):
+        return f"pretraining beat random initialisation at <= 10 % labels: {cells(low)} (paired CIs exclude zero)"
+    line = f"no real gain over random initialisation at <= 10 % labels after {plan.pretrain_steps} pretraining steps"
     if len(wins):
-        cells = ", ".join(f"{r.protocol} {r.fraction:g} % (+{r.diff_mean:.3f})" for r in wins.itertuples())
-        return f"pretraining beat random initialisation at <= 10 % labels: {cells} (paired CIs exclude zero)"
-    return (f"no real gain over random initialisation at <= 10 % labels after {plan.pretrain_steps} pretraining steps. "
-            f"The learning curve (benchmarks/README.md, 'SSL learning curve') puts the crossover at about "
-            f"{CROSSOVER_NOTE}; `make demo-long` pretrains {LONG.pretrain_steps} steps.")
+        line += f"; a real gain with more labels: {cells(wins)}"
+    line += f". The learning curve (benchmarks/README.md, 'SSL learning curve') puts the crossover at about {CROSSOVER_NOTE}"
+    if plan.pretrain_steps < LONG.pretrain_steps:
+        return line + f"; `make demo-long` pretrains {LONG.pretrain_steps} steps."
+    return line + "; on the test split 5 seeds do not resolve the 10 % gain at this budget."
 
 
 # What benchmarks/ssl_learning_curve.py found (benchmarks/README.md); the demo quotes it when its

@@ -54,3 +54,20 @@ def test_every_plan_is_a_valid_study_with_one_image_size(tmp_path, name):
     fine = [u for u in plan.evals if u.protocol == "finetune"]
     assert {u.fraction for u in fine} == set(PLANS[name].finetune_fractions)
     assert plan.pretrains[0].config["max_steps"] == PLANS[name].pretrain_steps
+
+
+def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
+    import pandas as pd
+
+    from sonossl.demo import FULL, LONG, verdict
+
+    def diffs(*cells):
+        return pd.DataFrame([{"baseline": "random", "init": "barlowtwins", "protocol": "linear", "fraction": f,
+                              "diff_mean": d, "real": real} for f, d, real in cells])
+
+    assert verdict(diffs((10, 0.05, True), (100, 0.09, True)), FULL).startswith(
+        "pretraining beat random initialisation at <= 10 % labels: linear 10 % (+0.050)")
+    short = verdict(diffs((10, 0.01, False), (100, -0.02, False)), FULL)
+    assert short.startswith("no real gain") and "more labels" not in short and "`make demo-long` pretrains" in short
+    long = verdict(diffs((10, 0.014, False), (100, 0.088, True)), LONG)
+    assert "a real gain with more labels: linear 100 % (+0.088)" in long and "make demo-long" not in long

@@ -27,7 +27,7 @@ from sonossl.downstream.protocol import stratified_subset
 from sonossl.errors import SonosslError
 from sonossl.models.devices import accelerator_device
 from sonossl.models.init import InitSpec, resolve_init
-from sonossl.outputs import atomic_write_csv, claim_output_dir
+from sonossl.outputs import atomic_write, atomic_write_csv, atomic_write_text, claim_output_dir
 
 RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy", "selection",
                   "classes_missed"]
@@ -161,12 +161,12 @@ def _write_run(run_dir: Path, r: _Run, key: str, idx: torch.Tensor, model: Class
     """A run's folder: subset, history, per-class report, confusion matrix, predictions, model.pt, run.json."""
     data = r.data
     run_dir.mkdir(exist_ok=True)
-    (run_dir / "subset.json").write_text(json.dumps({"seed": run_info["seed"], "fraction": run_info["fraction"],
+    atomic_write_text(run_dir / "subset.json", json.dumps({"seed": run_info["seed"], "fraction": run_info["fraction"],
                                                      "indices": idx.tolist(),
                                                      "image_paths": [data.train.paths[j] for j in idx.tolist()]}))
-    (run_dir / "report.json").write_text(json.dumps(per_class_report(y_true, y_pred, data.class_names), indent=1))
+    atomic_write_text(run_dir / "report.json", json.dumps(per_class_report(y_true, y_pred, data.class_names), indent=1))
     save_confusion_png(y_true, y_pred, data.class_names, run_dir / "confusion.png", key)
-    with open(run_dir / "predictions.csv", "w", newline="") as fh:
+    with atomic_write(run_dir / "predictions.csv", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["image_path", "true", "predicted", *[f"p_{c}" for c in data.class_names]])
         for path, t, p, pr in zip(data.test.paths, y_true, y_pred, probs):
@@ -175,7 +175,7 @@ def _write_run(run_dir: Path, r: _Run, key: str, idx: torch.Tensor, model: Class
         save_model(run_dir / "model.pt", model.cpu(), backbone=r.init.backbone, class_names=data.class_names,
                    image_size=r.cfg.image_size, dropout=r.cfg.dropout, init=r.init.label, metrics=metrics, run=run_info,
                    train_counts=data.summary())
-    (run_dir / "run.json").write_text(json.dumps({**run_info, **metrics}, indent=1))
+    atomic_write_text(run_dir / "run.json", json.dumps({**run_info, **metrics}, indent=1))
 
 
 def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = False,
@@ -225,7 +225,7 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
                     "best_val_balanced_accuracy": result.best_val_balanced_accuracy, "wall_s": round(time.time() - t0, 2),
                     "device": device}
         (out / key).mkdir(exist_ok=True)
-        (out / key / "history.json").write_text(json.dumps(result.history))
+        atomic_write_text(out / key / "history.json", json.dumps(result.history))
         _write_run(out / key, r, key, idx, model, run_info, y_true, y_pred, probs, metrics, save_models)
         rows.append({"init": init.label, "protocol": protocol, "fraction": f"{fraction:g}", "seed": seed,
                      "n_train": len(idx), **{k: f"{v:.6f}" for k, v in metrics.items()}, "selection": cfg.selection,
