@@ -194,10 +194,19 @@ def run_cli_process(*argv, log: Path, timeout: float = 300) -> int:
     return p.wait(timeout)
 
 
-def kill_when(proc, ready, log: Path, timeout: float = 240) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it finished (or timed out) first."""
+def kill_when(proc, ready, log: Path, timeout: float = 240, slice_s: float | None = None) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it finished (or timed out) first.
+
+    With ``slice_s``, the process runs in slices of that many seconds (SIGCONT, sleep, SIGSTOP)
+    and ``ready()`` is asked between them, while it stands still: on a fast machine a small job
+    can otherwise pass the ready point and finish between two looks.
+    """
     t0 = time.time()
     while time.time() - t0 < timeout:
+        if slice_s is not None:
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(slice_s)
+            os.kill(proc.pid, signal.SIGSTOP)
         if proc.poll() is not None:
             pytest.fail(f"finished before it could be killed (status {proc.returncode}): {log.read_text()[-2000:]}")
         try:
@@ -205,7 +214,8 @@ def kill_when(proc, ready, log: Path, timeout: float = 240) -> None:
                 break
         except Exception:  # a file caught mid-write: look again
             pass
-        time.sleep(0.02)
+        if slice_s is None:
+            time.sleep(0.02)
     else:
         proc.kill()
         pytest.fail("no progress to interrupt")
