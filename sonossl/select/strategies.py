@@ -209,10 +209,10 @@ def ball_graph(feats: np.ndarray, radius: float, rng: np.random.Generator):
         blocks = [(np.arange(lo, min(lo + CHUNK, n)), np.arange(n)) for lo in range(0, n, CHUNK)]
     else:  # inverted file: each cell against its IVF_PROBE nearest cells
         cells = kmeans_labels(feats, int(np.sqrt(n)), int(rng.integers(2**31)))
-        centres = np.stack([feats[cells == c].mean(0) for c in range(cells.max() + 1)])
+        members = [np.flatnonzero(cells == c) for c in np.unique(cells)]  # k-means may leave a cell empty
+        centres = np.stack([feats[m].mean(0) for m in members])
         near = np.argsort(_sq_dists(centres, centres), axis=1)[:, :IVF_PROBE]
-        members = [np.flatnonzero(cells == c) for c in range(len(centres))]
-        blocks = [(members[c], np.concatenate([members[d] for d in near[c]])) for c in range(len(centres))]
+        blocks = [(members[c], np.concatenate([members[d] for d in near[c]])) for c in range(len(members))]
     for q, ref in blocks:
         i, j = np.nonzero(_sq_dists(feats[q], feats[ref]) <= r2)
         rows.append(q[i])
