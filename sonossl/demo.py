@@ -142,7 +142,7 @@ def verdict(diffs: "pd.DataFrame", plan: DemoPlan) -> str:
     line += f". The learning curve (benchmarks/README.md, 'SSL learning curve') puts the crossover at about {CROSSOVER_NOTE}"
     if plan.pretrain_steps < LONG.pretrain_steps:
         return line + f"; `make demo-long` pretrains {LONG.pretrain_steps} steps."
-    return line + "; on the test split 5 seeds do not resolve the 10 % gain at this budget."
+    return line + "."
 
 
 # What benchmarks/ssl_learning_curve.py found (benchmarks/README.md); the demo quotes it when its
