@@ -18,6 +18,7 @@ protocols x label fractions x seeds)::
       methods: [barlowtwins, simclr]
       pairs: [augment]
       variants: [all, half-clips]
+      seeds: [0, 1, 2]                 # optional: repeat each pretraining per seed (names end -s<seed>)
       options: {epochs: 8}             # any `sonossl pretrain` key
     evaluate:
       inits: [random, imagenet, pretrained]   # 'pretrained' = every declared pretraining
@@ -28,7 +29,7 @@ protocols x label fractions x seeds)::
       options: {batch_size: 32}        # any `sonossl evaluate` key
 
 Relative paths are relative to the study file. A pretraining is named
-``<method>-<pairs>-<variant>``; an evaluation of it points at its :class:`PretrainUnit`. The
+``<method>-<pairs>-<variant>`` (``...-s<seed>`` when ``pretrain.seeds`` repeats it per seed); an evaluation of it points at its :class:`PretrainUnit`. The
 image size is stated once, by ``ingest.size`` (or the frame store given as ``data.unlabelled``):
 it is the default of every pretraining and evaluation, above the preset. Every problem (unknown key, wrong type, fraction outside
 (0, 100], an init naming an undeclared pretraining, an option `pretrain`/`evaluate` would refuse,
@@ -83,7 +84,17 @@ class PretrainGrid(_Strict):
     methods: list[str] = Field(min_length=1)
     pairs: list[Literal["augment", "temporal"]] = Field(default_factory=lambda: ["augment"], min_length=1)
     variants: list[str] = Field(default_factory=lambda: ["all"], min_length=1)
+    # None: one pretraining each, with `options.seed` (default 0); a list: one per seed, named -s<seed>,
+    # so a finding can be told from the pretraining's own seed-to-seed spread
+    seeds: list[int] | None = Field(None, min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"repeated seed in {v}")
+        return v
 
 
 class ProtocolGrid(_Strict):
@@ -231,7 +242,8 @@ class Plan:
         if self.pretrains:
             pg = self.spec.pretrain
             lines.append(f"  pretrainings = {len(pg.methods)} methods x {len(pg.pairs)} pairs modes x "
-                         f"{len(pg.variants)} data variants (preset {pg.preset})")
+                         f"{len(pg.variants)} data variants" + (f" x {len(pg.seeds)} seeds" if pg.seeds else "")
+                         + f" (preset {pg.preset})")
         step = max(1, len(self.units) // sample)
         lines.append("  sample: " + "; ".join(u.key for u in self.units[::step][:sample]))
         return "\n".join(lines)
@@ -322,6 +334,8 @@ def _expand_pretrains(spec: StudySpec, source: str) -> tuple[list[IngestUnit], l
     for key in ("method", "frames", "out", "pairs"):
         if key in pg.options:
             raise SonosslError(f"{source}: pretrain.options.{key}: set by the study grid, not an option")
+    if pg.seeds is not None and "seed" in pg.options:
+        raise SonosslError(f"{source}: pretrain.options.seed: the seeds are pretrain.seeds {pg.seeds}; give one or the other")
     ingests = [] if store_given else [IngestUnit(v, {**spec.ingest.model_dump(), **spec.variants[v].model_dump()})
                                       for v in pg.variants]
     pretrains = []
@@ -334,9 +348,12 @@ def _expand_pretrains(spec: StudySpec, source: str) -> tuple[list[IngestUnit], l
                 validate_method(build_config(PretrainConfig, cfg, source=where))
             except SonosslError as exc:
                 raise SonosslError(exc.args[0] if str(exc).startswith(source) else f"{where}: {exc}") from None
-            for variant in pg.variants:
-                pretrains.append(PretrainUnit(f"{method}-{pairs}-{variant}", method, pairs, variant, cfg,
-                                              needs_ingest=not store_given))
+            for seed in pg.seeds or [None]:  # seed outermost: a study stopped early has every variant at seed 0
+                for variant in pg.variants:
+                    name, unit_cfg = f"{method}-{pairs}-{variant}", cfg
+                    if seed is not None:
+                        name, unit_cfg = f"{name}-s{seed}", {**cfg, "seed": seed}
+                    pretrains.append(PretrainUnit(name, method, pairs, variant, unit_cfg, needs_ingest=not store_given))
     return ingests, pretrains
 
 

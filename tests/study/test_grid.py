@@ -134,3 +134,23 @@ def test_the_selection_axis_coexists_with_per_protocol_grids(tmp_path, study_dat
         with pytest.raises(SonosslError) as exc:
             load_study(_edit(write_study(tmp_path / "bad.yaml", study_data), edit))
         assert expected in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+def test_pretraining_seeds_repeat_each_pretraining_under_its_own_name(tmp_path, study_data):
+    path = _edit(write_study(tmp_path / "s.yaml", study_data, seeds=(0,)), lambda s: s["pretrain"].update(seeds=[3, 7]))
+    plan = load_study(path)
+    assert [(p.name, p.config["seed"]) for p in plan.pretrains] == [("barlowtwins-augment-all-s3", 3),
+                                                                     ("barlowtwins-augment-all-s7", 7)]
+    assert [u.key for u in plan.ingests] == ["ingest/all"]  # the data is ingested once for both
+    assert {u.init for u in plan.evals} == {"random", "barlowtwins-augment-all-s3", "barlowtwins-augment-all-s7"}
+    assert "x 2 seeds" in plan.describe()
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda s: s["pretrain"].update(seeds=[1, 1]), "repeated seed"),
+    (lambda s: (s["pretrain"].update(seeds=[1, 2]), s["pretrain"]["options"].update(seed=4)), "pretrain.options.seed"),
+])
+def test_pretraining_seeds_declared_once(tmp_path, study_data, edit, expected):
+    path = _edit(write_study(tmp_path / "s.yaml", study_data), edit)
+    with pytest.raises(SonosslError, match=expected):
+        load_study(path)
