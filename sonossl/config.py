@@ -325,7 +325,8 @@ class EvaluateConfig(Config):
     linear_epochs: int = Field(100, gt=0, description="linear-probe epochs")
     max_steps: int = Field(-1, ge=-1, description="cap on optimiser steps per fine-tuning run; -1: epochs only")
     min_steps: int = Field(0, ge=0, description="floor on fine-tuning steps, so 1 % runs are more than a handful of updates")
-    augment: bool = Field(True, description="fine-tuning augmentations (crop, vertical flip, intensity)")
+    augment: bool = Field(True, description="fine-tuning augmentations: RandAugment(5 ops, magnitude 5) and the flips below")
+    vflip: bool = Field(True, description="vertical flips in fine-tuning, as published (they put the probe at the bottom)")
     hflip: bool = Field(False, description="horizontal flips in fine-tuning (LVOT and RVOT mirror each other)")
     rotate: float = Field(0.0, ge=0, le=180, description="fine-tuning rotation: an angle uniform in +- this, in degrees; "
                           "0: none, as the published protocol (docs/protocol.md, deviations)")

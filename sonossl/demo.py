@@ -54,12 +54,14 @@ class DemoPlan:
     labelled_per_class: tuple[int, int, int] = (100, 50, 100)  # train, valid, test
 
 
-# Sized on 2 idle cores (BarlowTwins ~85 pairs/s at 64 px, i.e. ~1.3 steps of 64 per second; a
-# 60-epoch fine-tuning of 500 images ~260 s). Fine-tuning gets the time: with a cosine schedule it
+# Sized on 2 idle cores (BarlowTwins ~60 pairs/s at 64 px with the per-epoch kNN monitor, i.e.
+# ~0.87 steps of 64 per second: 185 steps in 213 s; a 60-epoch fine-tuning of 500 images ~260 s).
+# The step count decides the pretraining, so every machine runs the same schedule to its end;
+# the time cap is a safety net at about twice the expected time, not the budget. Fine-tuning gets the time: with a cosine schedule it
 # reaches 0.79 macro-F1 in 60 epochs where 30 give 0.76 (benchmarks/README.md, fine-tuning recipe),
 # while no pretraining that fits here passes random initialisation (the learning curve's crossover
 # is at 640+ steps), so the pretraining is kept short and the verdict quotes the curve.
-FULL = DemoPlan("full", videos=120, frames=24, frame_skip=2, pretrain_steps=260, pretrain_seconds=210,
+FULL = DemoPlan("full", videos=120, frames=24, frame_skip=2, pretrain_steps=180, pretrain_seconds=420,
                 fractions=(1, 10, 100), seeds=(0, 1, 2, 3, 4), finetune_fractions=(100,), finetune_seeds=(0,),
                 finetune_epochs=60)
 QUICK = DemoPlan("quick", videos=40, frames=16, frame_skip=2, pretrain_steps=50, pretrain_seconds=50,
@@ -124,9 +126,11 @@ def keep_best_model(out: Path, results: "pd.DataFrame") -> Path | None:
     return best
 
 
-def verdict(diffs: "pd.DataFrame", plan: DemoPlan) -> str:
+def verdict(diffs: "pd.DataFrame", plan: DemoPlan, steps: int | None = None) -> str:
     """One line: did pretraining beat random initialisation at <= 10 % labels, and where; if not,
-    where it did (more labels), and what the learning curve says about the budget."""
+    where it did (more labels), and what the learning curve says about the budget. ``steps``: the
+    steps the pretraining ran (its ``summary.json``; default the plan's)."""
+    steps = plan.pretrain_steps if steps is None else steps
     vs_random = diffs[(diffs["baseline"] == "random") & (diffs["init"] != "imagenet")]
     wins = vs_random[vs_random["real"] & (vs_random["diff_mean"] > 0)]
 
@@ -136,11 +140,11 @@ def verdict(diffs: "pd.DataFrame", plan: DemoPlan) -> str:
     low = wins[wins["fraction"] <= 10]
     if len(low):
         return f"pretraining beat random initialisation at <= 10 % labels: {cells(low)} (paired CIs exclude zero)"
-    line = f"no real gain over random initialisation at <= 10 % labels after {plan.pretrain_steps} pretraining steps"
+    line = f"no real gain over random initialisation at <= 10 % labels after {steps} pretraining steps"
     if len(wins):
         line += f"; a real gain with more labels: {cells(wins)}"
     line += f". The learning curve (benchmarks/README.md, 'SSL learning curve') puts the crossover at about {CROSSOVER_NOTE}"
-    if plan.pretrain_steps < LONG.pretrain_steps:
+    if steps < LONG.pretrain_steps:
         return line + f"; `make demo-long` pretrains {LONG.pretrain_steps} steps."
     return line + "."
 
@@ -197,6 +201,7 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
     pretrain_dir = out / "pretrain" / study.pretrains[0].name
     epochs = [json.loads(line) for line in open(pretrain_dir / "stats.jsonl") if '"kind": "epoch"' in line]
     knn = [e["knn10_accuracy"] for e in epochs if "knn10_accuracy" in e]
+    ran = json.loads((pretrain_dir / "summary.json").read_text())
     df = load_results(out / "results.csv")
     diffs = paired_differences(df)
     best = keep_best_model(out, pd.read_csv(out / "runs.csv"))
@@ -205,11 +210,13 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
     print(f"\nlinear probe: seeds {list(plan.seeds)}; fine-tuning: seeds {list(plan.finetune_seeds)}, "
           f"{plan.finetune_epochs} epochs at batch 32, {plan.finetune_schedule} learning rate; 95 % CIs are Student t over seeds; "
           "'real' = the paired CI excludes zero.")
+    print(f"BarlowTwins pretraining: {ran['steps']} steps of {plan.pretrain_steps} planned in {ran['wall_time_s']:.0f} s "
+          f"(stopped by {ran['stopped_by']})")
     if knn:
         ref = next((e["knn10_random"] for e in reversed(epochs) if "knn10_random" in e), None)
         print("BarlowTwins kNN accuracy (k=10, valid) by epoch: " + " ".join(f"{k:.2f}" for k in knn)
               + (f"; random initialisation: {ref:.2f}" if ref is not None else ""))
-    print("verdict: " + verdict(diffs, plan))
+    print("verdict: " + verdict(diffs, plan, ran["steps"]))
     print(f"total {time.time() - t_start:.0f} s this invocation; per-run times in {out / 'study.db'}")
     print(f"wrote {out / 'results.csv'}, {out / 'summary.csv'}, {out / 'differences.csv'}, {summary.report}")
     if best is not None:

@@ -32,6 +32,7 @@ def test_tiny_demo_runs_the_study_keeps_a_model_and_resumes(tmp_path, capsys, mo
     assert len(kept) == 1 and "finetune" in str(kept[0])  # the best fine-tuned run only; linear runs keep none
     printed = capsys.readouterr().out
     assert "barlowtwins-augment-all" in printed and "seeds [0, 1]" in printed and "verdict: " in printed
+    assert "BarlowTwins pretraining: 2 steps of 2 planned" in printed and "(stopped by schedule)" in printed
 
     predict = next(line.strip() for line in printed.splitlines() if line.strip().startswith("sonossl predict"))
     assert main(shlex.split(predict)[1:]) == 0
@@ -71,3 +72,5 @@ def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
     assert short.startswith("no real gain") and "more labels" not in short and "`make demo-long` pretrains" in short
     long = verdict(diffs((10, 0.014, False), (100, 0.088, True)), LONG)
     assert "a real gain with more labels: linear 100 % (+0.088)" in long and "make demo-long" not in long
+    cut = verdict(diffs((10, 0.01, False),), FULL, steps=120)  # a pretraining stopped by its time cap
+    assert "after 120 pretraining steps" in cut

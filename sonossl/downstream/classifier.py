@@ -122,7 +122,7 @@ def plan_epochs(n: int, s: FitSettings) -> int:
     return epochs
 
 
-def finetune_augment(hflip: bool = False, rotate: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+def finetune_augment(hflip: bool = False, rotate: float = 0.0, vflip: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """RandAugment(5, 5) + flips (docs/protocol.md), per image, on ``uint8 (1, S, S)``; with
     ``rotate`` > 0, first a rotation by an angle uniform in +- ``rotate`` degrees (black corners).
 
@@ -130,7 +130,9 @@ def finetune_augment(hflip: bool = False, rotate: float = 0.0) -> Callable[[torc
     and so does a rotation.
     """
     ops = [v2.RandomRotation(rotate)] if rotate > 0 else []
-    ops += [v2.RandAugment(num_ops=5, magnitude=5), v2.RandomVerticalFlip()]
+    ops.append(v2.RandAugment(num_ops=5, magnitude=5))
+    if vflip:
+        ops.append(v2.RandomVerticalFlip())
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
     return v2.Compose(ops)

@@ -150,7 +150,7 @@ def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
         result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels,
                      n_classes, settings)
         return model, result, predict_logits(model.head, features["test"], 256, r.device, r.amp)
-    augment = finetune_augment(cfg.hflip, cfg.rotate) if cfg.augment else None
+    augment = finetune_augment(cfg.hflip, cfg.rotate, cfg.vflip) if cfg.augment else None
     result = fit(model, data.train.images[idx], data.train.labels[idx], data.valid.images, data.valid.labels, n_classes,
                  settings, augment)
     return model, result, predict_logits(model, data.test.images, 256, r.device, r.amp)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from sonossl.downstream.classifier import Classifier, FitSettings, batch_bounds, fit
+from sonossl.downstream.classifier import Classifier, FitSettings, batch_bounds, finetune_augment, fit
 from sonossl.models.backbones import build_encoder
 
 
@@ -42,3 +42,20 @@ def test_cosine_schedule_decays_to_zero_over_the_run_and_constant_stays():
     assert lrs["constant"] == [1e-2] * 8
     assert lrs["cosine"][-1] < 1e-8 and all(a > b for a, b in zip(lrs["cosine"], lrs["cosine"][1:]))
     assert abs(lrs["cosine"][3] - 1e-2 * 0.5 * (1 + math.cos(math.pi * 16 / 32))) < 1e-9  # after 4 of 8 epochs
+
+
+def test_vertical_flips_are_the_only_augmentation_that_puts_the_bright_half_at_the_bottom():
+    """A bright top half over a dark bottom: RandAugment's shears, shifts and <= 15 degree
+    rotations keep the order, a vertical flip swaps it half the time. (Autocontrast then solarize
+    can invert the bright half: a few per cent without flips.)"""
+    img = torch.full((1, 32, 32), 20, dtype=torch.uint8)
+    img[:, :16] = 180
+    torch.manual_seed(0)
+
+    def flipped_share(vflip: bool) -> float:
+        aug = finetune_augment(vflip=vflip)
+        outs = [aug(img).float() for _ in range(300)]
+        return sum(bool(o[:, 16:].mean() > o[:, :16].mean()) for o in outs) / len(outs)
+
+    assert 0.35 < flipped_share(True) < 0.65
+    assert flipped_share(False) < 0.06
