@@ -20,7 +20,7 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/sonossl demo --out demo_out_quick --plan quick --resume
 
-# pretraining long enough to overtake random initialisation with all labels (benchmarks/README.md); 43 minutes on 2 idle cores
+# pretraining long enough to overtake random initialisation (benchmarks/README.md); about 45 minutes on 2 idle cores
 demo-long: $(STAMP)
 	$(BIN)/sonossl demo --out demo_out_long --plan long --resume
 

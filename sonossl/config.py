@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sonossl.data.sector import Crop
+from sonossl.demo import FULL, LONG, QUICK
 from sonossl.errors import SonosslError
 from sonossl.outputs import atomic_write_text
 from sonossl.select.strategies import PROBCOVER_CLASSES, Strategy
@@ -376,10 +377,12 @@ class DemoConfig(Config):
 
     out: Path = Field(Path("demo_out"), description="demo folder")
     plan: Literal["quick", "full", "long"] = Field(
-        "full", description="quick: about 3 minutes; full: about 15 minutes; long: pretraining past the point where it "
-        "overtakes random initialisation, about 2 hours (2 CPU cores)")
+        "full", description=f"quick: a smoke run, about {QUICK.minutes} minutes; full: about {FULL.minutes} minutes; "
+        f"long: {LONG.pretrain_steps} pretraining steps, past the point where pretraining overtakes random "
+        f"initialisation, about {LONG.minutes} minutes (2 idle CPU cores)")
     quick: bool = Field(False, description="the same as --plan quick")
-    seeds: list[int] | None = Field(None, description="override the linear-probe seeds; none: 0-4 (quick: 0-2)")
+    seeds: list[int] | None = Field(None, description="override the linear-probe seeds; none: the plan's (" + ", ".join(
+        f"{p.name} {p.seeds[0]}-{p.seeds[-1]}" for p in (QUICK, FULL, LONG)) + ")")
 
 
 class PredictConfig(Config):
