@@ -104,7 +104,7 @@ def pretrain(out: Path, method: str, steps: int, threads: int, seed: int, name: 
     name = name or method
     layer = read_preset("cpu", method)
     extra = yaml.safe_load(options.read_text()) if options else {}
-    cfg = build_config(PretrainConfig, {**layer, **extra}, {
+    cfg = build_config(PretrainConfig, layer, extra, {
         "method": method, "frames": out / "frames.h5", "out": out / "runs" / name, "seed": seed,
         "max_steps": steps, "epochs": 10_000, "num_workers": 1, "monitor_labels": None,
     }, source=f"learning curve ({name})")

@@ -66,15 +66,26 @@ def read_preset(name: str, method: str | None = None) -> dict[str, Any]:
     layer = read_config_file(path)
     per_method = layer.pop("methods", {}) or {}
     if method is not None:
-        layer.update(per_method.get(method, {}))
+        layer = deep_merge(layer, per_method.get(method, {}))
     return layer
 
 
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``a`` overlaid by ``b``; a mapping in both merges key by key, anything else (lists
+    included) is replaced. So a config file's ``method_options: {lambd: 0.01}`` over a preset
+    changes lambd and keeps the preset's projector."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def build_config(cls: type[C], *layers: dict[str, Any] | None, source: str = "config") -> C:
-    """Merge ``layers`` (later wins; ``None`` values in a layer are ignored) and validate."""
+    """Merge ``layers`` (later wins, nested mappings key by key: :func:`deep_merge`; ``None``
+    values in a layer are ignored) and validate."""
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+        merged = deep_merge(merged, {k: v for k, v in (layer or {}).items() if v is not None})
     return validated(cls, merged, source)
 
 

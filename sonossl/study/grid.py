@@ -44,7 +44,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sonossl.config import EvaluateConfig, PretrainConfig, build_config, check_fractions, read_config_file, read_preset, validated
+from sonossl.config import (EvaluateConfig, PretrainConfig, build_config, check_fractions, deep_merge, read_config_file,
+                            read_preset, validated)
 from sonossl.data.framestore import is_store_path
 from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
@@ -270,21 +271,14 @@ def load_study(path: Path | str | None = None, *, preset: str | None = None,
         values = read_config_file(p)
     if path is not None:
         path = Path(path)
-        values = _deep_merge(values, read_config_file(path))
+        values = deep_merge(values, read_config_file(path))
         root = path.resolve().parent
     if overrides:
-        values = _deep_merge(values, overrides)
+        values = deep_merge(values, overrides)
     if not values:
         raise SonosslError("study: give a study file or --preset")
     source = str(path) if path is not None else f"preset {preset}"
     return expand(validated(StudySpec, values, source), root, source)
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def expand(spec: StudySpec, root: Path, source: str = "study") -> Plan:
@@ -341,8 +335,8 @@ def _expand_pretrains(spec: StudySpec, source: str) -> tuple[list[IngestUnit], l
     pretrains = []
     for method in pg.methods:
         for pairs in pg.pairs:
-            cfg = {**read_preset(pg.preset, method), "image_size": image_size(spec), **pg.options,
-                   "method": method, "pairs": pairs}
+            cfg = deep_merge({**read_preset(pg.preset, method), "image_size": image_size(spec)},
+                             {**pg.options, "method": method, "pairs": pairs})
             where = f"{source}: pretrain ({method}, {pairs})"
             try:
                 validate_method(build_config(PretrainConfig, cfg, source=where))
