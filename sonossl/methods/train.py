@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from datetime import timedelta
@@ -32,7 +33,7 @@ from sonossl.config import AugmentConfig, PretrainConfig, ViewAugment, dump_conf
 from sonossl.data.batched_views import BatchedViews, FrameDataset
 from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
-from sonossl.diskspace import room_for
+from sonossl.diskspace import FULL_ERRNOS, DiskFullError, full_message, room_for
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method, validate_method
 from sonossl.methods.base import SSLMethod
@@ -272,7 +273,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     # the folder is touched only once the input has passed every check above (nothing half-written)
     ckpt = _folder(out, model, resume, overwrite)
     trainer = _trainer(cfg, out, accelerator, precision, monitors, progress, callbacks or [])
-    _fit(trainer, model, ckpt)
+    _fit(trainer, model, ckpt, out)
     return out
 
 
@@ -342,16 +343,45 @@ def _plugins(world: int) -> list:
     return plugins
 
 
-def _fit(trainer: pl.Trainer, model: SSLMethod, ckpt: Path | None) -> None:
+def _fit(trainer: pl.Trainer, model: SSLMethod, ckpt: Path | None, out: Path) -> None:
     try:
         trainer.fit(model, ckpt_path=ckpt, weights_only=True)
     except SonosslError:
         raise
-    except Exception as exc:  # a SonosslError raised in a spawned DDP process arrives wrapped
-        if "SonosslError" in f"{exc!r}{exc}":
-            msg = str(exc).strip().splitlines()[-1].split("SonosslError:", 1)[-1].strip()
-            raise SonosslError(msg) from None
+    except Exception as exc:
+        own = spawned_error(exc, out)
+        if own is not None:
+            raise own from None
         raise
+
+
+_LAST_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): (.*)$")  # "sonossl.diskspace.DiskFullError: message"
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
+_FILENAME = re.compile(r": '([^']+)'$")
+
+
+def spawned_error(exc: BaseException, out: Path) -> SonosslError | None:
+    """The one-line error for an exception a spawned DDP process raised, which reaches the
+    launcher as text (torch's ``ProcessRaisedException``: the child's traceback): a SonosslError
+    (a DiskFullError included) keeps its class and message; an ``OSError`` out of space becomes a
+    DiskFullError naming its file (else ``out``). None for anything else, which stays a bug."""
+    lines = str(exc).strip().splitlines()
+    m = _LAST_LINE.match(lines[-1].strip()) if lines else None
+    if m is None:
+        return None
+    name, msg = m.groups()
+    ours = {c.__name__: c for c in _subclasses(SonosslError)}
+    if name in ours:
+        return ours[name](msg)
+    code = _ERRNO.search(msg)
+    if name in ("OSError", "IOError") and code and int(code.group(1)) in FULL_ERRNOS:
+        where = _FILENAME.search(msg)
+        return DiskFullError(full_message(Path(where.group(1)) if where else out, int(code.group(1)), None, None))
+    return None
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [s for sub in cls.__subclasses__() for s in _subclasses(sub)]
 
 
 # ------------------------------------------------------------------- a job on a cluster
