@@ -67,10 +67,10 @@ class DemoPlan:
 # steps), so the pretraining is kept short and the verdict quotes the curve.
 FULL = DemoPlan("full", videos=120, frames=24, frame_skip=2, pretrain_steps=180, pretrain_seconds=420,
                 fractions=(1, 10, 100), seeds=(0, 1, 2, 3, 4), finetune_fractions=(100,), finetune_seeds=(0,),
-                finetune_epochs=60, minutes=14)
+                finetune_epochs=60, minutes=12)
 QUICK = DemoPlan("quick", videos=40, frames=16, frame_skip=2, pretrain_steps=40, pretrain_seconds=100,
                  fractions=(10, 100), seeds=(0, 1, 2), finetune_fractions=(100,), finetune_seeds=(0,),
-                 finetune_epochs=4, labelled_per_class=(40, 20, 40), minutes=3)
+                 finetune_epochs=20, labelled_per_class=(40, 20, 40), minutes=3)
 # The learning curve's data and budget (benchmarks/ssl_learning_curve.py): 600 clips of 8 frames,
 # 2000 BarlowTwins steps. 20 linear-probe seeds: at 10 % labels the gain is ~+0.025 and the paired
 # differences spread by ~0.028 (SD), which 5 seeds cannot resolve and 20 can (benchmarks/README.md).
