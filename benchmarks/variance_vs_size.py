@@ -21,7 +21,6 @@ import argparse
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -30,11 +29,15 @@ from sonossl.study.stats import load_results, t_interval
 SEED = re.compile(r"-s(\d+)$")
 
 
-def per_pretraining(df: pd.DataFrame) -> pd.DataFrame:
+def random_scores(df: pd.DataFrame) -> pd.Series:
+    """fraction -> random initialisation's linear-probe macro-F1, mean over evaluation seeds."""
+    return df[(df["protocol"] == "linear") & (df["init"] == "random")].groupby("fraction")["macro_f1"].mean()
+
+
+def per_pretraining(df: pd.DataFrame, random: pd.Series) -> pd.DataFrame:
     """(variant, pretrain_seed, fraction) -> score (mean macro-F1 over evaluation seeds) and gain
-    over random initialisation (its mean over the same evaluation seeds)."""
+    over ``random`` (:func:`random_scores`, the same evaluation seeds)."""
     lin = df[df["protocol"] == "linear"]
-    random = lin[lin["init"] == "random"].groupby("fraction")["macro_f1"].mean()
     rows = []
     for (init, variant, fraction), g in lin[lin["init"] != "random"].groupby(["init", "data_variant", "fraction"]):
         seed = SEED.search(init)
@@ -84,8 +87,8 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, default=None, help="write the table as CSV here (default: none)")
     args = ap.parse_args()
     df = load_results(args.study / "results.csv")
-    per = per_pretraining(df)
-    random = df[(df["protocol"] == "linear") & (df["init"] == "random")].groupby("fraction")["macro_f1"].mean()
+    random = random_scores(df)
+    per = per_pretraining(df, random)
     a, b = args.variants
     t = table(per, random, a, b)
     eval_seeds = sorted(int(s) for s in df["seed"].unique())
@@ -103,5 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()

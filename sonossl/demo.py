@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes and budgets of one demo. ``full`` fits 15 minutes on 2 idle cores, ``quick`` 3 minutes,
-    ``long`` (pretraining past the point where it overtakes random initialisation) 45 minutes.
+    """Sizes and budgets of one demo: ``quick`` a smoke run, ``full`` the default, ``long``
+    pretraining past the point where it overtakes random initialisation; each takes about
+    ``minutes`` on 2 idle cores.
 
     Linear probing is cheap (features are computed once per backbone), so it carries the
     comparison at every label fraction over several seeds; fine-tuning is expensive, so it runs
