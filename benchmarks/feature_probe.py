@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from sonossl.data.synthetic import CLASSES, render_clip, sample_anatomy
-from sonossl.methods.monitors import features
+from sonossl.models.features import features
 from sonossl.models.backbones import build_encoder
 
 SIZE, RENDER, FRAMES = 64, 128, 24

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from sonossl.config import EvaluateConfig, PretrainConfig, build_config, read_preset
-from sonossl.demo import FULL
+from sonossl.config import FULL
 from sonossl.methods import METHODS
 
 SEEDS = (0, 1, 2)

@@ -46,7 +46,8 @@ from sonossl.data.ingest import ingest
 from sonossl.data.labelled import load_labelled
 from sonossl.data.synthetic import synthesize
 from sonossl.downstream.protocol import stratified_subset
-from sonossl.methods.monitors import features, knn_accuracy
+from sonossl.methods.monitors import knn_accuracy
+from sonossl.models.features import features
 from sonossl.methods.train import atomic_torch_save, run_pretrain
 from sonossl.models.backbones import build_encoder
 

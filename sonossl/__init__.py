@@ -8,13 +8,15 @@ The Python API (:mod:`sonossl.api`) is available at the top level: ``sonossl.syn
 
 __version__ = "0.1.0"
 
-CLASSES_DEFAULT = ("4CH", "LVOT", "RVOT", "3VV", "3VT")
-
 API = ("synth", "ingest", "pretrain", "evaluate", "run_study", "load_study", "report", "predict", "export", "embed", "demo")
 __all__ = ["__version__", "CLASSES_DEFAULT", *API]
 
 
 def __getattr__(name: str):
+    if name == "CLASSES_DEFAULT":  # the planes of the built-in synthetic data; their one owner is its scene
+        from sonossl.data.synthetic.scene import CLASSES
+
+        return CLASSES
     if name in API:
         from sonossl import api
 

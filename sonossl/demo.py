@@ -16,10 +16,11 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sonossl.config import LONG, PLANS, DemoPlan
 from sonossl.errors import SonosslError
 from sonossl.outputs import claim_output_dir
 
@@ -27,58 +28,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-@dataclass(frozen=True)
-class DemoPlan:
-    """Sizes and budgets of one demo: ``quick`` a smoke run, ``full`` the default, ``long``
-    pretraining past the point where it overtakes random initialisation; each takes about
-    ``minutes`` on 2 idle cores.
-
-    Linear probing is cheap (features are computed once per backbone), so it carries the
-    comparison at every label fraction over several seeds; fine-tuning is expensive, so it runs
-    at ``finetune_fractions`` only, long enough to converge.
-    """
-
-    name: str
-    videos: int
-    frames: int
-    frame_skip: int
-    pretrain_steps: int  # the schedule's length (warm-up + cosine), in optimiser steps of batch 64
-    pretrain_seconds: float  # a safety cap on the pretraining's wall time
-    fractions: tuple[float, ...]  # linear probe
-    seeds: tuple[int, ...]
-    finetune_fractions: tuple[float, ...]
-    finetune_seeds: tuple[int, ...]
-    finetune_epochs: int
-    finetune_schedule: str = "cosine"  # the learning rate over a fine-tuning run (docs/protocol.md, deviations)
-    finetune_vflip: bool = False  # the published vertical flips; off: the probe stays at the top (deviations)
-    synth_size: int = 128
-    image_size: int = 64
-    labelled_per_class: tuple[int, int, int] = (100, 50, 100)  # train, valid, test
-    minutes: int = 15  # about this long on 2 idle cores (the recorded runs in the README)
-
-
-# Sized on 2 idle cores: BarlowTwins ~60 pairs/s at 64 px with the per-epoch kNN monitor (185
-# steps of 64 in 213 s); a 60-epoch fine-tuning of 500 images ~260 s. The step count decides the
-# pretraining, so every machine runs the same schedule to its end; the time cap is a safety net at
-# about twice the expected time. Fine-tuning gets most of the time, with two measured deviations
-# from the published recipe (benchmarks/README.md, fine-tuning recipe): a cosine learning-rate
-# decay, and no vertical flips (a flipped scan puts the probe at the bottom, which no scanner
-# shows): 0.79 -> 0.85 test macro-F1 from random initialisation. No pretraining that fits here
-# passes random initialisation on the linear probe (the learning curve's crossover is at 640+
-# steps), so the pretraining is kept short and the verdict quotes the curve.
-FULL = DemoPlan("full", videos=120, frames=24, frame_skip=2, pretrain_steps=180, pretrain_seconds=420,
-                fractions=(1, 10, 100), seeds=(0, 1, 2, 3, 4), finetune_fractions=(100,), finetune_seeds=(0,),
-                finetune_epochs=60, minutes=12)
-QUICK = DemoPlan("quick", videos=40, frames=16, frame_skip=2, pretrain_steps=40, pretrain_seconds=100,
-                 fractions=(10, 100), seeds=(0, 1, 2), finetune_fractions=(100,), finetune_seeds=(0,),
-                 finetune_epochs=20, labelled_per_class=(40, 20, 40), minutes=3)
-# The learning curve's data and budget (benchmarks/ssl_learning_curve.py): 600 clips of 8 frames,
-# 2000 BarlowTwins steps. 20 linear-probe seeds: at 10 % labels the gain is ~+0.025 and the paired
-# differences spread by ~0.028 (SD), which 5 seeds cannot resolve and 20 can (benchmarks/README.md).
-LONG = DemoPlan("long", videos=600, frames=8, frame_skip=1, pretrain_steps=2000, pretrain_seconds=5400,
-                fractions=(1, 10, 100), seeds=tuple(range(20)), finetune_fractions=(100,), finetune_seeds=(0,),
-                finetune_epochs=60, minutes=45)
-PLANS = {p.name: p for p in (QUICK, FULL, LONG)}
 METHOD = "barlowtwins"
 
 

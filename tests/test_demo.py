@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from sonossl.cli import main
-from sonossl.demo import PLANS, DemoPlan, demo_study, run_demo
+from sonossl.config import PLANS, DemoPlan
+from sonossl.demo import demo_study, run_demo
 
 # The quick plan's shape (linear at two fractions, fine-tuning at 100 % that keeps its model), tiny.
 TINY = DemoPlan("tiny", videos=6, frames=8, frame_skip=2, pretrain_steps=2, pretrain_seconds=60, fractions=(50, 100),
@@ -60,7 +61,8 @@ def test_every_plan_is_a_valid_study_with_one_image_size(tmp_path, name):
 def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
     import pandas as pd
 
-    from sonossl.demo import FULL, LONG, verdict
+    from sonossl.config import FULL, LONG
+    from sonossl.demo import verdict
 
     def diffs(*cells):
         return pd.DataFrame([{"baseline": "random", "init": "barlowtwins", "protocol": "linear", "fraction": f,

@@ -68,9 +68,8 @@ def draw_subsets(cfg: EvaluateConfig, data: LabelledData, init: InitSpec, cache:
     if cfg.selection == "random":
         return {(f, s): stratified_subset(y_train, f, s, data.class_names, str(data.train.source))
                 for s in cfg.seeds for f in cfg.fractions}
-    from sonossl.methods.monitors import features
-    from sonossl.select.candidates import check_features
-    from sonossl.select.protocol import selected_subsets
+    from sonossl.downstream.protocol import selected_subsets
+    from sonossl.models.features import check_features, features
 
     spec = init if cfg.selection_init is None else resolve_init(
         cfg.selection_init, cfg.backbone if cfg.selection_init in ("random", "imagenet") else None, cfg.imagenet_weights)

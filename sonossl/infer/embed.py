@@ -21,6 +21,7 @@ from sonossl.data.labelled import load_labelled
 from sonossl.downstream.classifier import predict_logits
 from sonossl.errors import SonosslError
 from sonossl.downstream.modelfile import load_model
+from sonossl.models.features import project_2d
 
 METHODS = ("tsne", "umap", "auto")
 SPLITS = ("all", "test")
@@ -31,19 +32,6 @@ def umap_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("umap") is not None
-
-
-def project_2d(feats: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
-    """feats: ``(N, D)`` -> ``(N, 2)`` with t-SNE (perplexity at most 30, below N) or UMAP."""
-    n = len(feats)
-    if method == "umap":
-        import umap
-
-        return umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed).fit_transform(feats)
-    from sklearn.manifold import TSNE
-
-    perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(feats)
 
 
 def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 5) -> float:

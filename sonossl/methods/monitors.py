@@ -24,14 +24,7 @@ from pytorch_lightning.callbacks import Callback
 from sonossl.data.framestore import FrameStore
 from sonossl.data.labelled import load_labelled
 from sonossl.data.pairs import to_grey
-
-
-@torch.no_grad()
-def features(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """images: uint8 ``(N, 1, S, S)`` -> L2-normalised float ``(N, dim)`` on the CPU."""
-    out = [torch.nn.functional.normalize(encoder(images[i : i + batch_size].to(device)).float(), dim=1).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
+from sonossl.models.features import features
 
 
 def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tensor, query_y: torch.Tensor, k: int = 10) -> float:

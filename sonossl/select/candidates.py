@@ -7,7 +7,7 @@ store's ids are the ingestion's pseudonyms, and a folder's are made the same way
 path relative to the folder given, with ``salt``), so no file or patient name reaches an output.
 
 Features are the backbone's pooled output of each grey frame resized to ``image_size``,
-L2-normalised (:func:`sonossl.methods.monitors.features`): ``(N, feature_dim)`` float32.
+L2-normalised (:func:`sonossl.models.features.features`): ``(N, feature_dim)`` float32.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 from sonossl.config import PoolSplit
 from sonossl.errors import SonosslError
+from sonossl.models.features import check_features, features
 
 POOL_SPLITS = get_args(PoolSplit)
 
@@ -126,8 +127,6 @@ def to_model_input(frames: np.ndarray, size: int) -> torch.Tensor:
 def embed_pool(pool: Pool, encoder: torch.nn.Module, size: int, device: str, batch_size: int = 256,
                source: str = "--init") -> np.ndarray:
     """``(N, feature_dim)`` float32 L2-normalised features, refused when they do not vary."""
-    from sonossl.methods.monitors import features
-
     encoder = encoder.to(device).eval()
     out, pending, n_pending = [], [], 0
     for chunk in pool.chunks():
@@ -141,10 +140,3 @@ def embed_pool(pool: Pool, encoder: torch.nn.Module, size: int, device: str, bat
     feats = torch.cat(out).numpy().astype(np.float32)
     check_features(feats, source)
     return feats
-
-
-def check_features(feats: np.ndarray, source: str) -> None:
-    """Refuse features that are the same for every image (a collapsed or zeroed backbone)."""
-    if len(feats) > 1 and float(np.ptp(feats, axis=0).max()) < 1e-6:
-        raise SonosslError(f"{source}: the backbone's features are the same for all {len(feats)} candidate images "
-                           "(a collapsed or zeroed backbone); expected features that vary")

@@ -97,7 +97,7 @@ def embedding_map(out: Path, feats: np.ndarray, chosen: np.ndarray, title: str, 
 def project(feats: np.ndarray, method: str, seed: int) -> np.ndarray:
     """``(n, D)`` -> ``(n, 2)``: t-SNE as ``sonossl embed`` draws it, or PCA (also for n < 4)."""
     if method == "tsne" and len(feats) >= 4:
-        from sonossl.infer.embed import project_2d
+        from sonossl.models.features import project_2d
 
         return project_2d(feats, "tsne", seed)
     from sklearn.decomposition import PCA

@@ -11,7 +11,6 @@ import pydicom
 import pytest
 from PIL import Image
 
-from sonossl import CLASSES_DEFAULT
 from sonossl.data import synthetic as syn
 from sonossl.data.synthetic.scene import plane_layout
 from sonossl.errors import SonosslError
@@ -36,10 +35,6 @@ def read_csv(path: Path) -> tuple[list[str], list[dict]]:
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         return list(reader.fieldnames or []), list(reader)
-
-
-def test_classes_are_the_default_planes():
-    assert syn.CLASSES == tuple(CLASSES_DEFAULT)
 
 
 def test_dicom_clips_read_back(dicom_set):

@@ -11,10 +11,9 @@ from typing import Callable, Literal
 import numpy as np
 from scipy import ndimage
 
-from sonossl import CLASSES_DEFAULT
 from sonossl.errors import SonosslError
 
-CLASSES: tuple[str, ...] = tuple(CLASSES_DEFAULT)
+CLASSES: tuple[str, ...] = ("4CH", "LVOT", "RVOT", "3VV", "3VT")  # the five standard fetal cardiac planes
 
 HALF_ANGLE = math.radians(30.0)
 """Half opening angle of the sector. With the apex at the top centre and radius = box height,
