@@ -17,6 +17,7 @@ or a dict of the same settings, which keyword arguments override. Bad input rais
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,8 +25,29 @@ from sonossl.config import (DemoConfig, EmbedConfig, EvaluateConfig, ExportConfi
                             PretrainConfig, SelectConfig, StudyRunConfig, SynthConfig, build_config, read_config_file,
                             read_preset)
 from sonossl.errors import SonosslError
+from sonossl.outlock import check_apart, lock_output, releasing
 
 ConfigSource = str | Path | dict[str, Any] | None
+
+
+def _command(fn: Callable) -> Callable:
+    """A command of the API: the output locks it takes are released when it returns or raises,
+    so a notebook that runs it keeps no finished output locked (:mod:`sonossl.outlock`)."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with releasing():
+            return fn(*args, **kwargs)
+    return run
+
+
+def _model_file(model: Path) -> Path:
+    return Path(model) / "model.pt" if Path(model).is_dir() else Path(model)
+
+
+def _claim_file(out: Path, command: str, inputs: list[tuple[str, Path | str | None]]) -> None:
+    """An output file (or its folder of side files) is apart from the inputs, with one writer."""
+    check_apart(out, inputs)
+    lock_output(out, command)
 
 
 def _layer(config: ConfigSource) -> dict[str, Any]:
@@ -48,6 +70,7 @@ def pretrain_config(config: ConfigSource = None, *, preset: str | None = None, *
     return build_config(PretrainConfig, read_preset(preset, method), layer, options, source=_source(config, "pretrain"))
 
 
+@_command
 def synth(out: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
     """Write the synthetic fetal-echo dataset (``videos/``, ``labelled/``) into ``out``; returns
     its summary (``videos``: clip paths, ``labelled``: images per split and class)."""
@@ -55,11 +78,12 @@ def synth(out: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
     from sonossl.outputs import claim_output_dir
 
     cfg = build_config(SynthConfig, {"out": out, **options}, source="synth")
-    claim_output_dir(cfg.out, overwrite=overwrite, can_resume=False)
+    claim_output_dir(cfg.out, command="synth", overwrite=overwrite, can_resume=False)
     return synthesize(cfg.out, videos=cfg.videos, frames=cfg.frames, size=cfg.size, seed=cfg.seed, fmt=cfg.format,
                       labelled_per_class=cfg.labelled)
 
 
+@_command
 def ingest(sources: list[str | Path] | str | Path, out: str | Path, *, resume: bool = False, overwrite: bool = False,
            progress: bool = True, **options: Any):
     """Ingest scan files or folders into the frame store ``out`` (an ``IngestSummary``)."""
@@ -69,11 +93,13 @@ def ingest(sources: list[str | Path] | str | Path, out: str | Path, *, resume: b
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     c = build_config(IngestConfig, {"sources": sources, "out": out, **options}, source="ingest")
     return run(c.sources, c.out, frame_skip=c.frame_skip, size=c.size, crop=c.crop, val_fraction=c.val_fraction,
-               workers=c.workers, resume=resume, overwrite=overwrite, salt=c.salt, seed=c.seed,
+               workers=c.workers, resume=resume, overwrite=overwrite, salt_file=c.salt_file, seed=c.seed,
                max_frames_per_video=c.max_frames_per_video, dedup=c.dedup, progress=progress,
-               shard=parse_shard(c.shard) if c.shard else None)
+               shard=parse_shard(c.shard) if c.shard else None, modalities=c.modalities(),
+               max_frame_pixels=c.max_frame_pixels, max_source_pixels=c.max_source_pixels)
 
 
+@_command
 def pretrain(config: ConfigSource = None, *, preset: str | None = None, resume: bool = False, overwrite: bool = False,
              progress: bool = True, **options: Any) -> Path:
     """Self-supervised pretraining (settings: :class:`PretrainConfig`); returns the run folder,
@@ -100,6 +126,7 @@ def pretrain(config: ConfigSource = None, *, preset: str | None = None, resume: 
     return run_pretrain(cfg, resume=resume, overwrite=overwrite, progress=progress)
 
 
+@_command
 def evaluate(config: ConfigSource = None, *, resume: bool = False, overwrite: bool = False,
              progress: Callable[[str], None] | None = print, **options: Any) -> Path:
     """The limited-label protocol (settings: :class:`EvaluateConfig`); ``init`` may be a
@@ -121,6 +148,7 @@ def load_study(study: str | Path | None = None, *, preset: str | None = None):
     return load(study, preset=preset)
 
 
+@_command
 def run_study(study: str | Path | None = None, out: str | Path | None = None, *, preset: str | None = None,
               resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print, **options: Any):
     """Run a whole study (settings of the run: :class:`StudyRunConfig`); returns its
@@ -144,6 +172,7 @@ def report(folder: str | Path) -> dict[str, Path]:
     return write_report(Path(folder))
 
 
+@_command
 def predict(model: str | Path, inputs: list[str | Path] | str | Path, out: str | Path = "predictions.csv", *,
             overwrite: bool = False, progress: bool = True, **options: Any):
     """The plane of every frame of ``inputs`` with an evaluate run's ``model.pt`` (a ``PredictSummary``)."""
@@ -151,27 +180,34 @@ def predict(model: str | Path, inputs: list[str | Path] | str | Path, out: str |
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     c = build_config(PredictConfig, {"model": model, "inputs": inputs, "out": out, **options}, source="predict")
+    _claim_file(c.out, "predict", [("--model", _model_file(c.model)), *(("input", i) for i in c.inputs)])
     return run(c.model, c.inputs, c.out, smooth=c.smooth, batch_size=c.batch_size, device=c.device,
                frame_skip=c.frame_skip, crop=c.crop, overwrite=overwrite, progress=progress)
 
 
+@_command
 def export(model: str | Path, format: str, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
     """The classifier of ``model`` as ``torchvision``, ``torchscript`` or ``onnx``; returns the file."""
     from sonossl.infer.export import export as run
 
     c = build_config(ExportConfig, {"model": model, "format": format, "out": out}, source="export")
+    if c.out is not None:
+        _claim_file(c.out, "export", [("--model", _model_file(c.model))])
     return run(c.model, c.format, c.out, overwrite=overwrite)
 
 
+@_command
 def embed(model: str | Path, labels: str | Path, out: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
     """A 2-D map of the model's backbone features of ``labels``, and a kNN accuracy."""
     from sonossl.infer.embed import embed as run
 
     c = build_config(EmbedConfig, {"model": model, "labels": labels, "out": out, **options}, source="embed")
+    _claim_file(c.out, "embed", [("--model", _model_file(c.model)), ("--labels", c.labels)])
     return run(c.model, c.labels, c.out, method=c.method, split=c.split, k=c.k, seed=c.seed, device=c.device,
                overwrite=overwrite)
 
 
+@_command
 def select(frames: str | Path, budget: int, out: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
     """Embed the candidate frames (a frame store or a folder of images) and choose ``budget`` of
     them to label (settings: :class:`SelectConfig`); writes ``out`` (``to_label.csv``, PNG crops,
@@ -179,9 +215,11 @@ def select(frames: str | Path, budget: int, out: str | Path, *, overwrite: bool 
     from sonossl.select.command import run_select
 
     c = build_config(SelectConfig, {"frames": frames, "budget": budget, "out": out, **options}, source="select")
+    _claim_file(c.out, "select", [("--frames", c.frames), ("--init", c.init), ("--salt-file", c.salt_file)])
     return run_select(c, overwrite=overwrite)
 
 
+@_command
 def demo(out: str | Path = "demo_out", *, resume: bool = False, overwrite: bool = False, **options: Any) -> Path:
     """The demo study on built-in synthetic data; returns the path of its ``results.csv``."""
     from sonossl.demo import run_demo

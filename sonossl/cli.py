@@ -22,7 +22,13 @@ from sonossl.flags import Command, flag_values, register
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the contract: one line, exit status 2)."""
+    """argparse, but a usage error is one line (the contract: one line, exit status 2), and a flag
+    must be spelt out: an abbreviation is an error, not a guess (``--salt s`` once silently meant
+    ``--salt-file s``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

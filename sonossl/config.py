@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sonossl.data.framestore import DEFAULT_IMAGE_SIZE
 from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
 from sonossl.outputs import atomic_write_text
@@ -23,7 +24,7 @@ from sonossl.select.strategies import PROBCOVER_CLASSES, Strategy
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PoolSplit = Literal["all", "train", "val"]  # the frames `select` chooses from: the whole store or one split
-DEFAULT_IMAGE_SIZE = 64  # px: ingest's --size, and evaluate's when its init has no pretraining size
+BASELINE_INITS = ("random", "imagenet")  # the inits every pretraining is compared against
 
 
 class Config(BaseModel):
@@ -155,7 +156,15 @@ class IngestConfig(Config):
     crop: Crop = Field("auto", description="scan region: auto (DICOM regions, else the moving fan), dicom or none")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of patient/study groups held out as the val split")
     workers: int = Field(1, ge=1, description="decoding processes")
-    salt: str = Field("sonossl", description="key of the pseudonymous ids (keep it secret to keep ids unlinkable)")
+    salt_file: Path | None = Field(None, description="secret key of the pseudonymous ids (>= 32 hex digits; made with "
+                                   "256 random bits when missing); none: FRAMES.key beside the store (OUT/sonossl.key "
+                                   "with --shard). Keep it private, with the manifest: with it, ids can be recomputed")
+    modality: list[str] = Field(["US"], min_length=1, description="DICOM Modality values to ingest (e.g. US, or US OT); "
+                                "a file of another modality is a manifest row; 'any' ingests every modality")
+    max_frame_pixels: int = Field(8192 * 8192, gt=0, description="refuse, before decoding, a source whose frames "
+                                  "declare more pixels than this (height x width)")
+    max_source_pixels: int = Field(2**32, gt=0, description="refuse, before decoding, a source declaring more pixels "
+                                   "than this in all (frames x height x width)")
     max_frames_per_video: int | None = Field(None, gt=0, description="cap on frames kept per clip, after frame_skip")
     dedup: float | None = Field(None, gt=0, description="drop a frame whose mean absolute difference (grey levels "
                                 "0-255, on a 32x32 copy) to the last kept frame is below this")
@@ -163,6 +172,15 @@ class IngestConfig(Config):
     shard: str | None = Field(None, description="I/N: ingest only part I (0 to N-1) of N of the sources, split by a "
                               "hash of their paths, into OUT/part-I-of-N.h5; OUT is then a folder that reads as one "
                               "store once all N parts are written; none: every source into OUT")
+
+    @field_validator("modality")
+    @classmethod
+    def _modality(cls, v: list[str]) -> list[str]:
+        return [m.strip().upper() for m in v]
+
+    def modalities(self) -> tuple[str, ...] | None:
+        """The DICOM modalities to ingest; None: any."""
+        return None if "ANY" in self.modality else tuple(self.modality)
 
     @field_validator("shard")
     @classmethod
@@ -274,8 +292,12 @@ class PretrainConfig(SlurmJobConfig):
                                "on preemption and resumed from its checkpoint; submitit-local: that job on this "
                                "machine (one node)")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
-    precision: str = Field("auto", description="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, 16-mixed, "
+    precision: str = Field("auto", description="auto: bf16-mixed + channels_last on GPU; on a CPU the faster of "
+                           "float32 and bf16 autocast, each in NCHW or channels_last, measured at start "
+                           "(sonossl.models.fastpath) and recorded here; or 32-true (float32 NCHW), 16-mixed, "
                            "bf16-mixed or bf16-true")
+    channels_last: bool | None = Field(None, description="train in the channels_last memory layout; none: as the "
+                                       "precision's choice (auto: measured; 32-true: off; bf16/16: on)")
     num_workers: int = Field(2, ge=0, description="data loader processes")
     augment_on: Literal["auto", "loader", "device"] = Field(
         "auto", description="where the views are made: loader (per sample, in the loader's workers), device "
@@ -345,7 +367,17 @@ class EvaluateConfig(Config):
     save_models: bool = Field(True, description="write model.pt in each run folder")
     num_workers: int = Field(0, ge=0, description="data loader processes")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
-    precision: str = Field("auto", description="auto: bf16 autocast on GPU, float32 on CPU")
+    precision: str = Field("auto", description="auto: bf16 autocast + channels_last on GPU; on a CPU the faster of "
+                           "float32 and bf16, each in NCHW or channels_last, measured (sonossl.models.fastpath); "
+                           "32-true forces float32 NCHW")
+    head_lr_mult: float = Field(1.0, gt=0, description="fine-tuning: the head's learning rate is lr x this, the "
+                                "backbone's lr (1: one rate, as published; the BarlowTwins semi-supervised recipe "
+                                "uses 250)")
+    lp_ft: bool = Field(False, description="fine-tuning starts from a linear probe's head (LP-FT, Kumar et al. 2022): "
+                        "the head is first fitted on the frozen features, then everything is fine-tuned")
+    freeze_bn: bool = Field(False, description="fine-tuning keeps the backbone's batch-norm statistics (running mean "
+                            "and variance) as the init has them, instead of re-estimating them on the few labelled "
+                            "images; the affine weights still train")
     selection: Strategy = Field("random", description="which train images a fraction labels: random (the stratified "
                                 "draw) or a strategy choosing them on backbone features, blind to the labels "
                                 "(docs/selection.md)")
@@ -408,7 +440,7 @@ class DemoPlan:
     finetune_schedule: str = "cosine"  # the learning rate over a fine-tuning run (docs/protocol.md, deviations)
     finetune_vflip: bool = False  # the published vertical flips; off: the probe stays at the top (deviations)
     synth_size: int = 128
-    image_size: int = 64
+    image_size: int = DEFAULT_IMAGE_SIZE
     labelled_per_class: tuple[int, int, int] = (100, 50, 100)  # train, valid, test
     minutes: int = 15  # about this long on 2 idle cores (the recorded runs in the README)
 
@@ -508,7 +540,9 @@ class SelectConfig(Config):
     map: Literal["tsne", "pca"] = Field("tsne", description="projection of embedding.png")
     batch_size: int = Field(256, ge=1, description="frames per forward pass")
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
-    salt: str = Field("sonossl", description="key of the pseudonymous clip ids of a folder of images, as ingest's --salt")
+    salt_file: Path | None = Field(None, description="secret key of the pseudonymous clip ids of a folder of images, as "
+                                   "ingest's --salt-file; none: a random key for this run (its ids then match no "
+                                   "other run's)")
 
 
 def check_fractions(v: list[float]) -> list[float]:

@@ -35,6 +35,18 @@ def _say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def synthetic_key(data: Path) -> Path:
+    """The pseudonym key of the built-in synthetic data: a fixed one, written beside it, so the
+    demo's ids, splits and numbers repeat on every machine. The data hold no patient, so there
+    is nothing to protect; real scans get a random key (docs/data-safety.md)."""
+    import hashlib
+
+    path = data / "synthetic.key"
+    if not path.is_file():
+        path.write_text(hashlib.sha256(b"sonossl built-in synthetic data").hexdigest() + "\n")
+    return path
+
+
 def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
     """The demo as a study (see :mod:`sonossl.study.grid`) over the synthetic data in ``data``.
     The image size is stated once, in ``ingest.size``: pretraining and evaluation take it from there."""
@@ -43,7 +55,7 @@ def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
     return {
         "name": f"demo-{plan.name}",
         "data": {"unlabelled": str(data / "videos"), "labelled": {"synthetic": str(data / "labelled")}},
-        "ingest": {"size": plan.image_size, "val_fraction": 0.1},
+        "ingest": {"size": plan.image_size, "val_fraction": 0.1, "salt_file": str(synthetic_key(data))},
         "variants": {"all": {"frame_skip": plan.frame_skip}},
         "pretrain": {"preset": "cpu", "methods": [METHOD], "variants": ["all"],
                      "options": {"epochs": epochs, "max_steps": plan.pretrain_steps, "max_time_s": plan.pretrain_seconds,
@@ -132,7 +144,7 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
         plan = PLANS[plan]
     if seeds:
         plan = replace(plan, seeds=tuple(seeds))
-    out = claim_output_dir(out, resume=resume, overwrite=overwrite)
+    out = claim_output_dir(out, command="demo", resume=resume, overwrite=overwrite)
     t_start = time.time()
 
     data = out / "source"
@@ -149,7 +161,8 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
     # absolute paths: relative ones in a study resolve against its root, not the working directory
     study = expand(validated(StudySpec, demo_study(data.resolve(), plan, imagenet), "demo"), out, "demo")
     _say(study.describe().splitlines()[0])
-    summary = run_study(study, out, workers=1, resume=True, save_models="finetune", log=lambda m: print(m, flush=True))
+    summary = run_study(study, out, workers=1, resume=True, save_models="finetune", log=lambda m: print(m, flush=True),
+                        command="demo")
     if summary.failed or summary.blocked:
         raise SonosslError(f"demo: {len(summary.failed)} runs failed ({next(iter(summary.failed.values()), '')}); "
                            f"see {out / 'logs'}; rerun with --resume")

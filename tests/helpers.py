@@ -75,7 +75,8 @@ def write_study(path: Path, data: Path, *, methods=("barlowtwins",), inits=("ran
     spec = {
         "name": "tiny",
         "data": {"unlabelled": str(data / "videos"), "labelled": {"planes": str(data / "labelled")}},
-        "ingest": {"size": 32, "val_fraction": 0.2},
+        # one pseudonym key per data set: studies of the same data get the same ids, hence the same splits
+        "ingest": {"size": 32, "val_fraction": 0.2, "salt_file": str(data / "ids.key")},
         "variants": {"all": {"frame_skip": 2}},
         "pretrain": {"preset": "cpu", "methods": list(methods), "variants": ["all"],
                      "options": {"max_steps": 3, "batch_size": 8, "epochs": 1, "num_workers": 0,

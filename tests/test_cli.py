@@ -127,3 +127,10 @@ def test_flags_are_the_config_fields_and_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == "sonossl 0.1.0"
+
+
+def test_an_abbreviated_flag_is_an_error_not_a_guess(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["ingest", str(tmp_path), "--out", str(tmp_path / "f.h5"), "--salt", "k"])
+    assert exc.value.code == 2 and "unrecognized arguments: --salt" in capsys.readouterr().err
+    assert not (tmp_path / "k").exists() and not list(tmp_path.iterdir())

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -39,6 +40,7 @@ from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
 
 FORMAT_VERSION = 1
+DEFAULT_IMAGE_SIZE = 64  # px: the frames ingest writes unless told, and evaluate's size when its init has none
 SPLITS = ("train", "val")
 HDF5_SUFFIXES = frozenset({".h5", ".hdf5"})  # a frame store, or a seed-format HDF5 source of clips
 
@@ -160,6 +162,10 @@ def _check_shards(path: Path, parts: list[Path], attrs: list[dict]) -> None:
         values = {float(a[key]) for a in attrs if key in a}
         if len(values) > 1:
             raise SonosslError(f"{path}: parts disagree on {key} ({', '.join(f'{v:g}' for v in sorted(values))})")
+    keys = {_text(a["key_fingerprint"], "") for a in attrs if "key_fingerprint" in a}
+    if len(keys) > 1:  # their pseudonyms are of different keys: one patient could be two groups
+        raise SonosslError(f"{path}: parts made with different pseudonym keys (fingerprints {', '.join(sorted(keys))}); "
+                           "ingest every part with the same --salt-file")
 
 
 class FrameStore:
@@ -315,6 +321,37 @@ def _open_partial(path: Path) -> h5py.File:
     return f
 
 
+def _check_own_store(path: Path) -> None:
+    """Refuse to replace ``path`` unless it is a frame store sonossl wrote."""
+    try:
+        with h5py.File(path, "r") as f:
+            ours = "sonossl_format" in f.attrs
+    except OSError:
+        ours = False
+    if not ours:
+        raise SonosslError(f"{path}: --overwrite refused: not a frame store written by sonossl ingest (it may be "
+                           "your data); remove it yourself or choose another --out")
+
+
+def _check_key(path: Path, fingerprint: str | None) -> None:
+    """Refuse to continue the store ``path`` with a pseudonym key other than the one it was made with."""
+    if fingerprint is None or not path.exists():
+        return
+    try:
+        with h5py.File(path, "r") as f:
+            have = f.attrs.get("key_fingerprint")
+            clips = any(isinstance(f[k], h5py.Dataset) for k in f.keys())
+    except OSError:
+        return  # unreadable: the writer sets it aside and starts again
+    have = have.decode() if isinstance(have, bytes) else have
+    if have is None and clips:
+        raise SonosslError(f"{path}: made with the public default salt of an older sonossl, whose pseudonyms anyone "
+                           "can recompute; ingest into a new store instead of adding to it")
+    if have is not None and have != fingerprint:
+        raise SonosslError(f"{path}: made with another pseudonym key (fingerprint {have}, this key's is "
+                           f"{fingerprint}); pass the key file it was made with (--salt-file)")
+
+
 class FrameStoreWriter:
     """Writes a store atomically: ``with FrameStoreWriter(path) as w: w.add_video(...)``.
 
@@ -332,14 +369,26 @@ class FrameStoreWriter:
     to that size, which gives back every clip completed before the failure.
     """
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False):
+    def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False,
+                 key_fingerprint: str | None = None):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
+        if self.path.is_dir():
+            raise SonosslError(f"{self.path}: is a folder, not a frame store file")
         if self.path.exists() and not (overwrite or resume):
             raise SonosslError(f"{self.path}: exists; pass --resume to add to it or --overwrite to replace it")
+        if self.path.exists() and overwrite and not resume:
+            _check_own_store(self.path)
+        if resume:
+            _check_key(self.partial if self.partial.exists() else self.path, key_fingerprint)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.path.exists() and not self.partial.exists():
-            os.replace(self.path, self.partial)  # continue the finished store
+            # continue a copy of the finished store: until the new one is complete, the finished
+            # one stays under its name, whatever happens (a full disk, a kill)
+            from sonossl.diskspace import room_for
+
+            with room_for(self.partial, need=self.path.stat().st_size, tmp=self.partial):
+                shutil.copyfile(self.path, self.partial)
         elif not resume and self.partial.exists():
             self.partial.unlink()
         try:
@@ -348,6 +397,8 @@ class FrameStoreWriter:
             os.replace(self.partial, self.partial.with_name(self.partial.name + ".corrupt"))
             self._f = h5py.File(self.partial, "a")
         self._f.attrs["sonossl_format"] = FORMAT_VERSION
+        if key_fingerprint is not None:
+            self._f.attrs["key_fingerprint"] = key_fingerprint
 
     def __contains__(self, key: str) -> bool:
         return key in self._f

@@ -15,11 +15,14 @@ clips in flight.
 
 What leaves ingestion, and what does not:
 
-- ``video_id`` = HMAC-SHA256(``salt``, resolved source path, plus ``::dataset`` for HDF5), first
+- ``video_id`` = HMAC-SHA256(``key``, resolved source path, plus ``::dataset`` for HDF5), first
   16 hex digits; it is also
   the dataset name in the store. ``group_id`` = the same hash of the patient/study key (the
-  raw ``PatientID`` or ``StudyInstanceUID``, else the source's folder). Neither can be turned
-  back into a path or an identifier without the salt and the candidate values.
+  raw ``PatientID`` or ``StudyInstanceUID``, else the source's folder). ``key`` is a secret of
+  256 random bits in a key file (``FRAMES.key`` beside the store, made on first use, or
+  ``--salt-file``), so neither can be recomputed from a patient's ID without it, however short
+  and structured IDs are. The store records only the key's fingerprint, which refuses a later
+  ``--resume`` or ``--shard`` run with another key.
 - A DICOM or video whose scan region cannot be found (``crop="auto"``: no usable DICOM regions,
   no motion, no speckle) is an ``error`` row, not a whole screen with its burned-in text in the
   store; ``crop="none"`` keeps whole frames when the user says so.
@@ -58,10 +61,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from sonossl.data.framestore import HDF5_SUFFIXES, FrameStore, FrameStoreWriter, assign_splits, part_name
-from sonossl.data.readers import find_sources, hdf5_clips, open_source
-from sonossl.data.sector import CROPS, MAX_FRAMES_FOR_MOTION, Crop, crop_to_region, scan_region
+from sonossl.data.framestore import (DEFAULT_IMAGE_SIZE, HDF5_SUFFIXES, FrameStore, FrameStoreWriter, assign_splits,
+                                     is_hdf5_path, part_name)
+from sonossl.data.readers import MAX_FRAME_PIXELS, MAX_SOURCE_PIXELS, find_sources, hdf5_clips, open_source
+from sonossl.data.sector import CROPS, MAX_FRAMES_FOR_MOTION, Box, Crop, crop_to_region, scan_region
 from sonossl.errors import SonosslError
+from sonossl.outlock import check_apart, lock_output
 from sonossl.outputs import atomic_write_csv
 from sonossl.progress import progress_bar
 
@@ -85,9 +90,57 @@ class IngestSummary:
     manifest: Path
 
 
-def pseudonym(value: str, salt: str) -> str:
-    """16 hex digits of HMAC-SHA256(salt, value)."""
-    return hmac.new(salt.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
+def pseudonym(value: str, key: str) -> str:
+    """16 hex digits of HMAC-SHA256(key, value)."""
+    return hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+KEY_HEX_DIGITS = 64  # 256 random bits in a new key file
+MIN_KEY_HEX_DIGITS = 32  # 128 bits: the least a key file given with --salt-file may hold
+
+
+def default_key_file(out: Path, shard: tuple[int, int] | None = None) -> Path:
+    """Where the pseudonym key lives unless ``--salt-file`` says: ``FRAMES.key`` beside the store
+    and its manifest, or ``sonossl.key`` in the folder of a sharded store (one key for all parts)."""
+    return Path(out) / "sonossl.key" if shard is not None else Path(out).with_suffix(".key")
+
+
+def load_key(path: Path, create: bool = True) -> str:
+    """The secret key of the pseudonyms, from ``path``: hex digits, at least 128 bits. A missing
+    file is created (``create``) with 256 random bits, readable by its owner only; two processes
+    creating it at once agree on one key (the file appears whole, once, by ``os.link``)."""
+    import os
+    import secrets
+
+    path = Path(path)
+    if not path.exists() and create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(KEY_HEX_DIGITS // 2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise SonosslError(f"{path}: pseudonym key file could not be read ({exc.strerror})") from None
+    if len(key) < MIN_KEY_HEX_DIGITS or any(c not in "0123456789abcdefABCDEF" for c in key):
+        raise SonosslError(f"{path}: expected a pseudonym key of at least {MIN_KEY_HEX_DIGITS} hex digits (128 bits), "
+                           "e.g. made by `openssl rand -hex 32`")
+    return key.lower()
+
+
+def key_fingerprint(key: str) -> str:
+    """What a store records of its key: 16 hex digits of a hash of it, which tells two keys apart
+    and gives nothing of the key away."""
+    return hashlib.sha256(b"sonossl pseudonym key\0" + key.encode()).hexdigest()[:16]
 
 
 def manifest_path(out: Path) -> Path:
@@ -98,7 +151,24 @@ def manifest_path(out: Path) -> Path:
 # ---------------------------------------------------------------- one source (runs in a worker)
 
 DEDUP_SIDE = 32
-STREAM_CHUNK = 32  # source frames decoded before a crop-and-resize step
+STREAM_CHUNK = 32  # source frames decoded before a crop-and-resize step,
+STREAM_CHUNK_PIXELS = 32 * 1024 * 1024  # and at most this many source pixels (fewer frames when they are large)
+REGION_SIDE = 512  # the scan region is found on frames decimated to at most this side
+
+
+def _decimate(frame: np.ndarray, step: int) -> np.ndarray:
+    """Every ``step``-th pixel in both directions (a view-free copy): what the region search sees."""
+    return np.ascontiguousarray(frame[::step, ::step]) if step > 1 else frame
+
+
+def _full_res(box: Box, mask: np.ndarray, step: int, shape: tuple[int, int]) -> tuple[Box, np.ndarray]:
+    """A region found on ``step``-decimated frames, at the source's ``shape`` (height, width)."""
+    if step == 1:
+        return box, mask
+    h, w = shape
+    x0, y0, x1, y1 = box
+    full = np.repeat(np.repeat(mask, step, 0), step, 1)[:h, :w]
+    return (x0 * step, y0 * step, min(x1 * step, w), min(y1 * step, h)), full
 
 
 def dedup_indices(frames: np.ndarray, threshold: float, side: int = DEDUP_SIDE) -> list[int]:
@@ -137,19 +207,32 @@ def process_source(source: Path, opts: dict[str, Any], dataset: str | None = Non
     The raw group key is hashed here, so it never leaves the worker.
     """
     try:
-        st = open_source(source, frame_skip=opts["frame_skip"], max_frames=opts["max_frames"], dataset=dataset)
-        # Pass 1: the scan region and grey range from a sample of frames spread over the clip.
-        sample = st.sample(MAX_FRAMES_FOR_MOTION)
-        grey_range = st.range_of(sample)
+        st = open_source(source, frame_skip=opts["frame_skip"], max_frames=opts["max_frames"], dataset=dataset,
+                         modalities=opts.get("modalities"), max_frame_pixels=opts.get("max_frame_pixels", MAX_FRAME_PIXELS),
+                         max_source_pixels=opts.get("max_source_pixels", MAX_SOURCE_PIXELS))
+        # Pass 1: the scan region and grey range from a sample of frames spread over the clip,
+        # each decimated to at most REGION_SIDE as it is decoded (the full frames are not held).
+        shape = st.shape or (REGION_SIDE, REGION_SIDE)
+        step = max(1, -(-max(shape) // REGION_SIDE))
+        sample, grey_range = st.reduced_sample(MAX_FRAMES_FOR_MOTION, lambda f: _decimate(f, step))
         crop = opts["crop"]
-        box, mask, how = scan_region(np.stack([st.to_uint8(f, grey_range) for f in sample]), st.regions, st.kind, crop)
+        small = np.stack([st.to_uint8(f, grey_range) for f in sample])
         del sample
+        regions = None if st.regions is None else [tuple(v // step for v in r) for r in st.regions]
+        box, mask, how = scan_region(small, regions, st.kind, crop)
+        box, mask = _full_res(box, mask, step, shape if st.shape else small.shape[1:])
+        if regions is not None and how == "dicom":  # the recorded regions, exactly
+            from sonossl.data.sector import regions_box, regions_mask
+
+            box, mask = regions_box(st.regions, *shape), regions_mask(st.regions, *shape)
+        del small
         # Pass 2: every kept frame, decoded, cropped and resized a chunk at a time, so memory holds
         # the output (frames x size x size) and one chunk of source frames, not the source clip.
+        per_chunk = max(1, min(STREAM_CHUNK, STREAM_CHUNK_PIXELS // max(1, shape[0] * shape[1])))
         chunks, chunk = [], []
         for frame in st.frames():
             chunk.append(st.to_uint8(frame, grey_range))
-            if len(chunk) == STREAM_CHUNK:
+            if len(chunk) == per_chunk:
                 chunks.append(crop_to_region(np.stack(chunk), box, mask, opts["size"]))
                 chunk = []
         if chunk:
@@ -307,23 +390,46 @@ def _store_result(writer: FrameStoreWriter, unit: Unit, vid: str, res: dict[str,
     return row
 
 
+def _claim_store(out: Path, sources: list[Path], salt_file: Path | None,
+                 shard: tuple[int, int] | None) -> tuple[Path, Path, Path, str]:
+    """The store (or part) to write, its manifest, its key file and key: each apart from the
+    sources, the store locked for this process (:mod:`sonossl.outlock`)."""
+    if shard is not None and is_hdf5_path(out):
+        raise SonosslError(f"{out}: --shard writes a folder of parts (part-I-of-N.h5); give --out a folder name, "
+                           "not an .h5 file")
+    if shard is None and out.is_dir():
+        raise SonosslError(f"{out}: is a folder; --out names the frame store file to write (FRAMES.h5), or a "
+                           "folder of parts with --shard")
+    store = out if shard is None else out / part_name(*shard)
+    manifest = manifest_path(store)
+    key_file = Path(salt_file) if salt_file is not None else default_key_file(out, shard)
+    written = [store, store.with_name(store.name + ".partial"), manifest] + ([] if salt_file else [key_file])
+    for w in written:
+        check_apart(w, [("source", s) for s in sources] + ([("--salt-file", salt_file)] if salt_file else []))
+    lock_output(store, "ingest")
+    return store, manifest, key_file, load_key(key_file)
+
+
 def ingest(
     sources: list[Path],
     out: Path,
     *,
     frame_skip: int = 5,
-    size: int = 64,
+    size: int = DEFAULT_IMAGE_SIZE,
     crop: Crop = "auto",
     val_fraction: float = 0.1,
     workers: int = 1,
     resume: bool = False,
     overwrite: bool = False,
-    salt: str = "sonossl",
+    salt_file: Path | None = None,
     max_frames_per_video: int | None = None,
     seed: int = 0,
     progress: bool = True,
     dedup: float | None = None,
     shard: tuple[int, int] | None = None,
+    modalities: tuple[str, ...] | None = ("US",),
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
+    max_source_pixels: int = MAX_SOURCE_PIXELS,
 ) -> IngestSummary:
     """Ingest ``sources`` (files or folders) into the frame store ``out``; see the module docstring.
 
@@ -331,27 +437,30 @@ def ingest(
     cropped frame) to the last kept frame is below this; None keeps every frame.
     shard: ``(I, N)``: only part I (0-based) of N of the sources, into ``out/part-I-of-N.h5``
     (``out`` is then the folder of the parts); a part that no source falls into is written empty.
+    salt_file: the secret key of the pseudonyms (:func:`load_key`); default :func:`default_key_file`.
+    modalities: DICOM modalities ingested (None: any); the rest become manifest rows.
+    max_frame_pixels, max_source_pixels: the pixel budget; a source over it is a manifest row.
 
     Writes the store (atomically) and its ``.manifest.csv`` beside it. Raises
     :class:`SonosslError` on bad options, when the store exists without ``resume``/``overwrite``,
     and (after writing the manifest) when no source could be ingested.
     """
     _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video, dedup)
-    store = Path(out) if shard is None else Path(out) / part_name(*shard)
-    manifest = manifest_path(store)
-    own = {p.resolve() for p in (store, store.with_name(store.name + ".partial"), manifest)}
+    store, manifest, key_file, key = _claim_store(Path(out), sources, salt_file, shard)
     found = find_sources([Path(s) for s in sources], image_folders=True)
-    files = [p for p in found if p.resolve() not in own and not (shard and p.resolve().is_relative_to(Path(out).resolve()))]
+    files = [p for p in found if p.resolve() != key_file.resolve()]
     if not files:
         raise SonosslError(f"{', '.join(map(str, sources))}: no source files found")
-    opts = {"frame_skip": frame_skip, "size": size, "crop": crop, "salt": salt, "max_frames": max_frames_per_video,
-            "dedup": dedup}  # fmt: skip
+    opts = {"frame_skip": frame_skip, "size": size, "crop": crop, "salt": key, "max_frames": max_frames_per_video,
+            "dedup": dedup, "modalities": modalities, "max_frame_pixels": max_frame_pixels,
+            "max_source_pixels": max_source_pixels}  # fmt: skip
+    salt = key
     units, rows, order = _units(files, salt)
     if shard is not None:
         units = _in_shard(units, sources, shard)
         mine = {_label(*u) for u in _in_shard([(Path(r["source"]), None) for r in rows], sources, shard)}
         rows = [r for r in rows if r["source"] in mine]
-    writer = FrameStoreWriter(store, overwrite=overwrite, resume=resume)
+    writer = FrameStoreWriter(store, overwrite=overwrite, resume=resume, key_fingerprint=key_fingerprint(key))
     if shard is not None:
         writer.mark_shard(f"{shard[0]}/{shard[1]}", val_fraction, seed)
     ok, records = _write_units(writer, units, rows, opts, workers, progress, salt)

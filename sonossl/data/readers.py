@@ -51,6 +51,55 @@ SKIP_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".log"}
 SKIP_ENDINGS = (".h5.partial", ".partial")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
+# The pixel budget (docs/data-safety.md): a file is refused *before* its pixels are decoded when
+# one frame, or the whole source, declares more pixels than this, whatever its size on disk (a
+# 13 KB JPEG 2000 file can declare 64 frames of 2048 x 2048). ingest's --max-frame-pixels and
+# --max-source-pixels set them; every other image reader (labelled sets, predict, select) uses
+# the frame limit.
+MAX_FRAME_PIXELS = 8192 * 8192
+MAX_SOURCE_PIXELS = 2**32  # ~4.3 G pixels: e.g. 1000 frames of 2048 x 2048
+MODALITIES_DEFAULT = ("US",)  # DICOM Modality values ingested unless --modality says otherwise
+
+
+def check_pixels(path: Path, height: int, width: int, frames: int = 1, *, max_frame_pixels: int = MAX_FRAME_PIXELS,
+                 max_source_pixels: int = MAX_SOURCE_PIXELS) -> None:
+    """Refuse a source that declares frames of more than ``max_frame_pixels`` pixels, or more than
+    ``max_source_pixels`` in all, before anything is decoded."""
+    if height < 1 or width < 1:
+        raise SonosslError(f"{path}: declares a {width}x{height} image; expected a positive size")
+    if height * width > max_frame_pixels:
+        raise SonosslError(f"{path}: declares {width}x{height} frames ({height * width:,} pixels), over the limit of "
+                           f"{max_frame_pixels:,} pixels a frame (--max-frame-pixels); refused before decoding")
+    if frames * height * width > max_source_pixels:
+        raise SonosslError(f"{path}: declares {frames} frames of {width}x{height} ({frames * height * width:,} pixels), "
+                           f"over the limit of {max_source_pixels:,} pixels a source (--max-source-pixels); refused "
+                           "before decoding")
+
+
+def open_image(path: Path, max_pixels: int = MAX_FRAME_PIXELS):
+    """``PIL.Image`` of ``path``, opened lazily and refused (one-line :class:`SonosslError`) when
+    it is not an image or declares more than ``max_pixels`` pixels, before its pixels are decoded.
+    Use as a context manager, as ``Image.open``."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise SonosslError(f"{path}: declares more than twice {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+                           "bomb?); refused before decoding") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise SonosslError(f"{path}: not a readable image ({' '.join(str(exc).split())[:160]})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise SonosslError(f"{path}: a {w}x{h} image ({w * h:,} pixels), over the limit of {max_pixels:,} pixels; "
+                           "refused before decoding")
+    return im
+
 
 @dataclass
 class Clip:
@@ -88,22 +137,45 @@ class Stream:
     window: tuple[float, float] | None = None
     invert: bool = False
     path: Path | None = None
+    shape: tuple[int, int] | None = None  # (height, width) of a frame, as the header declares it
+
+    def reduced_sample(self, k: int, reduce: Callable[[np.ndarray], np.ndarray]) -> tuple[list[np.ndarray], tuple[float, float] | None]:
+        """:meth:`sample` with each frame passed through ``reduce`` (e.g. a downscale) as it is
+        decoded, so only reduced frames are held; and the grey range of the full frames (see
+        :meth:`range_of`), accumulated on the way."""
+        lo, hi = [np.inf], [-np.inf]
+        wide = []
+
+        def take(frame: np.ndarray) -> np.ndarray:
+            if frame.dtype != np.uint8:
+                wide.append(True)
+                lo[0], hi[0] = min(lo[0], float(frame.min())), max(hi[0], float(frame.max()))
+            return reduce(frame)
+
+        frames = self.sample(k, take)
+        if not wide:
+            return frames, None
+        if self.window is not None:
+            centre, width = self.window
+            return frames, (centre - width / 2, centre + width / 2)
+        return frames, (lo[0], hi[0])
 
     def frames(self) -> Iterator[np.ndarray]:
         """Every kept frame, in order, one at a time."""
         return self._frames(None)
 
-    def sample(self, k: int) -> list[np.ndarray]:
+    def sample(self, k: int, reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> list[np.ndarray]:
         """Up to ``k`` kept frames spread evenly over the clip (all of them when there are <= k),
-        holding at most ``2k`` frames at any time."""
+        holding at most ``2k`` frames at any time; each passed through ``reduce`` when given."""
+        reduce = reduce or (lambda f: f)
         if self.n_kept is not None:
             positions = sorted(set(np.linspace(0, self.n_kept - 1, min(k, self.n_kept)).astype(int).tolist()))
-            out = list(self._frames(positions))
+            out = [reduce(f) for f in self._frames(positions)]
         else:  # length unknown: keep every s-th frame, thinning by half whenever 2k are held
             out, step = [], 1
             for i, frame in enumerate(self.frames()):
                 if i % step == 0:
-                    out.append(frame)
+                    out.append(reduce(frame))
                     if len(out) >= 2 * k:
                         out, step = out[::2], step * 2
             if len(out) > k:
@@ -139,9 +211,19 @@ class Stream:
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
-    """rgb: uint8 [..., 3] -> uint8 [...] (BT.601 luma)."""
-    y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    """rgb: uint8 [..., 3] -> uint8 [...] (ITU-R BT.601 luma, 0.299 R + 0.587 G + 0.114 B); a grey
+    ``[...]`` array passes through. Computed a block of rows at a time, so a large frame costs
+    its output plus one block of float64, not three float64 copies of the frame."""
+    if rgb.ndim < 3 or rgb.shape[-1] != 3:
+        return rgb
+    out = np.empty(rgb.shape[:-1], np.uint8)
+    flat, dest = rgb.reshape(-1, 3), out.reshape(-1)
+    block = 1 << 20
+    for i in range(0, len(flat), block):
+        b = flat[i : i + block]
+        y = b[:, 0] * 0.299 + b[:, 1] * 0.587 + b[:, 2] * 0.114
+        dest[i : i + block] = np.clip(np.rint(y), 0, 255)
+    return out
 
 
 # ---------------------------------------------------------------- recognising a source
@@ -223,7 +305,13 @@ def find_sources(paths: list[Path], *, image_folders: bool = False) -> list[Path
         if p.is_file():
             found.setdefault(p, None)
             continue
-        for root, dirs, files in os.walk(p):
+        seen_dirs: set[tuple[int, int]] = set()
+        for root, dirs, files in os.walk(p, followlinks=True):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop, or a link back to a folder seen: once is enough
+                dirs[:] = []
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             clip_folder = image_folders and is_image_folder(Path(root))
             if clip_folder:
@@ -235,7 +323,10 @@ def find_sources(paths: list[Path], *, image_folders: bool = False) -> list[Path
     seen: set[Path] = set()
     out = []
     for p in found:
-        r = p.resolve()
+        try:
+            r = p.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link or a link loop: not a source; skipped
+            continue
         if r not in seen:
             seen.add(r)
             out.append(p)
@@ -312,16 +403,48 @@ def _frame_indices(n: int, frame_skip: int, max_frames: int | None) -> list[int]
     return idx[:max_frames] if max_frames else idx
 
 
-def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Stream:
-    """A single- or multi-frame DICOM, native or compressed: the header now, frames one at a time."""
+def _dicom_int(ds, tag: str, path: Path, default: int | None = None) -> int:
+    """An integer attribute of the header, or a one-line error naming it."""
+    raw = ds.get(tag)
+    if raw in (None, ""):
+        if default is None:
+            raise SonosslError(f"{path}: DICOM without {tag}")
+        return default
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise SonosslError(f"{path}: DICOM {tag} is {str(raw)[:20]!r}; expected an integer") from None
+
+
+def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None,
+               modalities: tuple[str, ...] | None = None, max_frame_pixels: int = MAX_FRAME_PIXELS,
+               max_source_pixels: int = MAX_SOURCE_PIXELS) -> Stream:
+    """A single- or multi-frame DICOM, native or compressed: the header now, frames one at a time.
+
+    modalities: DICOM ``Modality`` values accepted (None: any); a file of another modality, or
+    an object without an image (a structured report, an RT plan, a DICOMDIR), is refused."""
     import pydicom
 
-    ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # pydicom warns of invalid values; the checks below name what matters
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    except Exception as exc:  # a header pydicom cannot parse
+        raise SonosslError(f"{path}: not a readable DICOM header ({type(exc).__name__})") from None
+    modality = str(ds.get("Modality", "") or "").strip().upper()
     if "Rows" not in ds or "Columns" not in ds:
-        raise SonosslError(f"{path}: DICOM without an image (no Rows/Columns)")
-    n = int(ds.get("NumberOfFrames") or 1)
+        what = f"{modality} object" if modality else "object"
+        raise SonosslError(f"{path}: DICOM {what} without an image (no Rows/Columns), e.g. a report, plan or DICOMDIR")
+    if modalities is not None and modality not in modalities:
+        raise SonosslError(f"{path}: DICOM modality {modality or 'missing'}, not {'/'.join(modalities)}; pass "
+                           f"--modality {modality or 'OT'} to ingest it anyway")
+    n = _dicom_int(ds, "NumberOfFrames", path, default=1)
     if n < 1:
         raise SonosslError(f"{path}: DICOM with no frames")
+    rows, cols = _dicom_int(ds, "Rows", path), _dicom_int(ds, "Columns", path)
+    check_pixels(path, rows, cols, n, max_frame_pixels=max_frame_pixels, max_source_pixels=max_source_pixels)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     window = None
     if int(ds.get("BitsStored", 8)) > 8 and "WindowCenter" in ds and "WindowWidth" in ds:
@@ -334,6 +457,9 @@ def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
         wanted = indices if positions is None else [indices[i] for i in positions]
         try:
             for arr in iter_pixels(path, indices=wanted):
+                if arr.shape[:2] != (rows, cols):  # the codestream's size is not the header's
+                    raise SonosslError(f"{path}: a decoded frame is {arr.shape[1]}x{arr.shape[0]}, the header "
+                                       f"declares {cols}x{rows}; refused")
                 yield _grey(arr, ds, photometric, path)
         except SonosslError:
             raise
@@ -344,7 +470,7 @@ def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
             ) from None
 
     return Stream("dicom", n, len(indices), _dicom_fps(ds), _group_key(ds, path), _dicom_regions(ds), frames,
-                  window=window, invert=photometric == "MONOCHROME1", path=path)
+                  window=window, invert=photometric == "MONOCHROME1", path=path, shape=(rows, cols))
 
 
 
@@ -368,7 +494,8 @@ def _grey(arr: np.ndarray, ds, photometric: str, path: Path) -> np.ndarray:
 # ---------------------------------------------------------------- video
 
 
-def open_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Stream:
+def open_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None,
+               max_frame_pixels: int = MAX_FRAME_PIXELS, max_source_pixels: int = MAX_SOURCE_PIXELS, **_) -> Stream:
     """MP4/AVI/MOV/MKV through PyAV; every ``frame_skip``-th frame is converted, the rest only decoded."""
     import av
 
@@ -380,10 +507,13 @@ def open_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else None
             n = int(stream.frames or 0) or None  # the container's count, when it has one
+            shape = (int(stream.codec_context.height or 0), int(stream.codec_context.width or 0))
     except av.error.FFmpegError as exc:
         raise SonosslError(f"{path}: not a readable video ({exc})") from None
+    check_pixels(path, *shape, n or 1, max_frame_pixels=max_frame_pixels, max_source_pixels=max_source_pixels)
     kept = None if n is None else len(_frame_indices(n, frame_skip, max_frames))
-    st = Stream("video", n, kept, fps, f"folder:{path.resolve().parent}", None, lambda positions: iter(()), path=path)
+    st = Stream("video", n, kept, fps, f"folder:{path.resolve().parent}", None, lambda positions: iter(()), path=path,
+                shape=shape)
 
     def frames(positions: list[int] | None) -> Iterator[np.ndarray]:
         wanted = None if positions is None else set(positions)
@@ -398,9 +528,15 @@ def open_video(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
                             decoded = max(decoded, int(stream.frames or 0))
                             break
                         if wanted is None or kept_so_far in wanted:
+                            if (frame.height, frame.width) != shape:
+                                raise SonosslError(f"{path}: a frame is {frame.width}x{frame.height}, the stream "
+                                                   f"declares {shape[1]}x{shape[0]}; refused")
                             yield frame.to_ndarray(format="gray")
                         kept_so_far += 1
                     decoded += 1
+                    if n is None and decoded * shape[0] * shape[1] > max_source_pixels:
+                        raise SonosslError(f"{path}: more than {decoded - 1} frames of {shape[1]}x{shape[0]}, over "
+                                           f"the limit of {max_source_pixels:,} pixels a source (--max-source-pixels)")
         except av.error.FFmpegError as exc:
             raise SonosslError(f"{path}: not a readable video ({exc})") from None
         if positions is None:  # a full pass: now the counts are known
@@ -426,23 +562,29 @@ def _image_grey(img) -> np.ndarray:
     return luminance(np.asarray(img.convert("RGB")))  # RGB, RGBA (alpha dropped), P, CMYK, YCbCr, LA
 
 
-def open_images(path: Path, *, frame_skip: int = 1, max_frames: int | None = None) -> Stream:
-    """A folder of PNG/JPEG/BMP/TIFF frames, sorted by name; only the kept images are decoded."""
-    from PIL import Image
-
+def open_images(path: Path, *, frame_skip: int = 1, max_frames: int | None = None,
+                max_frame_pixels: int = MAX_FRAME_PIXELS, max_source_pixels: int = MAX_SOURCE_PIXELS, **_) -> Stream:
+    """A folder of PNG/JPEG/BMP/TIFF frames, sorted by name; only the kept images are decoded.
+    The first image's declared size stands for all (each is checked against it as it is read)."""
     files = image_files(path)
     if not files:
         raise SonosslError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    with open_image(files[0], max_frame_pixels) as first:
+        w, h = first.size
     indices = _frame_indices(len(files), frame_skip, max_frames)
+    check_pixels(path, h, w, len(indices), max_frame_pixels=max_frame_pixels, max_source_pixels=max_source_pixels)
     first_shape: list[tuple[int, ...]] = []
 
     def frames(positions: list[int] | None) -> Iterator[np.ndarray]:
         for i in (indices if positions is None else [indices[k] for k in positions]):
-            try:
-                with Image.open(files[i]) as img:
+            with open_image(files[i], max_frame_pixels) as img:
+                if img.size != (w, h):
+                    raise SonosslError(f"{path}: image {files[i].name} is {img.size[0]}x{img.size[1]}, "
+                                       f"expected {w}x{h} like the first frame")
+                try:
                     frame = _image_grey(img)
-            except (OSError, ValueError) as exc:
-                raise SonosslError(f"{path}: image {files[i].name} could not be read ({type(exc).__name__})") from None
+                except (OSError, ValueError) as exc:
+                    raise SonosslError(f"{path}: image {files[i].name} could not be read ({type(exc).__name__})") from None
             if not first_shape:
                 first_shape.append(frame.shape)
             elif frame.shape != first_shape[0]:
@@ -452,7 +594,8 @@ def open_images(path: Path, *, frame_skip: int = 1, max_frames: int | None = Non
                 )
             yield frame
 
-    return Stream("images", len(files), len(indices), None, f"folder:{path.resolve().parent}", None, frames, path=path)
+    return Stream("images", len(files), len(indices), None, f"folder:{path.resolve().parent}", None, frames, path=path,
+                  shape=(h, w))
 
 
 
@@ -474,7 +617,8 @@ def hdf5_clips(path: Path) -> list[str]:
     return names
 
 
-def open_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, max_frames: int | None = None) -> Stream:
+def open_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, max_frames: int | None = None,
+              max_frame_pixels: int = MAX_FRAME_PIXELS, max_source_pixels: int = MAX_SOURCE_PIXELS, **_) -> Stream:
     """One dataset ``uint8 [T, H, W]`` or ``[T, H, W, 3]`` of a seed-format HDF5 file.
 
     dataset: its name; may be left out only when the file holds a single dataset.
@@ -496,9 +640,12 @@ def open_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, ma
                     f"{path}::{dataset}: expected uint8 [frames, H, W] or [frames, H, W, 3], got {ds.dtype} {ds.shape}"
                 )
             n = int(ds.shape[0])
+            shape = (int(ds.shape[1]), int(ds.shape[2]))
     except OSError as exc:
         raise SonosslError(f"{path}::{dataset}: could not be read ({' '.join(str(exc).split())[:120]})") from None
     indices = _frame_indices(n, frame_skip, max_frames)
+    check_pixels(Path(f"{path}::{dataset}"), *shape, len(indices), max_frame_pixels=max_frame_pixels,
+                 max_source_pixels=max_source_pixels)
 
     def frames(positions: list[int] | None) -> Iterator[np.ndarray]:
         try:
@@ -510,7 +657,8 @@ def open_hdf5(path: Path, *, dataset: str | None = None, frame_skip: int = 1, ma
         except OSError as exc:
             raise SonosslError(f"{path}::{dataset}: could not be read ({' '.join(str(exc).split())[:120]})") from None
 
-    return Stream("hdf5", n, len(indices), None, f"hdf5:{path.resolve()}::{dataset}", None, frames, path=path)
+    return Stream("hdf5", n, len(indices), None, f"hdf5:{path.resolve()}::{dataset}", None, frames, path=path,
+                  shape=shape)
 
 
 
@@ -522,13 +670,17 @@ OPENERS: dict[str, Opener] = {"dicom": open_dicom, "video": open_video, "images"
 
 
 def open_source(
-    path: Path, *, frame_skip: int = 1, max_frames: int | None = None, dataset: str | None = None
+    path: Path, *, frame_skip: int = 1, max_frames: int | None = None, dataset: str | None = None,
+    modalities: tuple[str, ...] | None = None, max_frame_pixels: int = MAX_FRAME_PIXELS,
+    max_source_pixels: int = MAX_SOURCE_PIXELS,
 ) -> Stream:
     """Open one source (file or image folder) as a :class:`Stream`: its header now, its frames
     one at a time on demand (see the module docstring).
 
     frame_skip: keep frames 0, k, 2k, ...; max_frames: stop after that many kept frames;
-    dataset: for an HDF5 source, the clip to read (see :func:`hdf5_clips`).
+    dataset: for an HDF5 source, the clip to read (see :func:`hdf5_clips`); modalities: the
+    DICOM modalities accepted (None: any); max_frame_pixels, max_source_pixels: the pixel budget
+    (:func:`check_pixels`), checked before decoding.
     Raises :class:`SonosslError` for an empty, unsupported or unreadable source.
     """
     path = Path(path)
@@ -547,8 +699,9 @@ def open_source(
         raise SonosslError(f"{path}: {kind} sources are not supported yet")
     if dataset is not None and kind != "hdf5":
         raise SonosslError(f"{path}: dataset={dataset!r} given, but this is a {kind} source, not HDF5")
-    extra = {"dataset": dataset} if kind == "hdf5" else {}
-    return OPENERS[kind](path, frame_skip=frame_skip, max_frames=max_frames, **extra)
+    extra = {"dataset": dataset} if kind == "hdf5" else {"modalities": modalities} if kind == "dicom" else {}
+    return OPENERS[kind](path, frame_skip=frame_skip, max_frames=max_frames, max_frame_pixels=max_frame_pixels,
+                         max_source_pixels=max_source_pixels, **extra)
 
 
 def read_source(

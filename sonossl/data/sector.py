@@ -14,12 +14,15 @@ text is PHI. So ingestion keeps only the scan region:
 2. **Motion** (``T >= 2``): the scan region changes over time, overlays do not. Pixels whose
    standard deviation over time is above a threshold (relative to the clip's own motion), closed
    morphologically, largest connected component, holes filled, made row- and column-convex
-   (a cheap convex hull that keeps a sector's shape).
+   (a cheap convex hull that keeps a sector's shape). What moves must also look like a scan
+   (:func:`scan_like`): at least a tenth of the frame high and wide, and mostly bright speckle;
+   a line of changing text (a clock, a frame counter, a name) is neither, and is not taken.
 3. **Brightness and texture** (one frame, or a clip with too little motion): pixels brighter
    than the dark background and not flat (speckle has local variance; uniform UI panels do
    not); components shorter than text lines are dropped; the component with the most such
    pixels wins, then closing, hole filling and convexity as above.
-4. The whole frame when nothing plausible is found.
+4. The whole frame when nothing plausible is found; ``ingest`` then refuses a scanner screen
+   (DICOM, video, image folder) rather than keep text that may name the patient.
 
 ``crop_to_region(frames, box, mask, size)``: blank (zero) outside the mask, crop to the box,
 pad to a square (centred, black) and resize to ``size x size`` with area averaging when
@@ -104,8 +107,12 @@ def _motion_mask(frames: np.ndarray, radius: int) -> np.ndarray | None:
     """frames: uint8 [T>=2, H, W] -> the moving region, or None when too little moves."""
     if len(frames) > MAX_FRAMES_FOR_MOTION:
         frames = frames[np.linspace(0, len(frames) - 1, MAX_FRAMES_FOR_MOTION).astype(int)]
-    std = frames.astype(np.float32).std(axis=0)
-    std = ndi.uniform_filter(std, 3)
+    acc, acc2 = np.zeros(frames.shape[1:], np.float64), np.zeros(frames.shape[1:], np.float64)
+    for f in frames:  # one frame at a time: no float copy of the clip
+        acc += f
+        acc2 += np.square(f, dtype=np.float64)
+    mean = acc / len(frames)
+    std = ndi.uniform_filter(np.sqrt(np.maximum(acc2 / len(frames) - mean * mean, 0)).astype(np.float32), 3)
     high = float(np.percentile(std, 99))
     if high < 2.0:
         return None
@@ -117,15 +124,35 @@ def _motion_mask(frames: np.ndarray, radius: int) -> np.ndarray | None:
     return _shape_up(component, radius)
 
 
-def _texture_mask(frame: np.ndarray, radius: int) -> np.ndarray | None:
-    """frame: uint8 [H, W] -> the bright, speckled region, or None."""
+def _content(frame: np.ndarray) -> np.ndarray:
+    """bool [H, W]: bright (away from the commonest grey, the background) and not flat."""
     f = frame.astype(np.float32)
-    background = int(np.bincount(frame.ravel(), minlength=256).argmax())  # the commonest grey
+    background = int(np.bincount(frame.ravel(), minlength=256).argmax())
     mean = ndi.uniform_filter(f, 3)
     textured = np.sqrt(np.maximum(ndi.uniform_filter(f * f, 3) - mean * mean, 0)) > 1.5
-    bright = np.abs(f - background) > 10
+    return textured & (np.abs(f - background) > 10)
+
+
+MIN_SCAN_SIDE = 0.1  # a scan region is at least this fraction of the frame high and wide
+MIN_SPECKLE = 0.25  # and at least this fraction of it is bright speckle (in the clip's brightest frame)
+
+
+def scan_like(mask: np.ndarray, brightest: np.ndarray) -> bool:
+    """Whether region ``mask`` (bool [H, W]) looks like an ultrasound scan in ``brightest``
+    (uint8 [H, W], the clip's per-pixel maximum): tall and wide enough, and mostly speckle."""
+    h, w = mask.shape
+    x0, y0, x1, y1 = _box_of(mask)
+    if (y1 - y0) < MIN_SCAN_SIDE * h or (x1 - x0) < MIN_SCAN_SIDE * w:
+        return False
+    return float(_content(brightest)[mask].mean()) >= MIN_SPECKLE
+
+
+def _texture_mask(frame: np.ndarray, radius: int) -> np.ndarray | None:
+    """frame: uint8 [H, W] -> the bright, speckled region, or None."""
+    bright_textured = _content(frame)
+    bright = np.abs(frame.astype(np.int16) - int(np.bincount(frame.ravel(), minlength=256).argmax())) > 10
     k = max(5, round(0.03 * min(frame.shape)) | 1)  # text is sparse at this scale, speckle dense
-    content = (ndi.uniform_filter((bright & textured).astype(np.float32), k, mode="constant") > 0.5) & bright
+    content = (ndi.uniform_filter(bright_textured.astype(np.float32), k, mode="constant") > 0.5) & bright
     content = ndi.binary_opening(content, structure=_disk(radius))  # cuts thin bridges
     h = frame.shape[0]
     labels, n = ndi.label(content, structure=np.ones((3, 3), bool))
@@ -161,9 +188,12 @@ def locate_scan_region(frames: np.ndarray, regions=None) -> tuple[Box, np.ndarra
     if box is not None:
         return box, regions_mask(regions, h, w), "dicom"
     radius = max(2, round(0.02 * min(h, w)))
+    brightest = frames.max(axis=0)
     how, mask = "motion", (_motion_mask(frames, radius) if len(frames) >= 2 else None)
+    if mask is not None and not scan_like(mask, brightest):
+        mask = None  # what moves is not a scan (a line of text): look for one by texture instead
     if mask is None:
-        how, mask = "texture", _texture_mask(frames.max(axis=0), radius)
+        how, mask = "texture", _texture_mask(brightest, radius)
     if mask is None or mask.sum() < MIN_REGION_FRACTION * h * w:
         return (*full_frame(h, w), "full")
     return _box_of(mask), mask, how
@@ -207,8 +237,8 @@ def scan_region(frames: np.ndarray, regions, kind: str, crop: str) -> tuple[Box,
     ``full``). ``kind`` is the source's kind (``dicom``, ``video``, ``images``, ``hdf5``).
     Shared by ``ingest`` and ``predict``, so a model sees at prediction what it was trained on.
 
-    With ``auto``, a scanner screen (DICOM or video) where no fan is found is refused rather than
-    kept whole: the whole screen may hold burned-in patient text.
+    With ``auto``, a scanner screen (DICOM, video or image folder) where no scan region is found
+    is refused rather than kept whole: the whole screen may hold burned-in patient text.
     """
     from sonossl.errors import SonosslError
 
@@ -217,9 +247,10 @@ def scan_region(frames: np.ndarray, regions, kind: str, crop: str) -> tuple[Box,
     h, w = frames.shape[-2:]
     if crop == "auto":
         box, mask, how = locate_scan_region(frames, regions)
-        if how == "full" and kind in ("dicom", "video"):
-            raise SonosslError("no scan region found (no usable DICOM regions, no moving fan); the whole screen "
-                               "may hold burned-in patient text, so it is not used; pass --crop none to keep whole frames")
+        if how == "full" and kind in ("dicom", "video", "images"):
+            raise SonosslError("no scan region found (no usable DICOM regions, no moving fan, no region of speckle); "
+                               "the whole screen may hold burned-in patient text, so it is not used; pass --crop none "
+                               "to keep whole frames")
         return box, mask, how
     if crop == "dicom" and regions_box(regions, h, w) is not None:
         return regions_box(regions, h, w), regions_mask(regions, h, w), "dicom"

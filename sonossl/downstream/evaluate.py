@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,14 +23,14 @@ from sonossl.data.labelled import LabelledData, load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
 from sonossl.downstream.modelfile import save_model
 from sonossl.downstream.metrics import per_class_report, save_confusion_png, scores
-from sonossl.downstream.protocol import stratified_subset
+from sonossl.downstream.protocol import RESULT_COLUMNS, selection_label, stratified_subset
 from sonossl.errors import SonosslError
 from sonossl.models.devices import accelerator_device
+from sonossl.models.fastpath import choose as choose_fast_path
 from sonossl.models.init import InitSpec, resolve_init
+from sonossl.outlock import check_apart
 from sonossl.outputs import atomic_write, atomic_write_csv, atomic_write_text, claim_output_dir
 
-RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy", "selection",
-                  "classes_missed"]
 
 
 def read_results(path: Path) -> list[dict]:
@@ -53,11 +53,6 @@ def resolve_image_size(image_size: int | None, init: InitSpec, say: Callable[[st
 
 def run_key(label: str, protocol: str, fraction: float, seed: int) -> str:
     return f"{label}_{protocol}_f{fraction:g}_s{seed}"
-
-
-def selection_label(label: str, selection: str | None) -> str:
-    """An init's label in run keys and reports: ``INIT`` with the stratified random draw, else ``INIT@STRATEGY``."""
-    return label if selection in (None, "", "random") else f"{label}@{selection}"
 
 
 def draw_subsets(cfg: EvaluateConfig, data: LabelledData, init: InitSpec, cache: dict | None, data_key: tuple,
@@ -99,6 +94,7 @@ class _Run:
     device: str
     amp: torch.dtype | None
     cache: dict
+    channels_last: bool = False
 
 
 def _labelled(cfg: EvaluateConfig, cache: dict | None):
@@ -135,20 +131,23 @@ def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
     the fit result and the test logits (n_test, classes)."""
     cfg, data, n_classes = r.cfg, r.data, len(r.data.class_names)
     torch.manual_seed(seed)
-    settings = FitSettings(lr=cfg.lr, lr_schedule=cfg.lr_schedule, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=seed,
-                           device=r.device, amp_dtype=r.amp)
-    if protocol == "finetune":  # the step budget bounds the expensive protocol only
-        settings.epochs, settings.max_steps, settings.min_steps = cfg.epochs, cfg.max_steps, cfg.min_steps
-    else:
-        settings.epochs = cfg.linear_epochs
+    linear = FitSettings(lr=cfg.lr, lr_schedule=cfg.lr_schedule, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                         seed=seed, device=r.device, amp_dtype=r.amp, epochs=cfg.linear_epochs)
     model = Classifier(r.init.build(cfg.imagenet_weights), n_classes, cfg.dropout)
-    if protocol == "linear":
+    if r.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if protocol == "linear" or cfg.lp_ft:
         features = _features(r, model, seed)
         model.encoder.requires_grad_(False)
         model.head[0].fit(features["train"][idx])
         result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels,
-                     n_classes, settings)
-        return model, result, predict_logits(model.head, features["test"], 256, r.device, r.amp)
+                     n_classes, linear)
+        if protocol == "linear":
+            return model, result, predict_logits(model.head, features["test"], 256, r.device, r.amp)
+        model.encoder.requires_grad_(True)  # LP-FT: fine-tune everything from the probe's head (and its standardisation)
+    # the step budget bounds the expensive protocol only
+    settings = replace(linear, epochs=cfg.epochs, max_steps=cfg.max_steps, min_steps=cfg.min_steps,
+                       head_lr_mult=cfg.head_lr_mult, freeze_bn=cfg.freeze_bn)
     augment = finetune_augment(cfg.hflip, cfg.rotate, cfg.vflip) if cfg.augment else None
     result = fit(model, data.train.images[idx], data.train.labels[idx], data.valid.images, data.valid.labels, n_classes,
                  settings, augment)
@@ -177,6 +176,13 @@ def _write_run(run_dir: Path, r: _Run, key: str, idx: torch.Tensor, model: Class
     atomic_write_text(run_dir / "run.json", json.dumps({**run_info, **metrics}, indent=1))
 
 
+def evaluate_inputs(cfg: EvaluateConfig) -> list[tuple[str, Path | str | None]]:
+    """What an evaluation reads, which its folder must stay apart from."""
+    return [("--labels", cfg.labels), ("--train-csv", cfg.train_csv), ("--val-csv", cfg.val_csv),
+            ("--test-csv", cfg.test_csv), ("--init", cfg.init), ("--selection-init", cfg.selection_init),
+            ("--imagenet-weights", cfg.imagenet_weights)]
+
+
 def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = False,
              progress: Callable[[str], None] | None = print, save_models: bool = True,
              cache: dict | None = None) -> Path:
@@ -188,15 +194,18 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     """
     if cfg.out is None:
         raise SonosslError("evaluate: --out is required")
+    check_apart(cfg.out, evaluate_inputs(cfg))  # first: a refusal here must not depend on the other checks
     init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
     cfg = cfg.model_copy(update={"image_size": resolve_image_size(cfg.image_size, init, progress)})
     data, data_key = _labelled(cfg, cache)
     device = accelerator_device(cfg.accelerator)
     subsets = draw_subsets(cfg, data, init, cache, data_key, device)
-    amp = torch.bfloat16 if (device == "cuda" and cfg.precision in ("auto", "bf16-mixed")) else None
+    fast = choose_fast_path(init.backbone, cfg.image_size, device, cfg.precision)
+    if progress is not None and cfg.precision == "auto":
+        progress(f"precision: {fast}")
     if init.source not in ("random", "imagenet"):
         init.build(cfg.imagenet_weights)  # a checkpoint that will be refused is refused before --out exists
-    out = claim_output_dir(cfg.out, resume=resume, overwrite=overwrite)
+    out = claim_output_dir(cfg.out, command="evaluate", inputs=evaluate_inputs(cfg), resume=resume, overwrite=overwrite)
     dump_config(cfg, out / "config.yaml")
     results_path = out / "results.csv"
     rows = read_results(results_path)
@@ -204,7 +213,7 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
             for r in rows}
     label = selection_label(init.label, cfg.selection)
     # within this call at least: features once per backbone
-    r = _Run(cfg, init, data, data_key, device, amp, cache if cache is not None else {})
+    r = _Run(cfg, init, data, data_key, device, fast.amp_dtype, cache if cache is not None else {}, fast.channels_last)
     plan = [(p, f, s) for p in cfg.protocol for f in cfg.fractions for s in cfg.seeds]
     for i, (protocol, fraction, seed) in enumerate(plan, start=1):
         key = run_key(label, protocol, fraction, seed)

@@ -24,10 +24,9 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
 
 
 def save_confusion_png(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], path: Path, title: str = "") -> None:
-    import matplotlib
+    from sonossl.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cm = confusion_matrix(y_true, y_pred, labels=list(range(len(class_names))))
     fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=110)

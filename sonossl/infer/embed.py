@@ -43,10 +43,9 @@ def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 
 
 def save_scatter(path: Path, xy: np.ndarray, labels: np.ndarray, splits: list[str], classes: list[str], title: str) -> None:
-    import matplotlib
+    from sonossl.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)

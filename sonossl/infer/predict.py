@@ -116,10 +116,9 @@ def moving_average(p: np.ndarray, k: int) -> np.ndarray:
 
 def save_timeline(path: Path, index: np.ndarray, probs: np.ndarray, classes: list[str], title: str, smooth: int) -> None:
     """Each class's probability over the frames of one clip."""
-    import matplotlib
+    from sonossl.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
     for c, name in enumerate(classes):
@@ -177,9 +176,10 @@ def _clip_outputs(part_dir: Path, name: str, src: Path, fr: Frames, probs: np.nd
     rows = []
     for c, cls in enumerate(classes):
         k = int(curve[:, c].argmax())
-        img = folder / f"best_{_safe(cls)}_frame{int(fr.index[k])}_p{curve[k, c]:.3f}.png"
+        score = f"{curve[k, c]:.5f}"  # the CSV's score; the file name rounds that, so the two always agree
+        img = folder / f"best_{_safe(cls)}_frame{int(fr.index[k])}_p{float(score):.3f}.png"
         Image.fromarray(fr.display(k)).save(img)
-        rows.append([str(src), cls, int(fr.index[k]), f"{curve[k, c]:.5f}", str(img.relative_to(part_dir))])
+        rows.append([str(src), cls, int(fr.index[k]), score, str(img.relative_to(part_dir))])
     return rows
 
 

@@ -39,6 +39,9 @@ from sonossl.methods import get_method, validate_method
 from sonossl.methods.base import SSLMethod
 from sonossl.methods.monitors import Monitors
 from sonossl.models.backbones import load_error
+from sonossl.models.fastpath import FastPath
+from sonossl.models.fastpath import choose as choose_fast_path
+from sonossl.outlock import check_apart, release
 from sonossl.outputs import atomic_torch_save, atomic_write_text, claim_output_dir
 
 CKPT_NAME = "last.ckpt"
@@ -124,6 +127,8 @@ class FinalOutputs(Callback):
             "wall_time_s": round(pl_module.elapsed(), 3),
             "final_loss": loss,
             "stopped_by": "max_time" if _timer_stopped(trainer) else "schedule",
+            "precision": pl_module.cfg.precision,
+            "channels_last": bool(pl_module.cfg.channels_last),
         }
         atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
@@ -177,10 +182,15 @@ def _launcher_rank_zero() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
+def pretrain_inputs(cfg: PretrainConfig) -> list[tuple[str, Path | None]]:
+    """What a pretraining reads, which its run folder must stay apart from."""
+    return [("--frames", cfg.frames), ("--monitor-labels", cfg.monitor_labels)]
+
+
 def _prepare_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: bool) -> Path | None:
     """Create/clear ``out``; return the checkpoint to resume from, if any."""
     ckpt = out / "checkpoints" / CKPT_NAME
-    claim_output_dir(out, resume=resume, overwrite=overwrite)
+    claim_output_dir(out, command="pretrain", inputs=pretrain_inputs(cfg), resume=resume, overwrite=overwrite)
     if resume and not ckpt.is_file():  # nothing to continue: a fresh start, without stale files
         for name in ("stats.jsonl", "backbone.pt", "summary.json"):
             (out / name).unlink(missing_ok=True)
@@ -188,15 +198,16 @@ def _prepare_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: boo
     return ckpt if resume and ckpt.is_file() else None
 
 
-def _checked(cfg: PretrainConfig, resume: bool, overwrite: bool) -> tuple[PretrainConfig, FrameStore, str, str]:
-    """Every check that needs no output folder: the config with its image size resolved from
-    the store, the store, the accelerator and the precision."""
+def _checked(cfg: PretrainConfig, resume: bool, overwrite: bool) -> tuple[PretrainConfig, FrameStore, str, FastPath]:
+    """Every check that needs no output folder: the config with its image size, precision and
+    layout resolved, the store, the accelerator and the fast path's choice (with its reason)."""
     if cfg.frames is None:
         raise SonosslError("frames: required (a frame store written by `sonossl ingest`)")
     if cfg.out is None:
         raise SonosslError("out: required (the run folder to create)")
     if resume and overwrite:
         raise SonosslError("resume and overwrite exclude each other")
+    check_apart(cfg.out, pretrain_inputs(cfg))
     validate_method(cfg)  # what does not depend on the store, before it is opened
     store = FrameStore(cfg.frames)
     size = resolve_image_size(cfg.image_size, store)
@@ -208,8 +219,11 @@ def _checked(cfg: PretrainConfig, resume: bool, overwrite: bool) -> tuple[Pretra
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise SonosslError("accelerator: gpu requested but no CUDA device is visible")
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if accelerator == "gpu" else "32-true")
-    return cfg, store, accelerator, precision
+    fast = choose_fast_path(cfg.backbone, cfg.image_size, "cuda" if accelerator == "gpu" else "cpu", cfg.precision)
+    # the choice is recorded in config.yaml: a resumed run reads it back and trains as it started
+    channels_last = fast.channels_last if cfg.channels_last is None else cfg.channels_last
+    cfg = cfg.model_copy(update={"precision": fast.precision, "channels_last": channels_last})
+    return cfg, store, accelerator, fast
 
 
 def build_model(cfg: PretrainConfig, store: FrameStore, accelerator: str = "cpu") -> SSLMethod:
@@ -264,7 +278,10 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     is refused. ``callbacks``: extra Lightning callbacks (e.g. snapshots), run after the run's own.
     Raises :class:`SonosslError` on bad input and when the loss diverges.
     """
-    cfg, store, accelerator, precision = _checked(cfg, resume, overwrite)
+    cfg, store, accelerator, fast = _checked(cfg, resume, overwrite)
+    precision = fast.precision
+    if progress and fast.reason != "given":
+        print(f"precision: {fast}", flush=True)
     _quiet_lightning(progress)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg, store, accelerator)
@@ -427,5 +444,7 @@ def submit_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: boo
     check_launcher(cfg.launcher, shape)
     # the accelerator is the job's; this machine (a login node) may have no GPU
     _checked(cfg.model_copy(update={"accelerator": "cpu"}) if cfg.accelerator == "gpu" else cfg, resume, overwrite)
-    out = claim_output_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
+    out = claim_output_dir(Path(cfg.out), command="pretrain", inputs=pretrain_inputs(cfg), resume=resume,
+                           overwrite=overwrite)
+    release(out)  # the job is the folder's writer: it takes the lock itself
     return executor(out / "submitit", cfg.launcher, shape).submit(PretrainJob(cfg))

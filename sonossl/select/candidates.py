@@ -4,7 +4,8 @@ A :class:`Pool` is every frame that may be chosen, from a frame store (``FRAMES.
 one split) or from a folder of images (each folder of images is one clip; its frames in sorted
 file-name order). A candidate is named by its clip's pseudonymous id and its frame index: the
 store's ids are the ingestion's pseudonyms, and a folder's are made the same way (HMAC of its
-path relative to the folder given, with ``salt``), so no file or patient name reaches an output.
+path relative to the folder given, keyed by a secret: ``--salt-file`` or a random key made for the run),
+so no file or patient name reaches an output.
 
 Features are the backbone's pooled output of each grey frame resized to ``image_size``,
 L2-normalised (:func:`sonossl.models.features.features`): ``(N, feature_dim)`` float32.
@@ -87,16 +88,18 @@ def folder_pool(root: Path, salt: str) -> Pool:
     ids = np.array([pseudonym(f"folder::{f}", salt) for f in folders])
 
     def read(i: int) -> np.ndarray:
-        try:
-            with Image.open(files[i]) as im:
+        from sonossl.data.readers import open_image
+
+        with open_image(files[i]) as im:
+            try:
                 return np.array(im.convert("L"), dtype=np.uint8)
-        except OSError as exc:
-            raise SonosslError(f"{files[i]}: not a readable image ({exc})") from None
+            except OSError as exc:
+                raise SonosslError(f"{files[i]}: not a readable image ({exc})") from None
 
     return Pool(ids, frames, groups, lambda: (read(i)[None] for i in range(len(files))), read)
 
 
-def open_pool(frames: Path, split: str = "all", salt: str = "sonossl") -> Pool:
+def open_pool(frames: Path, split: str = "all", salt_file: Path | None = None) -> Pool:
     """A frame store (``.h5``/``.hdf5``, or a sharded one: a folder or ``.txt`` list of parts) or a folder of images."""
     from sonossl.data.framestore import is_sharded
 
@@ -106,7 +109,11 @@ def open_pool(frames: Path, split: str = "all", salt: str = "sonossl") -> Pool:
     if frames.is_dir():
         if split != "all":
             raise SonosslError(f"--split {split}: a folder of images has no splits; expected --split all")
-        return folder_pool(frames, salt)
+        import secrets
+
+        from sonossl.data.ingest import load_key
+
+        return folder_pool(frames, load_key(salt_file, create=False) if salt_file else secrets.token_hex(32))
     if not frames.is_file():
         raise SonosslError(f"{frames}: not found; expected a frame store (FRAMES.h5) or a folder of images")
     return store_pool(frames, split)

@@ -17,14 +17,17 @@ import torch
 
 from sonossl.config import DEFAULT_IMAGE_SIZE, SelectConfig
 from sonossl.errors import SonosslError
+from sonossl.outlock import check_overwrite, write_marker
 from sonossl.select.strategies import check_budget, select
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise SonosslError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SonosslError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SonosslError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
+        check_overwrite(out, "select")  # only a folder an earlier `sonossl select` wrote
 
 
 def run_select(s: SelectConfig, overwrite: bool = False) -> dict:
@@ -37,7 +40,7 @@ def run_select(s: SelectConfig, overwrite: bool = False) -> dict:
     t0 = time.time()
     _check_out(Path(s.out), overwrite)
     init = resolve_init(s.init, s.backbone, s.imagenet_weights)
-    pool = open_pool(s.frames, s.split, s.salt)
+    pool = open_pool(s.frames, s.split, s.salt_file)
     check_budget(len(pool), s.budget)
     size = s.image_size or init.image_size or pool.frame_size or DEFAULT_IMAGE_SIZE
     torch.manual_seed(s.seed)  # a random init is drawn from the seed
@@ -52,6 +55,7 @@ def run_select(s: SelectConfig, overwrite: bool = False) -> dict:
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    write_marker(tmp, "select")
     try:
         rows = write_frames(tmp, chosen, pool)
         contact_sheet(tmp, rows)

@@ -65,10 +65,9 @@ def contact_sheet(out: Path, rows: list[dict]) -> Path:
 
 def embedding_map(out: Path, feats: np.ndarray, chosen: np.ndarray, title: str, method: str, seed: int) -> Path:
     """The candidates' features in 2-D (``method`` tsne or pca), the chosen ones marked and numbered."""
-    import matplotlib
+    from sonossl.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rng = np.random.default_rng(seed)
     rest = np.setdiff1d(np.arange(len(feats)), chosen)

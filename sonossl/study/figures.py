@@ -39,12 +39,9 @@ def protocol_name(protocol: str) -> str:
 
 
 def _plt():
-    import matplotlib
+    from sonossl.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def png_data_uri(fig) -> str:

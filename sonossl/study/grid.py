@@ -38,21 +38,24 @@ a missing path) is one :class:`SonosslError` line naming the key, raised before 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sonossl.config import (EvaluateConfig, PretrainConfig, build_config, check_fractions, deep_merge, read_config_file,
-                            read_preset, validated)
-from sonossl.data.framestore import is_store_path
+from sonossl.config import (BASELINE_INITS, EvaluateConfig, PretrainConfig, build_config, check_fractions,
+                            deep_merge, read_config_file, read_preset, validated)
+from sonossl.data.framestore import DEFAULT_IMAGE_SIZE, is_store_path
 from sonossl.data.sector import Crop
+from sonossl.downstream.protocol import selection_label
 from sonossl.errors import SonosslError
 from sonossl.select.strategies import Strategy
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # a study's, dataset's or variant's name: one folder name
+
 STUDY_PRESET_DIR = Path(__file__).parent / "presets"
-BASELINE_INITS = ("random", "imagenet")
 
 
 class _Strict(BaseModel):
@@ -65,10 +68,10 @@ class DataSpec(_Strict):
 
 
 class IngestSpec(_Strict):
-    size: int = Field(64, gt=0)
+    size: int = Field(DEFAULT_IMAGE_SIZE, gt=0)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     crop: Crop = "auto"
-    salt: str = "sonossl"
+    salt_file: Path | None = None  # the pseudonym key; none: data/sonossl.key in the study folder, one for every variant
 
 
 class VariantSpec(_Strict):
@@ -143,6 +146,17 @@ class StudySpec(_Strict):
     evaluate: EvaluateGrid = Field(default_factory=EvaluateGrid)
     context: dict[str, str] = Field(default_factory=dict)  # free text for the report: data, aims
 
+    @model_validator(mode="after")
+    def _safe_names(self) -> "StudySpec":
+        """Names that become folder and file names stay inside the study folder."""
+        named = [("name", self.name), *((f"data.labelled: {k!r}", k) for k in self.data.labelled),
+                 *((f"variants: {k!r}", k) for k in self.variants)]
+        for where, name in named:
+            if not SAFE_NAME.fullmatch(name) or name in (".", "..") or ".." in name:
+                raise ValueError(f"{where}: expected a name of letters, digits, '.', '_' and '-' (no '..'), as it "
+                                 "becomes a folder name inside the study folder")
+        return self
+
 
 # ------------------------------------------------------------------------------------------ units
 @dataclass(frozen=True)
@@ -188,7 +202,7 @@ class EvalUnit:
 
     @property
     def label(self) -> str:
-        return self.init if self.selection == "random" else f"{self.init}@{self.selection}"
+        return selection_label(self.init, self.selection)
 
     @property
     def key(self) -> str:
@@ -286,6 +300,7 @@ def expand(spec: StudySpec, root: Path, source: str = "study") -> Plan:
     spec = spec.model_copy(deep=True)
     spec.data.unlabelled = _resolve(spec.data.unlabelled, root)
     spec.data.labelled = {k: _resolve(v, root) for k, v in spec.data.labelled.items()}
+    spec.ingest.salt_file = _resolve(spec.ingest.salt_file, root)
     ingests, pretrains = _expand_pretrains(spec, source)
     evals = _expand_evals(spec, pretrains, source)
     if not evals and not pretrains:

@@ -49,6 +49,7 @@ from typing import Any, Callable
 import yaml
 
 from sonossl.data.framestore import is_store_path
+from sonossl.downstream.protocol import RESULT_COLUMNS
 from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
 from sonossl.launch import check_launcher
@@ -56,8 +57,8 @@ from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_di
 from sonossl.study.grid import EvalUnit, IngestUnit, Plan, PretrainUnit
 from sonossl.study.store import ResultsStore, UnitRecords
 
-STUDY_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy",
-                 "dataset", "pretrain", "method", "pairs", "data_variant", "selection", "classes_missed"]
+_AT = RESULT_COLUMNS.index("accuracy") + 1  # evaluate's columns, with the study's keys after the scores
+STUDY_COLUMNS = [*RESULT_COLUMNS[:_AT], "dataset", "pretrain", "method", "pairs", "data_variant", *RESULT_COLUMNS[_AT:]]
 RUNS_COLUMNS = ["init", "protocol", "fraction", "seed", "dataset", "run_dir", "selection"]
 
 
@@ -130,7 +131,8 @@ def _run_ingest(unit: IngestUnit, ctx: Context, shard: int | None = None) -> dic
     n = ctx.ingest_shards
     parts = [None] if n == 1 else [(shard, n)] if shard is not None else [(i, n) for i in range(n)]
     done = [ingest(sources, out, frame_skip=o["frame_skip"], size=o["size"], crop=o["crop"],
-                   val_fraction=o["val_fraction"], salt=o["salt"], max_frames_per_video=o.get("max_frames_per_video"),
+                   val_fraction=o["val_fraction"], salt_file=o.get("salt_file") or Path(ctx.out) / "data" / "sonossl.key",
+                   max_frames_per_video=o.get("max_frames_per_video"),
                    dedup=o.get("dedup"), resume=True, progress=False, shard=part) for part in parts]
     return {"clips": sum(s.ok + s.skipped for s in done), "errors": sum(s.error for s in done),
             "frames": sum(s.frames_kept for s in done)}
@@ -249,8 +251,9 @@ def _fmt(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def prepare(plan: Plan, out: Path, *, resume: bool, overwrite: bool) -> Path:
-    """Check everything, then claim ``out``: bad input leaves nothing behind."""
+def prepare(plan: Plan, out: Path, *, resume: bool, overwrite: bool, command: str = "study") -> Path:
+    """Check everything, then claim ``out``: bad input leaves nothing behind. ``command``: whose
+    output ``out`` is (``demo``: the demo's study, whose data the demo wrote inside ``out``)."""
     missing = plan.missing_paths()
     if missing:
         raise SonosslError(missing[0])
@@ -267,7 +270,10 @@ def prepare(plan: Plan, out: Path, *, resume: bool, overwrite: bool) -> Path:
             if r is not None and r.get("unit_hash") != unit_hash(unit):
                 raise SonosslError(f"{out}/study.yaml: the settings of completed run {unit.key} changed; "
                                    "use a new --out, or --overwrite to start again")
-    out = claim_output_dir(out, resume=resume, overwrite=overwrite)
+    data = plan.spec.data
+    inputs = [] if command == "demo" else [("data.unlabelled", data.unlabelled),
+                                           *((f"data.labelled.{k}", v) for k, v in data.labelled.items())]
+    out = claim_output_dir(out, command=command, inputs=inputs, resume=resume, overwrite=overwrite)
     atomic_write_text(out / "study.yaml", yaml.safe_dump(json.loads(plan.spec.model_dump_json()), sort_keys=False))
     atomic_write_text(out / "study.json", json.dumps({"name": plan.spec.name, "context": _context(plan),
                                                 "units": len(plan.units), "evaluations": len(plan.evals)}, indent=1))
@@ -302,14 +308,15 @@ def _variant_text(v) -> str:
 def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local", resume: bool = False,
               overwrite: bool = False, imagenet_weights: Path | None = None, save_models: bool | str = False,
               slurm: dict[str, Any] | None = None, ingest_shards: int = 1,
-              log: Callable[[str], None] = print) -> StudySummary:
-    """Run every unit of ``plan`` not yet complete in ``out``; then write results and the report."""
+              log: Callable[[str], None] = print, command: str = "study") -> StudySummary:
+    """Run every unit of ``plan`` not yet complete in ``out``; then write results and the report.
+    ``command``: whose output ``out`` is (see :func:`prepare`)."""
     check_launcher(launcher)
     if workers < 1:
         raise SonosslError(f"--workers: {workers}; expected >= 1")
     if ingest_shards < 1:
         raise SonosslError(f"--ingest-shards: {ingest_shards}; expected >= 1")
-    out = prepare(plan, out, resume=resume, overwrite=overwrite)
+    out = prepare(plan, out, resume=resume, overwrite=overwrite, command=command)
     ctx = Context(out=str(out), unlabelled=str(plan.spec.data.unlabelled) if plan.spec.data.unlabelled else None,
                   store_given=is_store_path(plan.spec.data.unlabelled),
                   labelled={k: str(v) for k, v in plan.spec.data.labelled.items()},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sonossl.data.framestore import FrameStore
-from sonossl.data.ingest import MANIFEST_COLUMNS, assign_splits, ingest, pseudonym, store_info
+from sonossl.data.ingest import MANIFEST_COLUMNS, assign_splits, default_key_file, ingest, load_key, pseudonym, store_info
 from sonossl.errors import SonosslError
 
 
@@ -84,7 +84,7 @@ def test_group_aware_split(tmp_path, scans):
     store = FrameStore(out)
     train, val = ({v.group_id for v in store.split(s)} for s in ("train", "val"))
     assert len(train | val) == 6 and not train & val and len(val) == 2
-    assert {v.group_id for v in store.videos} == {pseudonym(f"PatientID:PAT{p}", "sonossl") for p in range(6)}
+    assert {v.group_id for v in store.videos} == {pseudonym(f"PatientID:PAT{p}", load_key(default_key_file(out))) for p in range(6)}
     again = ingest([src], out, frame_skip=1, size=16, val_fraction=0.34, seed=3, overwrite=True, progress=False)
     assert {v.group_id for v in FrameStore(again.store).split("val")} == val  # deterministic
 
@@ -147,8 +147,9 @@ def test_crop_modes(tmp_path, scans):
 
 def test_workers_give_the_same_store(tmp_path, mixed):
     shutil.rmtree(mixed / "video")
-    a = ingest([mixed], tmp_path / "a.h5", frame_skip=2, size=16, progress=False)
-    b = ingest([mixed], tmp_path / "b.h5", frame_skip=2, size=16, workers=2, progress=False)
+    key = tmp_path / "shared.key"  # one pseudonym key for both stores: the same ids
+    a = ingest([mixed], tmp_path / "a.h5", frame_skip=2, size=16, progress=False, salt_file=key)
+    b = ingest([mixed], tmp_path / "b.h5", frame_skip=2, size=16, workers=2, progress=False, salt_file=key)
     assert (a.ok, a.error) == (b.ok, b.error) == (1, 3)
     sa, sb = FrameStore(a.store), FrameStore(b.store)
     assert [v.key for v in sa.videos] == [v.key for v in sb.videos]
@@ -192,7 +193,7 @@ def test_seed_hdf5_gives_one_row_and_clip_per_dataset(tmp_path, scans):
         f["clipA"], f["clipB"] = scans.clip(t=4, seed=1), scans.clip(t=3, seed=2)
         f["broken"] = np.zeros((2, 4), np.uint8)
     (src / "junk.hdf5").write_bytes(b"not hdf5" * 20)
-    out = src / "frames.h5"  # the store and its leftovers sit among the sources: never ingested
+    out = tmp_path / "frames.h5"
     s = ingest([src], out, frame_skip=1, size=16, val_fraction=0.0, progress=False)
     assert (s.ok, s.error, s.frames_kept) == (2, 2, 7)
     rows = _manifest(s.manifest)[1]
@@ -204,7 +205,7 @@ def test_seed_hdf5_gives_one_row_and_clip_per_dataset(tmp_path, scans):
     assert {v.key for v in store.videos} == {rows[2]["video_id"], rows[3]["video_id"]}
     assert store.read_clip(rows[2]["video_id"]).shape == (4, 16, 16)
     store.close()
-    s2 = ingest([src], out, frame_skip=1, size=16, resume=True, progress=False)  # frames.h5 itself skipped
+    s2 = ingest([src], out, frame_skip=1, size=16, resume=True, progress=False)
     assert (s2.ok, s2.skipped, s2.error) == (0, 2, 2) and len(_manifest(s2.manifest)[1]) == 4
 
 

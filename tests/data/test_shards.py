@@ -4,6 +4,7 @@ everything (clips, frames, splits, groups), and a part killed with SIGKILL resum
 from __future__ import annotations
 
 import csv
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -17,7 +18,9 @@ from sonossl.data.ingest import ingest, shard_of
 from sonossl.data.synthetic import synthesize
 from sonossl.errors import SonosslError
 
-OPTS = dict(frame_skip=1, size=32, val_fraction=0.3, progress=False)
+# one pseudonym key for every store of this module, so a sharded store and one ingest give the same ids
+OPTS = dict(frame_skip=1, size=32, val_fraction=0.3, progress=False,
+            salt_file=Path(tempfile.mkdtemp(prefix="sonossl-test-key-")) / "shared.key")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +112,8 @@ def test_bad_shard_flag_is_one_line(clips, tmp_path, capsys):
 def test_a_shard_killed_mid_ingest_resumes_alone(clips, tmp_path):
     """SIGKILL one part's ingest once its first clip is in the partial file; --resume of that part
     alone gives the same part (every clip once) as a straight run of it."""
-    src, args = clips / "videos", ["--frame-skip", "1", "--size", "32", "--val-fraction", "0.3", "--quiet"]
+    src, args = clips / "videos", ["--frame-skip", "1", "--size", "32", "--val-fraction", "0.3", "--quiet",
+                                   "--salt-file", str(OPTS["salt_file"])]
     i = max(range(3), key=lambda k: sum(shard_of(p.name, 3) == k for p in src.iterdir()))  # the largest part
     ref = tmp_path / "ref"
     assert run_cli_process("ingest", src, "--out", ref, "--shard", f"{i}/3", *args, log=tmp_path / "ref.log") == 0

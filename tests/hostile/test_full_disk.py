@@ -58,7 +58,7 @@ def no_temporaries(root: Path) -> None:
 # ------------------------------------------------------------------------------------- ingest
 def test_ingest_on_a_full_disk_stops_cleanly_and_resumes(scans, tmp_path: Path):
     src = dicom_sources(scans, tmp_path / "scans", clips=6, frames=12, per_patient=2)
-    args = ["--frame-skip", "1", "--size", "48", "--quiet"]
+    args = ["--frame-skip", "1", "--size", "48", "--quiet", "--salt-file", tmp_path / "ids.key"]  # one key: same ids
     ref, out = tmp_path / "ref.h5", tmp_path / "frames.h5"
     assert sonossl_limited("ingest", src, "--out", ref, *args, limit=None, cwd=tmp_path)[0] == 0
 
@@ -182,3 +182,24 @@ def test_report_on_a_full_disk_leaves_the_last_complete_report(tmp_path: Path):
     assert_out_of_space(rc, err, "report", str(tmp_path / "report.html"))
     assert (tmp_path / "report.html").read_bytes() == complete  # the last complete one, not a truncated new one
     no_temporaries(tmp_path)
+
+
+def test_a_full_disk_during_resume_leaves_the_finished_store_as_it_was(scans, tmp_path: Path):
+    src = dicom_sources(scans, tmp_path / "scans", clips=3, frames=12, per_patient=1)
+    args = ["--frame-skip", "1", "--size", "48", "--quiet", "--salt-file", tmp_path / "ids.key"]
+    out = tmp_path / "frames.h5"
+    assert sonossl_limited("ingest", src, "--out", out, *args, limit=None, cwd=tmp_path)[0] == 0
+    with h5py.File(out, "r") as f:
+        before = {k: f[k][()] for k in f}
+    dicom_sources(scans, tmp_path / "more", clips=6, frames=12, per_patient=1)  # 3 new clips beside the old
+    for i in range(3, 6):
+        (tmp_path / "more" / f"c{i:02d}.dcm").rename(src / f"c{i:02d}.dcm")
+    rc, err = sonossl_limited("ingest", src, "--out", out, *args, "--resume", limit=out.stat().st_size + 8 * KiB,
+                              cwd=tmp_path)
+    assert_out_of_space(rc, err, "ingest", "frames.h5.partial")
+    with h5py.File(out, "r") as f:  # the finished store, under its name, as it was
+        assert sorted(f) == sorted(before) and all(np.array_equal(f[k][()], v) for k, v in before.items())
+    rc, err = sonossl_limited("ingest", src, "--out", out, *args, "--resume", limit=None, cwd=tmp_path)
+    assert rc == 0, err
+    with h5py.File(out, "r") as f:
+        assert len(f) == 6 and all(np.array_equal(f[k][()], v) for k, v in before.items())

@@ -170,7 +170,8 @@ def test_no_phi_leaves_the_raw_data(sonossl, capsys, tmp_path: Path):
         for k, v in enumerate(summary["videos"]):
             rewrite(raw / "synth" / v["path"], raw / label / f"clip_{k}.dcm", v["fan_box"], lines, regions)
         stores[label] = tmp_path / f"{label}.h5"
-        run("ingest", raw / label, "--out", stores[label], "--frame-skip", "1", "--size", "32", "--salt", "s", "--quiet")
+        run("ingest", raw / label, "--out", stores[label], "--frame-skip", "1", "--size", "32", "--salt-file", tmp_path / "ids.key",
+            "--quiet")
 
     def frames_of(path: Path) -> tuple[list[bytes], list[tuple[int, ...]], list[np.ndarray]]:
         with h5py.File(path, "r") as f:  # compared as sets: keys are pseudonyms of different paths

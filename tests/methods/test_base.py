@@ -41,9 +41,14 @@ def test_refuses_an_existing_folder_unless_told(frames, tmp_path):
     (out / "keep.txt").write_text("x")
     with pytest.raises(SonosslError, match="exists"):
         run_pretrain(_cfg(frames, out, max_steps=1), progress=False)
+    with pytest.raises(SonosslError, match="--overwrite refused"):  # not a run folder sonossl made
+        run_pretrain(_cfg(frames, out, max_steps=1), overwrite=True, progress=False)
     assert (out / "keep.txt").exists()
-    run_pretrain(_cfg(frames, out, max_steps=1), overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "backbone.pt").exists()
+    run = tmp_path / "run2"
+    run_pretrain(_cfg(frames, run, max_steps=1), progress=False)
+    (run / "keep.txt").write_text("x")
+    run_pretrain(_cfg(frames, run, max_steps=1), overwrite=True, progress=False)  # an earlier pretraining: replaced
+    assert not (run / "keep.txt").exists() and (run / "backbone.pt").exists()
 
 
 def test_resume_equals_a_straight_run(frames, tmp_path):

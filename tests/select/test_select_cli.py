@@ -95,9 +95,12 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_store, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
         assert not out.exists() and not list(tmp_path.glob(".out*"))
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "x").write_text("finished work")
+    assert run("--frames", tiny_store, "--budget", 3, "--out", tmp_path / "taken") == 0  # an earlier selection
     assert run("--frames", tiny_store, "--budget", 2, "--out", tmp_path / "taken") == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert run("--frames", tiny_store, "--budget", 2, "--out", tmp_path / "taken", "--overwrite") == 0
-    assert not (tmp_path / "taken" / "x").exists() and len(rows(tmp_path / "taken")) == 2
+    assert len(rows(tmp_path / "taken")) == 2
+    (tmp_path / "mine").mkdir()  # a folder select did not write is never deleted
+    (tmp_path / "mine" / "x").write_text("finished work")
+    assert run("--frames", tiny_store, "--budget", 2, "--out", tmp_path / "mine", "--overwrite") == 2
+    assert "--overwrite refused" in capsys.readouterr().err and (tmp_path / "mine" / "x").is_file()

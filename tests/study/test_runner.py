@@ -122,7 +122,6 @@ def test_a_failing_run_is_recorded_and_the_rest_go_on(tmp_path, study_data, caps
 
 @pytest.mark.timeout(600)
 def test_slurm_path_through_submitit_local_executor(tmp_path, study_data, capsys):
-    pytest.importorskip("submitit")
     study = write_study(tmp_path / "s.yaml", study_data, protocols=("linear",), fractions=(100,), seeds=(0,))
     assert main(["study", str(study), "--out", str(tmp_path / "o"), "--launcher", "submitit-local",
                  "--workers", "2"]) == 0

@@ -19,7 +19,6 @@ from helpers import write_study
 
 from sonossl.study.store import UnitRecords
 
-pytest.importorskip("submitit")
 
 REPO = Path(__file__).resolve().parents[2]
 # Loaded by every Python process started with this folder on PYTHONPATH; acts only in submitit's
