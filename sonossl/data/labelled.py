@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from sonossl.data.framestore import DEFAULT_IMAGE_SIZE
+from sonossl.data.readers import IMAGE_SUFFIXES
 from sonossl.errors import SonosslError
 
 SPLIT_FILES = {"train": "train.csv", "valid": "valid.csv", "test": "test.csv"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -96,8 +97,10 @@ def read_folder_rows(split_dir: Path) -> list[tuple[str, str, Path]]:
 
 def load_image(path: Path, size: int) -> np.ndarray:
     """Grey ``uint8 (size, size)``: colour to luminance, 16-bit scaled, then an antialiased resize."""
+    from sonossl.data.readers import open_image
+
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.mode in ("I;16", "I;16B", "I", "F"):
                 arr = np.asarray(im, dtype=np.float64)
                 lo, hi = float(arr.min()), float(arr.max())
@@ -126,7 +129,7 @@ def load_labelled(
     train_csv: Path | None = None,
     val_csv: Path | None = None,
     test_csv: Path | None = None,
-    size: int = 64,
+    size: int = DEFAULT_IMAGE_SIZE,
     allow_outside_root: bool = False,
 ) -> LabelledData:
     """Read train/valid/test from ``labels`` (CSVs or per-class folders) or from three CSVs.

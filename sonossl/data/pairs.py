@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sonossl.data.framestore import FrameStore
+from sonossl.data.readers import luminance
 from sonossl.data.transforms import ViewTransform
 from sonossl.errors import SonosslError
 
@@ -33,11 +34,8 @@ def _seed(*parts: int) -> int:
 
 
 def to_grey(frame: np.ndarray) -> np.ndarray:
-    """uint8 [H, W] or [H, W, 3] -> uint8 [H, W] (ITU-R BT.601 luma)."""
-    if frame.ndim == 2:
-        return frame
-    luma = frame[..., 0] * 0.299 + frame[..., 1] * 0.587 + frame[..., 2] * 0.114
-    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+    """uint8 [H, W] or [H, W, 3] -> uint8 [H, W] (ITU-R BT.601 luma, :func:`~sonossl.data.readers.luminance`)."""
+    return luminance(frame)
 
 
 class FramePairDataset(Dataset):

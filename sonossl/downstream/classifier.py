@@ -85,6 +85,8 @@ class FitSettings:
     seed: int = 0
     device: str = "cpu"
     amp_dtype: torch.dtype | None = None
+    head_lr_mult: float = 1.0  # the head's rate / the backbone's (a model with .encoder and .head)
+    freeze_bn: bool = False  # batch-norm layers stay in eval mode: their running statistics never move
 
 
 @dataclass
@@ -149,6 +151,24 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int, device: s
     return torch.cat(out)
 
 
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
+    """The optimiser's groups: the trainable parameters at ``lr``; with ``head_lr_mult`` != 1 and a
+    model of ``.encoder`` and ``.head`` (a :class:`Classifier`), the head's at ``lr x head_lr_mult``."""
+    trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+    if head_lr_mult == 1.0 or not (hasattr(model, "encoder") and hasattr(model, "head")):
+        return [{"params": trainable(model), "lr": lr}]
+    return [{"params": trainable(model.encoder), "lr": lr, "name": "backbone"},
+            {"params": trainable(model.head), "lr": lr * head_lr_mult, "name": "head"}]
+
+
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Put every batch-norm layer of ``model`` in eval mode: it normalises with its running
+    statistics and does not update them (its affine weight and bias still get gradients)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def fit(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -167,8 +187,7 @@ def fit(
     g = torch.Generator().manual_seed(s.seed)
     torch.manual_seed(s.seed)  # dropout and RandAugment draw from the global generator
     model.to(s.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, s.lr, s.head_lr_mult), lr=s.lr, weight_decay=s.weight_decay)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, n_classes).to(s.device))
     n = len(x_train)
     epochs = plan_epochs(n, s)
@@ -180,6 +199,8 @@ def fit(
     history, steps = [], 0
     for epoch in range(1, epochs + 1):
         model.train()
+        if s.freeze_bn:
+            freeze_batch_norm(model)
         order = torch.randperm(n, generator=g)
         for lo, hi in batch_bounds(n, s.batch_size):
             idx = order[lo:hi]

@@ -23,6 +23,14 @@ import numpy as np
 from sonossl.errors import SonosslError
 from sonossl.select.strategies import PROBCOVER_CLASSES, select
 
+RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy", "selection",
+                  "classes_missed"]  # a row of results.csv: one trained classifier
+
+
+def selection_label(label: str, selection: str | None) -> str:
+    """An init's label in run keys and reports: ``INIT`` with the stratified random draw, else ``INIT@STRATEGY``."""
+    return label if selection in (None, "", "random") else f"{label}@{selection}"
+
 
 def fraction_count(fraction: float, n: int) -> int:
     """Images of ``fraction`` percent of ``n``: ``round(f/100 * n)``, half rounding up (not to even)."""

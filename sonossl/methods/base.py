@@ -176,11 +176,17 @@ class SSLMethod(pl.LightningModule):
         each (batch_size, 1, H, W), become the method's views, each (batch_size, 1, S, S), here
         on the model's device. The generator is seeded by (seed, global step, rank), so a resumed
         run makes the same views as a straight one."""
-        if self.device_views is None or not self.training:
-            return batch
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        g = view_generator(self.cfg.seed, self.global_step, rank, self.device)
-        return self.device_views(batch, g)
+        if self.device_views is not None and self.training:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            batch = self.device_views(batch, view_generator(self.cfg.seed, self.global_step, rank, self.device))
+        if self.cfg.channels_last and isinstance(batch, (tuple, list)):
+            batch = type(batch)(v.contiguous(memory_format=torch.channels_last)
+                                if isinstance(v, torch.Tensor) and v.dim() == 4 else v for v in batch)
+        return batch
+
+    def on_fit_start(self) -> None:
+        if self.cfg.channels_last:  # the layout the fast path chose (sonossl.models.fastpath)
+            self.to(memory_format=torch.channels_last)
 
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):

@@ -33,11 +33,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sonossl.config import BASELINE_INITS
+from sonossl.downstream.protocol import selection_label
 from sonossl.errors import SonosslError
 
 METRICS = ["macro_f1", "balanced_accuracy", "accuracy"]
 DESCRIPTORS = ["pretrain", "method", "pairs", "data_variant"]
-BASELINES = ("imagenet", "random")
+BASELINES = tuple(reversed(BASELINE_INITS))  # imagenet first, then random
 BOOTSTRAP_RESAMPLES = 5000
 BOOTSTRAP_SEED = 0
 WILCOXON_MIN_N = 6  # the smallest n at which an exact two-sided signed-rank p can reach 0.05 (2/2**6 = 0.031)
@@ -114,7 +116,7 @@ def fold_selection(df: pd.DataFrame) -> None:
     becomes ``INIT@STRATEGY``, so it is summarised and compared as an init of its own."""
     if "selection" in df.columns:
         sel = df["selection"].fillna("random").astype(str)
-        df["init"] = df["init"].astype(str).where(sel.isin(["random", ""]), df["init"].astype(str) + "@" + sel)
+        df["init"] = [selection_label(i, s) for i, s in zip(df["init"].astype(str), sel)]
 
 
 def _cell_keys(df: pd.DataFrame) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from sonossl.downstream.classifier import Classifier, FitSettings, batch_bounds, finetune_augment, fit
@@ -59,3 +60,34 @@ def test_vertical_flips_are_the_only_augmentation_that_puts_the_bright_half_at_t
 
     assert 0.35 < flipped_share(True) < 0.65
     assert flipped_share(False) < 0.06
+
+
+def test_head_multiplier_puts_the_groups_at_their_rates():
+    from sonossl.downstream.classifier import param_groups
+
+    model = Classifier(build_encoder("resnet18"), 5)
+    groups = param_groups(model, 1e-3, 100.0)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(0.1)]
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    assert ids[0] == {id(p) for p in model.encoder.parameters()} and ids[1] == {id(p) for p in model.head.parameters()}
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[1]["lr"] / opt.param_groups[0]["lr"] == pytest.approx(100.0)
+    assert len(param_groups(model, 1e-3)) == 1 and len(param_groups(model.head, 1e-3, 100.0)) == 1
+
+
+def test_frozen_batch_norm_statistics_do_not_move_in_fine_tuning():
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 255, (16, 1, 32, 32), dtype=torch.uint8), torch.arange(16) % 5
+    for freeze in (True, False):
+        model = Classifier(build_encoder("resnet18"), 5)
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+        weight = bns[0].weight.detach().clone()
+        fit(model, x, y, x, y, 5, FitSettings(epochs=2, batch_size=8, freeze_bn=freeze, max_evals=1))
+        moved = any(not torch.equal(m.running_mean, b[0]) or not torch.equal(m.running_var, b[1])
+                    for m, b in zip(bns, before))
+        assert moved != freeze
+        assert not torch.equal(bns[0].weight, weight)  # the affine weights still train

@@ -105,3 +105,31 @@ def test_standardise_keeps_dead_features_at_unit_scale():
     s = Standardise(4).fit(feats)
     assert s.std[2] == 1.0 and torch.allclose(s.std[[0, 1, 3]], feats[:, [0, 1, 3]].std(0, unbiased=False))
     assert s(torch.full((1, 4), 3.0))[0, 2] == 3.0
+
+
+def test_lp_ft_fine_tunes_from_the_linear_probes_head(labelled: Path, tmp_path: Path, monkeypatch):
+    from sonossl.config import EvaluateConfig
+    from sonossl.downstream import evaluate as ev
+
+    calls = []
+    real_fit = ev.fit
+
+    def recording_fit(model, *args, **kwargs):
+        head = model if not hasattr(model, "head") else model.head
+        calls.append({"at_start": {k: v.clone() for k, v in head.state_dict().items()}, "whole": hasattr(model, "encoder"),
+                      "settings": args[5]})
+        result = real_fit(model, *args, **kwargs)
+        calls[-1]["at_end"] = {k: v.clone() for k, v in head.state_dict().items()}
+        return result
+
+    monkeypatch.setattr(ev, "fit", recording_fit)
+    cfg = EvaluateConfig(labels=labelled, init="random", protocol=["finetune"], fractions=[100.0], seeds=[0],
+                         image_size=24, epochs=1, linear_epochs=3, batch_size=32, lp_ft=True, head_lr_mult=10.0,
+                         out=tmp_path / "e", accelerator="cpu", precision="32-true")
+    ev.evaluate(cfg, progress=None)
+    probe, finetune = calls
+    assert not probe["whole"] and finetune["whole"]
+    for k, v in probe["at_end"].items():  # fine-tuning starts where the probe ended, standardisation included
+        assert torch.equal(finetune["at_start"][k], v), k
+    assert not torch.equal(probe["at_start"]["2.weight"], probe["at_end"]["2.weight"])  # the probe trained
+    assert finetune["settings"].head_lr_mult == 10.0 and probe["settings"].head_lr_mult == 1.0

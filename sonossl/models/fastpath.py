@@ -1,0 +1,202 @@
+"""The fastest precision and memory layout for training on this machine, measured, not assumed.
+
+On a GPU, bf16 autocast with channels_last is the known fast path. On a CPU it depends on the
+chip: with AMX or AVX-512 BF16 units, bf16 autocast in channels_last runs a ResNet step about
+3x faster than float32; without them bf16 is emulated and *slower* than float32, and bf16 in
+NCHW is slower than float32 even on AMX chips (benchmarks/README.md, "Precision and layout").
+So on a CPU :func:`choose` times a few forward+backward passes of the actual backbone at the
+actual image size in each candidate setting and keeps the fastest. It takes a few seconds, and
+its choice is recorded in the run's ``config.yaml`` (``precision``, ``channels_last``) and its
+figures in ``summary.json``; it is also kept per machine (:func:`cache_file`), so later runs on
+the same machine make the same choice without measuring again, and repeat exactly.
+
+Losses stay in float32 whatever is chosen (each method computes its loss with autocast off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from sonossl.models.backbones import build_encoder
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+CANDIDATES = (("32-true", False), ("32-true", True), ("bf16-mixed", True))  # bf16 in NCHW never wins (measured)
+
+
+@dataclass
+class FastPath:
+    """What a run trains in: ``precision`` (a Lightning precision string), ``channels_last``,
+    and why (``reason``; ``ms`` holds the probe's median ms per step of each setting)."""
+
+    precision: str
+    channels_last: bool
+    reason: str
+    ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16}.get(self.precision)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.precision}, {'channels_last' if self.channels_last else 'NCHW'} ({self.reason})"
+
+
+def cpu_flags() -> list[str]:
+    """The bf16-related flags of this CPU (``amx_bf16``, ``avx512_bf16``, ...), from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if "bf16" in f or f.startswith("amx") or f == "avx2")
+    except OSError:
+        pass
+    return []
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX tiles or AVX-512 BF16), as oneDNN sees them."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # an older torch without the queries
+        return any(f in ("amx_bf16", "avx512_bf16") for f in cpu_flags())
+
+
+def _probe_ms(backbone: str, image_size: int, precision: str, channels_last: bool, batch: int, steps: int) -> float:
+    torch.manual_seed(0)
+    enc = build_encoder(backbone)
+    x = torch.rand(batch, 1, image_size, image_size)
+    if channels_last:
+        enc = enc.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext())
+    times = []
+    for i in range(steps + 1):  # the first pass warms up oneDNN's kernels and is not counted
+        t = time.perf_counter()
+        with ctx:
+            out = enc(x)
+        out.float().sum().backward()
+        if i:
+            times.append(1000 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def choose(backbone: str, image_size: int, device: str = "cpu", precision: str = "auto",
+           batch: int = 32, steps: int = 3) -> FastPath:
+    """The setting to train ``backbone`` at ``image_size`` on ``device`` (``cpu`` or ``cuda``).
+
+    ``precision`` other than ``auto`` is obeyed (``32-true`` forces float32 in NCHW, the
+    reference setting; ``bf16-mixed`` and ``16-mixed`` use channels_last). ``auto`` on a GPU is
+    bf16 + channels_last; on a CPU, the fastest of :data:`CANDIDATES` over ``steps`` timed
+    forward+backward passes of a ``batch`` (the first setting wins ties within 3 %).
+    """
+    precision = "32-true" if precision == "32" else precision
+    if precision != "auto":
+        return FastPath(precision, precision != "32-true", "given")
+    if device.startswith("cuda"):
+        return FastPath("bf16-mixed", True, "GPU")
+    key = f"{_machine_key()}|{backbone}|{image_size}|{batch}"
+    with _cache_lock():  # one probe at a time on a machine: processes starting together agree on one choice
+        cached = _read_cache().get(key)
+        if cached is not None:  # measured on this machine before: the same choice, so runs repeat
+            return FastPath(**cached)
+        fast = _measure(backbone, image_size, batch, steps)
+        _write_cache(key, fast)
+    return fast
+
+
+@contextlib.contextmanager
+def _cache_lock():
+    """An exclusive ``flock`` on the cache's lock file, waited for (no lock when it cannot be made)."""
+    import fcntl
+    import os
+
+    path = cache_file().with_suffix(".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def cache_file() -> Path:
+    """Where the probe's choices are kept, one per machine, backbone and image size
+    (``$SONOSSL_CACHE``, else ``~/.cache/sonossl``)."""
+    import os
+
+    root = os.environ.get("SONOSSL_CACHE") or Path.home() / ".cache" / "sonossl"
+    return Path(root) / "fastpath.json"
+
+
+def _machine_key() -> str:
+    import platform
+
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{model or platform.processor()}|{','.join(cpu_flags())}|torch {torch.__version__}"
+
+
+def _read_cache() -> dict:
+    import json
+
+    try:
+        return json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, fast: FastPath) -> None:
+    import json
+    import os
+
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**_read_cache(), key: fast.as_dict()}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: measure again next time
+        pass
+
+
+def _measure(backbone: str, image_size: int, batch: int, steps: int) -> FastPath:
+    bf16 = cpu_has_bf16()
+    # without bf16 units bf16 is emulated: 11x slower than float32 on an AVX2 EPYC (measured), so
+    # it is not even probed (one probe step would cost seconds)
+    candidates = [c for c in CANDIDATES if bf16 or c[0] != "bf16-mixed"]
+    with torch.random.fork_rng(devices=[]):
+        ms = {_name(p, cl): _probe_ms(backbone, image_size, p, cl, batch, steps) for p, cl in candidates}
+    base = _name(*candidates[0])
+    best = min(ms, key=lambda k: ms[k])
+    if ms[base] <= 1.03 * ms[best]:
+        best = base
+    p, cl = next(c for c in candidates if _name(*c) == best)
+    units = ", ".join(f for f in cpu_flags() if "bf16" in f or f.startswith("amx")) if bf16 else "no bf16 units, bf16 not tried"
+    reason = f"measured fastest on this CPU ({units}): x{ms[base] / ms[best]:.2f} over float32 NCHW"
+    return FastPath(p, cl, reason, {k: round(v, 1) for k, v in ms.items()})
+
+
+def _name(precision: str, channels_last: bool) -> str:
+    return f"{precision}{'-channels_last' if channels_last else ''}"
