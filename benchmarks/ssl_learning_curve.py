@@ -48,7 +48,8 @@ from sonossl.data.synthetic import synthesize
 from sonossl.downstream.protocol import stratified_subset
 from sonossl.methods.monitors import knn_accuracy
 from sonossl.models.features import features
-from sonossl.methods.train import atomic_torch_save, run_pretrain
+from sonossl.methods.train import run_pretrain
+from sonossl.outputs import atomic_torch_save
 from sonossl.models.backbones import build_encoder
 
 FRACTIONS = (1.0, 10.0, 100.0)

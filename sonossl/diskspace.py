@@ -139,3 +139,33 @@ def write_atomic(path: Path, data: str | bytes, *, hint: str = RESUME_HINT) -> N
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- errors of spawned processes
+_LAST_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): (.*)$")  # "sonossl.diskspace.DiskFullError: message"
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
+_FILENAME = re.compile(r": '([^']+)'$")
+
+
+def spawned_error(exc: BaseException, out: Path) -> SonosslError | None:
+    """The one-line error for an exception a spawned DDP process raised, which reaches the
+    launcher as text (torch's ``ProcessRaisedException``: the child's traceback): a SonosslError
+    (a DiskFullError included) keeps its class and message; an ``OSError`` out of space becomes a
+    DiskFullError naming its file (else ``out``). None for anything else, which stays a bug."""
+    lines = str(exc).strip().splitlines()
+    m = _LAST_LINE.match(lines[-1].strip()) if lines else None
+    if m is None:
+        return None
+    name, msg = m.groups()
+    ours = {c.__name__: c for c in _subclasses(SonosslError)}
+    if name in ours:
+        return ours[name](msg)
+    code = _ERRNO.search(msg)
+    if name in ("OSError", "IOError") and code and int(code.group(1)) in FULL_ERRNOS:
+        where = _FILENAME.search(msg)
+        return DiskFullError(full_message(Path(where.group(1)) if where else out, int(code.group(1)), None, None))
+    return None
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [s for sub in cls.__subclasses__() for s in _subclasses(sub)]

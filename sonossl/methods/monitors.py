@@ -42,10 +42,11 @@ def collapse_std(feats: torch.Tensor) -> float:
 
 class Monitors(Callback):
     """Computes the monitors at the end of each epoch on global rank 0 and hands them to
-    ``pl_module.monitor_logs`` (written by the stats writer that runs after this callback)."""
+    its ``logs`` (which the stats writer, running after this callback, writes into ``stats.jsonl``)."""
 
     def __init__(self, store: FrameStore, image_size: int, labels: Path | None = None, k: int = 10, sample: int = 256):
         self.k = k
+        self.logs: dict[str, float] = {}  # the last epoch's figures
         self.labels = load_labelled(labels, size=image_size) if labels is not None else None
         self.random_knn: float | None = None  # kNN of random initialisation, computed once
         rng = np.random.default_rng(0)  # a fixed sample: the figure moves with the encoder only
@@ -91,7 +92,7 @@ class Monitors(Callback):
                 self.random_knn = self._random_reference(pl_module.cfg.backbone, device)
             logs[f"knn{self.k}_random"] = self.random_knn
         encoder.train(was_training)
-        pl_module.monitor_logs = logs
+        self.logs = logs
         for name, value in logs.items():
             if name != "collapse_ref":
                 pl_module.log(name, value, prog_bar=True, rank_zero_only=True)

@@ -43,12 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from sonossl.config import (BASELINE_INITS, EvaluateConfig, PretrainConfig, build_config, check_fractions,
-                            deep_merge, read_config_file, read_preset, validated)
-from sonossl.data.framestore import DEFAULT_IMAGE_SIZE, is_store_path
-from sonossl.data.sector import Crop
+from sonossl.config import (BASELINE_INITS, EvaluateConfig, IngestConfig, PretrainConfig, build_config,
+                            check_fractions, deep_merge, read_config_file, read_preset, validated)
+from sonossl.data.framestore import is_store_path
 from sonossl.downstream.protocol import selection_label
 from sonossl.errors import SonosslError
 from sonossl.select.strategies import Strategy
@@ -67,11 +66,15 @@ class DataSpec(_Strict):
     labelled: dict[str, Path] = Field(min_length=1)
 
 
-class IngestSpec(_Strict):
-    size: int = Field(DEFAULT_IMAGE_SIZE, gt=0)
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    crop: Crop = "auto"
-    salt_file: Path | None = None  # the pseudonym key; none: data/sonossl.key in the study folder, one for every variant
+# A study's ``ingest:`` block: these fields of IngestConfig, with their types, defaults and bounds
+# (one owner), except that a study's default key is one for all its variants.
+IngestSpec = create_model(
+    "IngestSpec", __base__=_Strict,
+    **{name: (IngestConfig.model_fields[name].annotation, IngestConfig.model_fields[name])
+       for name in ("size", "val_fraction", "crop", "modality", "max_frame_pixels", "max_source_pixels")},
+    salt_file=(Path | None, Field(None, description="the pseudonym key; none: data/sonossl.key in the study folder, "
+                                                      "one for every variant")),
+)
 
 
 class VariantSpec(_Strict):

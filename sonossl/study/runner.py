@@ -130,8 +130,11 @@ def _run_ingest(unit: IngestUnit, ctx: Context, shard: int | None = None) -> dic
     out.parent.mkdir(parents=True, exist_ok=True)
     n = ctx.ingest_shards
     parts = [None] if n == 1 else [(shard, n)] if shard is not None else [(i, n) for i in range(n)]
+    modality = tuple(m.upper() for m in o["modality"])
     done = [ingest(sources, out, frame_skip=o["frame_skip"], size=o["size"], crop=o["crop"],
                    val_fraction=o["val_fraction"], salt_file=o.get("salt_file") or Path(ctx.out) / "data" / "sonossl.key",
+                   modalities=None if "ANY" in modality else modality,
+                   max_frame_pixels=o["max_frame_pixels"], max_source_pixels=o["max_source_pixels"],
                    max_frames_per_video=o.get("max_frames_per_video"),
                    dedup=o.get("dedup"), resume=True, progress=False, shard=part) for part in parts]
     return {"clips": sum(s.ok + s.skipped for s in done), "errors": sum(s.error for s in done),

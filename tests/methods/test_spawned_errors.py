@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from sonossl.diskspace import DiskFullError
 from sonossl.errors import SonosslError
-from sonossl.methods.train import spawned_error
+from sonossl.diskspace import spawned_error
 
 
 def _raise_disk_full(rank: int, path: str) -> None:
