@@ -151,7 +151,7 @@ class IngestConfig(Config):
     sources: list[Path] = Field(min_length=1, description="files or folders (searched recursively)")
     out: Path = Field(description="frame store to write (FRAMES.h5)")
     frame_skip: int = Field(5, ge=1, description="keep every K-th frame of a clip")
-    size: int = Field(DEFAULT_IMAGE_SIZE, gt=0, description="side of the stored square frames in pixels; pretrain and "
+    size: int = Field(DEFAULT_IMAGE_SIZE, ge=8, description="side of the stored square frames in pixels; pretrain and "
                                                                "evaluate default to it")
     crop: Crop = Field("auto", description="scan region: auto (DICOM regions, else the moving fan), dicom or none")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of patient/study groups held out as the val split")

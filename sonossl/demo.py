@@ -47,6 +47,19 @@ def synthetic_key(data: Path) -> Path:
     return path
 
 
+def precision_line(plan: DemoPlan) -> str:
+    """What the runs trained in and why (the fast path's choice on this machine, as the pretraining
+    made it), and what that means for the plan's time."""
+    from sonossl.models.fastpath import choose
+
+    fast = choose("resnet18", plan.image_size)  # the machine's recorded choice: no new measurement
+    line = str(fast)
+    if fast.amp_dtype is None and "no bf16 units" in fast.reason:
+        line += (f"; this CPU has no bf16 units, so the plan runs in float32: about {plan.minutes} minutes on 2 idle "
+                 "cores (on a Xeon with AMX-BF16 the backbone step measured 3.45x faster in bf16, benchmarks/README.md)")
+    return line
+
+
 def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
     """The demo as a study (see :mod:`sonossl.study.grid`) over the synthetic data in ``data``.
     The image size is stated once, in ``ingest.size``: pretraining and evaluation take it from there."""
@@ -182,6 +195,7 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
           "'real' = the paired CI excludes zero.")
     print(f"BarlowTwins pretraining: {ran['steps']} steps of {plan.pretrain_steps} planned in {ran['wall_time_s']:.0f} s "
           f"(stopped by {ran['stopped_by']})")
+    print(f"precision: {precision_line(plan)}")
     if knn:
         ref = next((e["knn10_random"] for e in reversed(epochs) if "knn10_random" in e), None)
         print("BarlowTwins kNN accuracy (k=10, valid) by epoch: " + " ".join(f"{k:.2f}" for k in knn)

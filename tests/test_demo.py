@@ -76,3 +76,17 @@ def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
     assert "a real gain with more labels: linear 100 % (+0.088)" in long and "make demo-long" not in long
     cut = verdict(diffs((10, 0.01, False),), FULL, steps=120)  # a pretraining stopped by its time cap
     assert "after 120 pretraining steps" in cut
+
+
+def test_the_demo_says_what_precision_it_trains_in_and_why(monkeypatch):
+    from sonossl.config import FULL
+    from sonossl.demo import precision_line
+    from sonossl.models import fastpath
+
+    slow = fastpath.FastPath("32-true", False, "measured fastest on this CPU (no bf16 units, bf16 not tried): x1.00")
+    monkeypatch.setattr(fastpath, "choose", lambda *a, **k: slow)
+    line = precision_line(FULL)
+    assert line.startswith("32-true, NCHW (measured") and f"about {FULL.minutes} minutes" in line
+    fast = fastpath.FastPath("bf16-mixed", True, "measured fastest on this CPU (amx_bf16): x3.40")
+    monkeypatch.setattr(fastpath, "choose", lambda *a, **k: fast)
+    assert precision_line(FULL) == "bf16-mixed, channels_last (measured fastest on this CPU (amx_bf16): x3.40)"
