@@ -49,3 +49,19 @@ def test_check_apart_skips_named_inits(tmp_path):
     check_apart(tmp_path / "out", [("--init", "random"), ("--init", "imagenet"), ("--labels", None)])
     with pytest.raises(SonosslError, match="contains the input --frames"):
         check_apart(tmp_path, [("--frames", tmp_path / "d" / "frames.h5")])
+
+
+
+def test_an_inner_block_releases_only_its_own_locks(tmp_path):
+    """A study holds its folder's lock while each unit's block releases the unit's lock as it ends
+    (the runner's run_unit), so a study of thousands of units does not run out of descriptors."""
+    from sonossl.outlock import _HELD
+
+    study, unit = tmp_path / "study", tmp_path / "study" / "evals" / "a"
+    with releasing():
+        lock_output(study, "study")
+        with releasing():
+            lock_output(unit, "evaluate")
+            assert {p.name for p in _HELD} >= {"study", "a"}
+        assert any(p.name == "study" for p in _HELD) and not any(p.name == "a" for p in _HELD)
+    assert not any(p.name in ("study", "a") for p in _HELD)

@@ -53,6 +53,7 @@ from sonossl.downstream.protocol import RESULT_COLUMNS
 from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
 from sonossl.launch import check_launcher
+from sonossl.outlock import releasing
 from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
 from sonossl.study.grid import EvalUnit, IngestUnit, Plan, PretrainUnit
 from sonossl.study.store import ResultsStore, UnitRecords
@@ -185,7 +186,8 @@ def run_unit(unit, ctx: Context) -> Outcome:
     t0 = time.time()
     try:
         fn = {IngestUnit: _run_ingest, PretrainUnit: _run_pretrain, EvalUnit: _run_eval}[type(unit)]
-        row = fn(unit, ctx)
+        with releasing():  # the unit's output locks end with the unit, not with the study
+            row = fn(unit, ctx)
         wall = time.time() - t0
         records.write_done(unit.key, type(unit).__name__, {**row, "unit_hash": unit_hash(unit)}, wall)
         return Outcome(unit.key, True, wall)
