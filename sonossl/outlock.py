@@ -39,7 +39,9 @@ _HELD: dict[Path, int] = {}  # resolved output -> fd of its lock file, for this 
 
 
 def _key(path: Path) -> Path:
-    return Path(os.path.abspath(Path(path).expanduser()))
+    """One name per output however it is spelt (relative, through a symlinked folder): the lock's identity."""
+    p = Path(os.path.abspath(Path(path).expanduser()))
+    return p.parent.resolve() / p.name
 
 
 def check_apart(out: Path, inputs: Iterable[tuple[str, Path | str | None]]) -> None:

@@ -65,3 +65,9 @@ def test_an_inner_block_releases_only_its_own_locks(tmp_path):
             assert {p.name for p in _HELD} >= {"study", "a"}
         assert any(p.name == "study" for p in _HELD) and not any(p.name == "a" for p in _HELD)
     assert not any(p.name in ("study", "a") for p in _HELD)
+
+
+def test_one_output_reached_through_a_symlinked_folder_has_one_lock(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    assert lock_file(tmp_path / "alias" / "frames.h5") == lock_file(tmp_path / "real" / "frames.h5")
