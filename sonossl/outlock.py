@@ -41,17 +41,27 @@ _HELD: dict[Path, int] = {}  # resolved output -> fd of its lock file, for this 
 def _key(path: Path) -> Path:
     """One name per output however it is spelt (relative, through a symlinked folder): the lock's identity."""
     p = Path(os.path.abspath(Path(path).expanduser()))
-    return p.parent.resolve() / p.name
+    try:
+        return p.parent.resolve() / p.name
+    except (OSError, RuntimeError):  # a symlink loop on the way: the path as spelt
+        return p
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return _key(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare the path as spelt
+        return _key(path)
 
 
 def check_apart(out: Path, inputs: Iterable[tuple[str, Path | str | None]]) -> None:
     """Refuse ``out`` when it is, contains or sits inside any of ``inputs`` ((what, path) pairs;
     None paths are skipped)."""
-    o = _key(out).resolve()
+    o = _resolved(out)
     for what, p in inputs:
         if p is None or str(p) in ("", "random", "imagenet"):
             continue
-        q = _key(Path(p)).resolve()
+        q = _resolved(Path(p))
         relation = ("is" if o == q else "sits inside" if o.is_relative_to(q) else "contains" if q.is_relative_to(o)
                     else None)
         if relation:
