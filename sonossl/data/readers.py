@@ -143,22 +143,17 @@ class Stream:
         """:meth:`sample` with each frame passed through ``reduce`` (e.g. a downscale) as it is
         decoded, so only reduced frames are held; and the grey range of the full frames (see
         :meth:`range_of`), accumulated on the way."""
-        lo, hi = [np.inf], [-np.inf]
-        wide = []
+        seen = {"lo": np.inf, "hi": -np.inf, "wide": False}
 
         def take(frame: np.ndarray) -> np.ndarray:
             if frame.dtype != np.uint8:
-                wide.append(True)
-                lo[0], hi[0] = min(lo[0], float(frame.min())), max(hi[0], float(frame.max()))
+                seen.update(wide=True, lo=min(seen["lo"], float(frame.min())), hi=max(seen["hi"], float(frame.max())))
             return reduce(frame)
 
         frames = self.sample(k, take)
-        if not wide:
+        if not seen["wide"]:
             return frames, None
-        if self.window is not None:
-            centre, width = self.window
-            return frames, (centre - width / 2, centre + width / 2)
-        return frames, (lo[0], hi[0])
+        return frames, window_bounds(self.window) if self.window is not None else (seen["lo"], seen["hi"])
 
     def frames(self) -> Iterator[np.ndarray]:
         """Every kept frame, in order, one at a time."""
@@ -190,8 +185,7 @@ class Stream:
         if frames[0].dtype == np.uint8:
             return None
         if self.window is not None:
-            centre, width = self.window
-            return centre - width / 2, centre + width / 2
+            return window_bounds(self.window)
         return float(min(f.min() for f in frames)), float(max(f.max() for f in frames))
 
     def to_uint8(self, frame: np.ndarray, grey_range: tuple[float, float] | None) -> np.ndarray:
@@ -208,6 +202,12 @@ class Stream:
         grey_range = self.range_of(raw)
         stack = np.stack([self.to_uint8(f, grey_range) for f in raw])
         return Clip(stack, self.fps, self.group_key, self.regions, self.kind, int(self.frames_in or len(raw)))
+
+
+def window_bounds(window: tuple[float, float]) -> tuple[float, float]:
+    """A DICOM VOI window (centre, width) as the grey range (lo, hi) it maps to 0-255."""
+    centre, width = window
+    return centre - width / 2, centre + width / 2
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -341,8 +341,7 @@ def _to_uint8(frame: np.ndarray, window: tuple[float, float] | None) -> np.ndarr
         return frame
     f = frame.astype(np.float32)
     if window is not None:
-        centre, width = window
-        lo, hi = centre - width / 2, centre + width / 2
+        lo, hi = window_bounds(window)
     else:
         lo, hi = float(f.min()), float(f.max())
     return np.clip(np.rint((f - lo) * (255.0 / max(hi - lo, 1e-6))), 0, 255).astype(np.uint8)
