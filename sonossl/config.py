@@ -25,6 +25,10 @@ from sonossl.select.strategies import PROBCOVER_CLASSES, Strategy
 PRESET_DIR = Path(__file__).parent / "presets"
 PoolSplit = Literal["all", "train", "val"]  # the frames `select` chooses from: the whole store or one split
 BASELINE_INITS = ("random", "imagenet")  # the inits every pretraining is compared against
+# evaluate settings `select_on_valid` may choose per run on the valid split, and those a linear probe uses
+SELECTABLE = ("lr", "weight_decay", "dropout", "batch_size", "epochs", "linear_epochs", "lr_schedule", "rotate",
+              "head_lr_mult", "lp_ft", "freeze_bn")
+LINEAR_SETTINGS = ("lr", "weight_decay", "dropout", "batch_size", "linear_epochs", "lr_schedule")
 
 
 class Config(BaseModel):
@@ -385,6 +389,11 @@ class EvaluateConfig(Config):
                                        "pretrain run folder or a backbone.pt file; none: the init's own")
     selection_fractions: list[float] | None = Field(None, description="percent ladder the selected subsets nest along; "
                                                     "none: the fractions")
+    select_on_valid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="settings chosen per run on the valid split, e.g. {lr: [1e-3, 3e-4]}: every "
+        "combination is trained, the best validation balanced accuracy wins (the first declared on a tie) and only "
+        f"it is scored on test; keys: {', '.join(SELECTABLE)} (a linear probe tries {', '.join(LINEAR_SETTINGS)} "
+        "only); none: the settings as given (config file only)")
 
     @field_validator("fractions", "selection_fractions")
     @classmethod
@@ -395,6 +404,21 @@ class EvaluateConfig(Config):
     @classmethod
     def _init(cls, v: Any) -> Any:
         return str(v) if isinstance(v, Path) else v  # a run folder as pretrain() returns it
+
+    @field_validator("select_on_valid")
+    @classmethod
+    def _select_on_valid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Known keys, non-empty lists without repeats, each value one its field accepts."""
+        for key, values in v.items():
+            if key not in SELECTABLE:
+                raise ValueError(f"{key!r} cannot be chosen on valid; expected one of: {', '.join(SELECTABLE)}")
+            if not values or len({json.dumps(x) for x in values}) != len(values):
+                raise ValueError(f"{key}: expected a non-empty list of distinct values, got {values!r}")
+            try:
+                v[key] = [getattr(cls.model_validate({key: x}), key) for x in values]  # coerced as the field is
+            except ValidationError as exc:
+                raise ValueError(f"{key}: {exc.errors()[0]['msg']} (got {exc.errors()[0].get('input')!r})") from None
+        return v
 
 
 class StudyRunConfig(SlurmJobConfig):

@@ -9,6 +9,7 @@ already there, so an interrupted evaluation loses at most the run in progress.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import time
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sonossl.config import DEFAULT_IMAGE_SIZE, EvaluateConfig, dump_config
+from sonossl.config import DEFAULT_IMAGE_SIZE, LINEAR_SETTINGS, EvaluateConfig, dump_config
 from sonossl.data.labelled import LabelledData, load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
 from sonossl.downstream.modelfile import save_model
@@ -126,9 +127,43 @@ def _features(r: _Run, model: Classifier, seed: int) -> dict[str, torch.Tensor]:
     return features
 
 
+def candidates(cfg: EvaluateConfig, protocol: str) -> list[tuple[dict, EvaluateConfig]]:
+    """``(chosen, settings)`` per combination of ``cfg.select_on_valid`` a run of ``protocol`` tries,
+    in declared order (a linear probe varies :data:`~sonossl.config.LINEAR_SETTINGS` only); one
+    ``({}, cfg)`` without a grid."""
+    keys = [k for k in cfg.select_on_valid if protocol == "finetune" or k in LINEAR_SETTINGS]
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(cfg.select_on_valid[k] for k in keys))]
+    return [(c, cfg.model_copy(update=c)) for c in combos if c] or [({}, cfg)]
+
+
+def chosen_text(chosen: dict) -> str:
+    """``lr=0.0003;lp_ft=True``: the ``chosen`` column of results.csv ('' without a grid)."""
+    return ";".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+
+
+def _test_logits(r: _Run, protocol: str, model: Classifier, seed: int) -> torch.Tensor:
+    """The test split's logits (n_test, classes), scored once, by the selected classifier."""
+    if protocol == "linear":
+        return predict_logits(model.head, _features(r, model, seed)["test"], 256, r.device, r.amp)
+    return predict_logits(model, r.data.test.images, 256, r.device, r.amp)
+
+
+def _select(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
+    """Train every candidate of ``cfg.select_on_valid`` on ``idx``; keep the best on valid.
+    Returns (chosen, classifier, fit result, [each candidate's chosen values and valid score])."""
+    best, tried = None, []
+    for chosen, cfg in candidates(r.cfg, protocol):
+        model, result = _train(replace(r, cfg=cfg), protocol, seed, idx)
+        tried.append({**chosen, "best_val_balanced_accuracy": result.best_val_balanced_accuracy})
+        if best is None or result.best_val_balanced_accuracy > best[2].best_val_balanced_accuracy:
+            best = (chosen, model, result)
+        del model
+    return (*best, tried)
+
+
 def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
-    """Train one classifier on the subset ``idx`` of the train split; returns the classifier,
-    the fit result and the test logits (n_test, classes)."""
+    """Train one classifier on the subset ``idx`` of the train split with ``r.cfg``; returns the
+    classifier (holding its best-validation weights) and the fit result."""
     cfg, data, n_classes = r.cfg, r.data, len(r.data.class_names)
     torch.manual_seed(seed)
     linear = FitSettings(lr=cfg.lr, lr_schedule=cfg.lr_schedule, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
@@ -143,7 +178,7 @@ def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
         result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels,
                      n_classes, linear)
         if protocol == "linear":
-            return model, result, predict_logits(model.head, features["test"], 256, r.device, r.amp)
+            return model, result
         model.encoder.requires_grad_(True)  # LP-FT: fine-tune everything from the probe's head (and its standardisation)
     # the step budget bounds the expensive protocol only
     settings = replace(linear, epochs=cfg.epochs, max_steps=cfg.max_steps, min_steps=cfg.min_steps,
@@ -151,7 +186,7 @@ def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
     augment = finetune_augment(cfg.hflip, cfg.rotate, cfg.vflip) if cfg.augment else None
     result = fit(model, data.train.images[idx], data.train.labels[idx], data.valid.images, data.valid.labels, n_classes,
                  settings, augment)
-    return model, result, predict_logits(model, data.test.images, 256, r.device, r.amp)
+    return model, result
 
 
 def _write_run(run_dir: Path, r: _Run, key: str, idx: torch.Tensor, model: Classifier, run_info: dict,
@@ -222,7 +257,8 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
         t0 = time.time()
         idx = torch.from_numpy(subsets[(fraction, seed)])
         missed = [c for k, c in enumerate(data.class_names) if not (data.train.labels[idx] == k).any()]
-        model, result, logits = _train(r, protocol, seed, idx)
+        chosen, model, result, tried = _select(r, protocol, seed, idx)
+        logits = _test_logits(r, protocol, model, seed)
         y_true, probs = data.test.labels.numpy(), torch.softmax(logits, 1).numpy()
         y_pred = probs.argmax(1)
         metrics = scores(y_true, y_pred, len(data.class_names))
@@ -231,15 +267,16 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
                     "classes_missed": missed, "best_epoch": result.best_epoch,
                     "epochs": result.epochs, "steps": result.steps,
                     "best_val_balanced_accuracy": result.best_val_balanced_accuracy, "wall_s": round(time.time() - t0, 2),
-                    "device": device}
+                    "device": device, **({"chosen": chosen, "candidates": tried} if len(tried) > 1 else {})}
         (out / key).mkdir(exist_ok=True)
         atomic_write_text(out / key / "history.json", json.dumps(result.history))
         _write_run(out / key, r, key, idx, model, run_info, y_true, y_pred, probs, metrics, save_models)
         rows.append({"init": init.label, "protocol": protocol, "fraction": f"{fraction:g}", "seed": seed,
                      "n_train": len(idx), **{k: f"{v:.6f}" for k, v in metrics.items()}, "selection": cfg.selection,
-                     "classes_missed": len(missed)})
+                     "classes_missed": len(missed), "chosen": chosen_text(chosen)})
         atomic_write_csv(results_path, rows, RESULT_COLUMNS)  # the run counts as done only now
         if progress:
             progress(f"[{i}/{len(plan)}] {key}: n_train={len(idx)} macro_f1={metrics['macro_f1']:.3f} "
-                     f"bal_acc={metrics['balanced_accuracy']:.3f} ({time.time() - t0:.1f}s)")
+                     f"bal_acc={metrics['balanced_accuracy']:.3f}" + (f" chosen on valid: {chosen_text(chosen)}" if chosen else "")
+                     + f" ({time.time() - t0:.1f}s)")
     return results_path

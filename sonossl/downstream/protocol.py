@@ -24,7 +24,7 @@ from sonossl.errors import SonosslError
 from sonossl.select.strategies import PROBCOVER_CLASSES, select
 
 RESULT_COLUMNS = ["init", "protocol", "fraction", "seed", "n_train", "macro_f1", "balanced_accuracy", "accuracy", "selection",
-                  "classes_missed"]  # a row of results.csv: one trained classifier
+                  "classes_missed", "chosen"]  # a row of results.csv: one trained classifier ("chosen": on valid)
 
 
 def selection_label(label: str, selection: str | None) -> str:

@@ -396,8 +396,11 @@ def _expand_evals(spec: StudySpec, pretrains: list[PretrainUnit], source: str) -
     evals = [EvalUnit(d, i, p, f, s, _with_selection(cfg, sel, ladder), inits[i], sel)
              for p, fractions, seeds, cfg in grids for d in datasets for i in names for sel in ev.selection
              for f in fractions for s in seeds]
-    evals.sort(key=lambda u: (datasets.index(u.dataset), names.index(u.init), ev.selection.index(u.selection),
-                              ev.protocols.index(u.protocol)))
+    # seed outside fraction and init: a study stopped early has every init at the same seeds, so what
+    # finished is already paired (the cheap protocol first, as it is listed first by default)
+    order = {(p, s): k for k, (p, s) in enumerate((p, s) for p, _, seeds, _ in grids for s in seeds)}
+    evals.sort(key=lambda u: (datasets.index(u.dataset), order[u.protocol, u.seed], u.fraction, names.index(u.init),
+                              ev.selection.index(u.selection)))
     return evals
 
 

@@ -4,7 +4,7 @@
 Inputs (only ``results.csv`` is required; a missing file or column skips that part of the report):
 
     DIR/results.csv    init,protocol,fraction,seed,n_train,macro_f1,balanced_accuracy,accuracy
-                       [,dataset,pretrain,method,pairs,data_variant,selection,classes_missed]
+                       [,dataset,pretrain,method,pairs,data_variant,selection,classes_missed,chosen]
     DIR/runs.csv       init,protocol,fraction,seed,dataset,run_dir[,selection]  (run_dir relative to
                        DIR, holding predictions.csv and confusion.png)
     DIR/pretrain/<name>/stats.jsonl   pretraining logs ("kind": "step" | "epoch" lines)

@@ -130,8 +130,9 @@ def order_inits(inits) -> list[str]:
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset,) init, protocol, fraction: runs, n_train, descriptors, and per metric
-    ``{m}_mean``, ``{m}_std``, ``{m}_ci_low``, ``{m}_ci_high`` (95 % t over seeds)."""
+    """One row per (dataset,) init, protocol, fraction: runs, n_train, descriptors, what
+    ``select_on_valid`` chose (``chosen``: each value with its count of seeds, when a grid was
+    declared), and per metric ``{m}_mean``, ``{m}_std``, ``{m}_ci_low``, ``{m}_ci_high`` (95 % t over seeds)."""
     rows = []
     for key, g in df.groupby(_cell_keys(df), sort=True):
         row = dict(zip(_cell_keys(df), key))
@@ -139,6 +140,9 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
         for c in DESCRIPTORS:
             if c in g:
                 row[c] = next((v for v in g[c] if v), "")
+        chosen = g["chosen"].fillna("").astype(str) if "chosen" in g else None
+        if chosen is not None and (chosen != "").any():  # what select_on_valid chose, over the cell's seeds
+            row["chosen"] = "; ".join(f"{v} x{n}" for v, n in chosen.value_counts(sort=True).items())
         for m in METRICS:
             mean, lo, hi = t_interval(g[m].to_numpy())
             row.update({f"{m}_mean": mean, f"{m}_std": float(g[m].std(ddof=1)) if len(g) > 1 else float("nan"),

@@ -133,3 +133,45 @@ def test_lp_ft_fine_tunes_from_the_linear_probes_head(labelled: Path, tmp_path: 
         assert torch.equal(finetune["at_start"][k], v), k
     assert not torch.equal(probe["at_start"]["2.weight"], probe["at_end"]["2.weight"])  # the probe trained
     assert finetune["settings"].head_lr_mult == 10.0 and probe["settings"].head_lr_mult == 1.0
+
+
+def test_select_on_valid_picks_the_best_valid_candidate_and_scores_test_once(labelled: Path, tmp_path: Path, monkeypatch):
+    from sonossl.config import EvaluateConfig
+    from sonossl.downstream import evaluate as ev
+
+    grid = {"lr": [1e-6, 3e-2], "lp_ft": [False, True]}
+    cfg = EvaluateConfig(labels=labelled, init="random", protocol=["linear"], fractions=[100.0], seeds=[0], image_size=24,
+                         linear_epochs=20, batch_size=16, select_on_valid=grid, out=tmp_path / "e", accelerator="cpu",
+                         precision="32-true")
+    # a linear probe does not vary a fine-tuning setting; fine-tuning tries the whole product, in declared order
+    assert [c for c, _ in ev.candidates(cfg, "linear")] == [{"lr": 1e-6}, {"lr": 3e-2}]
+    assert [c for c, _ in ev.candidates(cfg, "finetune")] == [
+        {"lr": 1e-6, "lp_ft": False}, {"lr": 1e-6, "lp_ft": True}, {"lr": 3e-2, "lp_ft": False}, {"lr": 3e-2, "lp_ft": True}]
+    assert ev.candidates(cfg, "finetune")[3][1].lr == 3e-2 and ev.candidates(cfg, "finetune")[3][1].lp_ft
+
+    scored = []
+    real = ev._test_logits
+    monkeypatch.setattr(ev, "_test_logits", lambda *a: scored.append(a[1]) or real(*a))
+    ev.evaluate(cfg, progress=None)
+    assert scored == ["linear"]  # the test split is scored once per run, by the selected classifier
+    run = json.loads((tmp_path / "e" / "random_linear_f100_s0" / "run.json").read_text())
+    vals = [c["best_val_balanced_accuracy"] for c in run["candidates"]]
+    assert [c["lr"] for c in run["candidates"]] == [1e-6, 3e-2]
+    assert run["chosen"] == {"lr": [1e-6, 3e-2][vals.index(max(vals))]}  # the best on valid, the first on a tie
+    assert run["best_val_balanced_accuracy"] == max(vals)
+    [row] = csv.DictReader(open(tmp_path / "e" / "results.csv"))
+    assert row["chosen"] == ev.chosen_text(run["chosen"])
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ({"seed": [0, 1]}, "'seed' cannot be chosen on valid"),
+    ({"lr": []}, "non-empty list of distinct values"),
+    ({"lr": [1e-3, 1e-3]}, "non-empty list of distinct values"),
+    ({"lr": [-1.0]}, "lr: Input should be greater than 0"),
+])
+def test_select_on_valid_refuses_what_it_cannot_try(grid, expected):
+    from sonossl.config import EvaluateConfig, validated
+    from sonossl.errors import SonosslError
+
+    with pytest.raises(SonosslError, match=expected):
+        validated(EvaluateConfig, {"select_on_valid": grid}, "eval.yaml")

@@ -29,6 +29,10 @@ def test_expansion_counts_and_order(tmp_path, study_data):
     assert {u.init for u in plan.evals} == {"random", "barlowtwins-augment-all", "simclr-augment-all"}
     assert plan.evals[-1].deps() == ("pretrain/simclr-augment-all",)
     assert plan.evals[0].deps() == ()
+    # seed outside fraction outside init: whatever a study finished before a stop is paired across inits
+    assert [(u.protocol, u.seed, u.fraction, u.init) for u in plan.evals[:4]] == [
+        ("linear", 0, 10, "random"), ("linear", 0, 10, "barlowtwins-augment-all"), ("linear", 0, 10, "simclr-augment-all"),
+        ("linear", 0, 50, "random")]
 
 
 def test_relative_paths_resolve_against_the_study_file(tmp_path, study_data):
@@ -50,6 +54,7 @@ def test_relative_paths_resolve_against_the_study_file(tmp_path, study_data):
     (lambda s: s["pretrain"]["options"].update(batch_size=1), "batch_size"),
     (lambda s: s["pretrain"]["options"].update(augment={"view1": {"gamma_p": 2}}), "augment.view1.gamma_p"),
     (lambda s: s["evaluate"]["options"].update(lr=-1), "lr"),
+    (lambda s: s["evaluate"]["options"].update(select_on_valid={"epoch": [1, 2]}), "'epoch' cannot be chosen on valid"),
     (lambda s: s["evaluate"].update(datasets=["other"]), "'other' is not declared under data.labelled"),
     (lambda s: s["variants"]["all"].update(frame_skip=0), "frame_skip"),
 ])

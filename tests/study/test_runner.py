@@ -76,9 +76,9 @@ def test_results_columns_and_grid_order(tmp_path, study_data, capsys):
     assert main(["study", str(study), "--out", str(tmp_path / "o")]) == 0
     lines = (tmp_path / "o" / "results.csv").read_text().splitlines()
     assert lines[0] == ("init,protocol,fraction,seed,n_train,macro_f1,balanced_accuracy,accuracy,"
-                        "dataset,pretrain,method,pairs,data_variant,selection,classes_missed")
+                        "dataset,pretrain,method,pairs,data_variant,selection,classes_missed,chosen")
     assert [ln.split(",")[0] for ln in lines[1:]] == ["random", "barlowtwins-augment-all"]
-    assert lines[2].endswith(",planes,barlowtwins-augment-all,barlowtwins,augment,all,random,0")
+    assert lines[2].endswith(",planes,barlowtwins-augment-all,barlowtwins,augment,all,random,0,")  # no select_on_valid: nothing chosen
     assert "ETA" in capsys.readouterr().out
     # ingest.size (32) is the size the pretraining and every evaluation ran at, above the cpu preset
     sizes = [yaml.safe_load(p.read_text())["image_size"] for p in sorted((tmp_path / "o").glob("*/**/config.yaml"))]
