@@ -20,6 +20,7 @@ from sonossl.data.framestore import DEFAULT_IMAGE_SIZE
 from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
 from sonossl.outputs import atomic_write_text
+from sonossl.runlog import RunLogger
 from sonossl.select.strategies import PROBCOVER_CLASSES, Strategy
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -302,7 +303,10 @@ class PretrainConfig(SlurmJobConfig):
                            "bf16-mixed or bf16-true")
     channels_last: bool | None = Field(None, description="train in the channels_last memory layout; none: as the "
                                        "precision's choice (auto: measured; 32-true: off; bf16/16: on)")
-    num_workers: int = Field(2, ge=0, description="data loader processes")
+    num_workers: int | None = Field(None, ge=0, description="data loader processes; none: one per core this process "
+                                    "may use, less one for training, at most 8")
+    logger: RunLogger = Field("tensorboard", description="training curves beside stats.jsonl: tensorboard (event "
+                              "files in RUN/tensorboard, for `tensorboard --logdir`), csv (RUN/csv_logs) or none")
     augment_on: Literal["auto", "loader", "device"] = Field(
         "auto", description="where the views are made: loader (per sample, in the loader's workers), device "
         "(the loader yields uint8 frames, the views are made batched on the model's device), auto: device on "
@@ -370,6 +374,9 @@ class EvaluateConfig(Config):
                           "0: none, as the published protocol (docs/protocol.md, deviations)")
     save_models: bool = Field(True, description="write model.pt in each run folder")
     num_workers: int = Field(0, ge=0, description="data loader processes")
+    logger: RunLogger = Field("tensorboard", description="each run's training curve (loss, validation balanced "
+                              "accuracy, lr per optimiser step): tensorboard (RUN/tensorboard), csv (RUN/csv_logs) "
+                              "or none")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
     precision: str = Field("auto", description="auto: bf16 autocast + channels_last on GPU; on a CPU the faster of "
                            "float32 and bf16, each in NCHW or channels_last, measured (sonossl.models.fastpath); "
@@ -393,7 +400,7 @@ class EvaluateConfig(Config):
         default_factory=dict, description="settings chosen per run on the valid split, e.g. {lr: [1e-3, 3e-4]}: every "
         "combination is trained, the best validation balanced accuracy wins (the first declared on a tie) and only "
         f"it is scored on test; keys: {', '.join(SELECTABLE)} (a linear probe tries {', '.join(LINEAR_SETTINGS)} "
-        "only); none: the settings as given (config file only)")
+        "only); none: the settings as given")
 
     @field_validator("fractions", "selection_fractions")
     @classmethod
@@ -412,12 +419,12 @@ class EvaluateConfig(Config):
         for key, values in v.items():
             if key not in SELECTABLE:
                 raise ValueError(f"{key!r} cannot be chosen on valid; expected one of: {', '.join(SELECTABLE)}")
-            if not values or len({json.dumps(x) for x in values}) != len(values):
-                raise ValueError(f"{key}: expected a non-empty list of distinct values, got {values!r}")
             try:
                 v[key] = [getattr(cls.model_validate({key: x}), key) for x in values]  # coerced as the field is
             except ValidationError as exc:
                 raise ValueError(f"{key}: {exc.errors()[0]['msg']} (got {exc.errors()[0].get('input')!r})") from None
+            if not values or len({json.dumps(x) for x in v[key]}) != len(values):
+                raise ValueError(f"{key}: expected a non-empty list of distinct values, got {values!r}")
         return v
 
 

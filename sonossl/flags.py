@@ -9,8 +9,9 @@ from a preset or a ``--config`` file. Fields of a nested type (``method_options`
 are set in a ``--config`` file only.
 
 Types: ``int``/``float``/``str``/``Path`` as themselves, a ``Literal`` as choices, a list or
-tuple of numbers or choices as comma-separated values (``--fractions 1,10,100``), ``bool`` as a
-switch (``--x`` when the default is off, ``--no-x`` when it is on).
+tuple of numbers or choices as comma-separated values (``--fractions 1,10,100``), a grid of
+values per key as ``KEY=V,V;KEY=V,V`` (``--select-on-valid "lr=1e-3,3e-4;lp_ft=false,true"``),
+``bool`` as a switch (``--x`` when the default is off, ``--no-x`` when it is on).
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _grid(text: str) -> dict[str, list[str]]:
+    """``lr=1e-3,3e-4;lp_ft=false,true`` -> ``{"lr": ["1e-3", "3e-4"], "lp_ft": ["false", "true"]}``
+    (the config's field validator turns each value into its field's type)."""
+    grid = {}
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        key, sep, values = part.partition("=")
+        if not sep or not key.strip() or not _split(values):
+            raise argparse.ArgumentTypeError(f"expected KEY=V,V;KEY=V,V, got {text!r}")
+        grid[key.strip()] = _split(values)
+    return grid
+
+
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
     """``X | None`` -> ``(X, True)``; anything else -> ``(annotation, False)``."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -68,6 +81,8 @@ def _converter(annotation: Any) -> dict[str, Any] | None:
         if typing.get_origin(inner) is Literal:
             return {"type": _split, "metavar": ",".join(map(str, typing.get_args(inner)))}
         return {"type": _split, "metavar": "A,B,..."} if inner is str else None
+    if origin is dict and typing.get_origin(typing.get_args(annotation)[1]) is list:
+        return {"type": _grid, "metavar": "KEY=V,V;KEY=V,V"}
     if annotation in (int, float, str):
         return {"type": annotation, "metavar": {int: "N", float: "X", str: "TEXT"}[annotation]}
     if annotation is Path:

@@ -124,6 +124,8 @@ def test_flags_are_the_config_fields_and_version(capsys):
         assert set(cls.model_fields) - config_only <= dests, set(cls.model_fields) - dests
     a = build_parser().parse_args(["evaluate", "--protocol", "linear", "--fractions", "1,10", "--no-augment"])
     assert (a.protocol, a.fractions, a.augment, a.lr) == (["linear"], [1.0, 10.0], False, None)
+    grid = build_parser().parse_args(["evaluate", "--select-on-valid", "lr=1e-3,3e-4; lp_ft=false,true"]).select_on_valid
+    assert EvaluateConfig(select_on_valid=grid).select_on_valid == {"lr": [1e-3, 3e-4], "lp_ft": [False, True]}
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == "sonossl 0.1.0"

@@ -179,8 +179,11 @@ def fit(
     s: FitSettings,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_epoch: Callable[[int, int], None] | None = None,
+    on_eval: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``(x_train, y_train)``; leave it holding the best-validation weights.
+    ``on_eval`` gets each validation pass's history row (epoch, step, lr, train_loss,
+    val_balanced_accuracy) as it is made.
 
     x_*: ``(N, ...)`` inputs the model takes (features or images); y_*: ``(N,)`` int64.
     """
@@ -221,6 +224,8 @@ def fit(
             bacc = float(balanced_accuracy_score(y_val.numpy(), pred))
             history.append({"epoch": epoch, "step": steps, "lr": opt.param_groups[0]["lr"], "train_loss": float(loss.detach()),
                             "val_balanced_accuracy": bacc})
+            if on_eval:
+                on_eval(history[-1])
             if bacc > best[0]:
                 best = (bacc, epoch, copy.deepcopy(model.state_dict()))
         if on_epoch:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from sonossl.models.fastpath import choose as choose_fast_path
 from sonossl.models.init import InitSpec, resolve_init
 from sonossl.outlock import check_apart
 from sonossl.outputs import atomic_write, atomic_write_csv, atomic_write_text, claim_output_dir
+from sonossl.runlog import LOG_DIR, make_logger, scalars
 
 
 
@@ -148,12 +150,32 @@ def _test_logits(r: _Run, protocol: str, model: Classifier, seed: int) -> torch.
     return predict_logits(model, r.data.test.images, 256, r.device, r.amp)
 
 
-def _select(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
+class _Curves:
+    """A run's training curves to its logger (``RUN/tensorboard``, one sub-run per candidate of a
+    grid): ``stage(name)`` is the ``on_eval`` of :func:`fit` for that stage (linear, finetune),
+    each validation pass logged under ``<stage>/<key>`` at its optimiser step."""
+
+    def __init__(self, kind: str, run_dir: Path | None, chosen: dict):
+        self.logger = None if run_dir is None else make_logger(kind, run_dir, version=chosen_text(chosen))
+
+    def stage(self, name: str):
+        if self.logger is None:
+            return None
+        return lambda row: self.logger.log_metrics(scalars(row, name), step=row["step"])
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.finalize("success")
+
+
+def _select(r: _Run, protocol: str, seed: int, idx: torch.Tensor, run_dir: Path | None = None):
     """Train every candidate of ``cfg.select_on_valid`` on ``idx``; keep the best on valid.
     Returns (chosen, classifier, fit result, [each candidate's chosen values and valid score])."""
     best, tried = None, []
     for chosen, cfg in candidates(r.cfg, protocol):
-        model, result = _train(replace(r, cfg=cfg), protocol, seed, idx)
+        curves = _Curves(r.cfg.logger, run_dir, chosen)
+        model, result = _train(replace(r, cfg=cfg), protocol, seed, idx, curves)
+        curves.close()
         tried.append({**chosen, "best_val_balanced_accuracy": result.best_val_balanced_accuracy})
         if best is None or result.best_val_balanced_accuracy > best[2].best_val_balanced_accuracy:
             best = (chosen, model, result)
@@ -161,9 +183,10 @@ def _select(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
     return (*best, tried)
 
 
-def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
+def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor, curves: _Curves | None = None):
     """Train one classifier on the subset ``idx`` of the train split with ``r.cfg``; returns the
-    classifier (holding its best-validation weights) and the fit result."""
+    classifier (holding its best-validation weights) and the fit result; ``curves`` logs it."""
+    curves = curves or _Curves("none", None, {})
     cfg, data, n_classes = r.cfg, r.data, len(r.data.class_names)
     torch.manual_seed(seed)
     linear = FitSettings(lr=cfg.lr, lr_schedule=cfg.lr_schedule, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
@@ -176,7 +199,7 @@ def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
         model.encoder.requires_grad_(False)
         model.head[0].fit(features["train"][idx])
         result = fit(model.head, features["train"][idx], data.train.labels[idx], features["valid"], data.valid.labels,
-                     n_classes, linear)
+                     n_classes, linear, on_eval=curves.stage("linear"))
         if protocol == "linear":
             return model, result
         model.encoder.requires_grad_(True)  # LP-FT: fine-tune everything from the probe's head (and its standardisation)
@@ -185,7 +208,7 @@ def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor):
                        head_lr_mult=cfg.head_lr_mult, freeze_bn=cfg.freeze_bn)
     augment = finetune_augment(cfg.hflip, cfg.rotate, cfg.vflip) if cfg.augment else None
     result = fit(model, data.train.images[idx], data.train.labels[idx], data.valid.images, data.valid.labels, n_classes,
-                 settings, augment)
+                 settings, augment, on_eval=curves.stage("finetune"))
     return model, result
 
 
@@ -257,7 +280,10 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
         t0 = time.time()
         idx = torch.from_numpy(subsets[(fraction, seed)])
         missed = [c for k, c in enumerate(data.class_names) if not (data.train.labels[idx] == k).any()]
-        chosen, model, result, tried = _select(r, protocol, seed, idx)
+        (out / key).mkdir(exist_ok=True)
+        for stale in LOG_DIR.values():  # the curves of a run killed before it was recorded: written again
+            shutil.rmtree(out / key / stale, ignore_errors=True)
+        chosen, model, result, tried = _select(r, protocol, seed, idx, out / key)
         logits = _test_logits(r, protocol, model, seed)
         y_true, probs = data.test.labels.numpy(), torch.softmax(logits, 1).numpy()
         y_pred = probs.argmax(1)
@@ -268,7 +294,6 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
                     "epochs": result.epochs, "steps": result.steps,
                     "best_val_balanced_accuracy": result.best_val_balanced_accuracy, "wall_s": round(time.time() - t0, 2),
                     "device": device, **({"chosen": chosen, "candidates": tried} if len(tried) > 1 else {})}
-        (out / key).mkdir(exist_ok=True)
         atomic_write_text(out / key / "history.json", json.dumps(result.history))
         _write_run(out / key, r, key, idx, model, run_info, y_true, y_pred, probs, metrics, save_models)
         rows.append({"init": init.label, "protocol": protocol, "fraction": f"{fraction:g}", "seed": seed,

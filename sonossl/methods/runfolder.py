@@ -19,6 +19,7 @@ from sonossl.methods.base import SSLMethod
 from sonossl.methods.monitors import Monitors
 from sonossl.models.backbones import load_error
 from sonossl.outputs import atomic_torch_save, atomic_write_text
+from sonossl.runlog import flat_hparams, scalars
 
 CKPT_NAME = "last.ckpt"
 
@@ -46,19 +47,26 @@ class RunCheckpoint(ModelCheckpoint):
 
 class StatsWriter(Callback):
     """Appends to ``stats.jsonl`` (global rank 0): a line per log interval and per epoch, the
-    epoch's line with the figures of ``monitors`` (a callback that runs before this one)."""
+    epoch's line with the figures of ``monitors`` (a callback that runs before this one). Every
+    scalar of a line goes to the trainer's loggers too, under ``train/<key>`` or ``epoch/<key>``
+    at the line's step (:mod:`sonossl.runlog`), and the run's config as hyperparameters."""
 
     def __init__(self, path: Path, monitors: Monitors | None = None):
         self.path = Path(path)
         self.monitors = monitors
         self._written_step = -1
 
-    def _append(self, row: dict[str, Any]) -> None:
+    def _append(self, row: dict[str, Any], trainer=None) -> None:
         line = json.dumps(row) + "\n"
         with room_for(self.path, need=len(line)), open(self.path, "a") as f:  # a cut line is dropped on resume
             f.write(line)
+        for logger in getattr(trainer, "loggers", ()):
+            logger.log_metrics(scalars(row, "train" if row["kind"] == "step" else "epoch"), step=row["step"])
 
     def on_train_start(self, trainer, pl_module) -> None:  # also covers a mid-epoch resume
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_hyperparams(flat_hparams(json.loads(pl_module.cfg.model_dump_json())))
         self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -70,7 +78,7 @@ class StatsWriter(Callback):
             return
         self._written_step = trainer.global_step
         self._append({"kind": "step", "step": trainer.global_step, "epoch": trainer.current_epoch,
-                      **{k: v for k, v in logs.items() if k != "step"}, "time_s": round(pl_module.elapsed(), 3)})
+                      **{k: v for k, v in logs.items() if k != "step"}, "time_s": round(pl_module.elapsed(), 3)}, trainer)
 
     def on_train_epoch_end(self, trainer, pl_module: SSLMethod) -> None:
         loss = pl_module.epoch_loss()  # every rank: the sync is collective-free but keep ranks alike
@@ -80,7 +88,7 @@ class StatsWriter(Callback):
         self._append({"kind": "epoch", "step": trainer.global_step, "epoch": trainer.current_epoch, "loss": loss,
                       "lr": pl_module.optimizers(use_pl_optimizer=False).param_groups[0]["lr"],
                       "images_per_s": (pl_module.images_seen - self._epoch_images) / dt,
-                      **(self.monitors.logs if self.monitors else {}), "time_s": round(pl_module.elapsed(), 3)})
+                      **(self.monitors.logs if self.monitors else {}), "time_s": round(pl_module.elapsed(), 3)}, trainer)
 
 
 class FinalOutputs(Callback):

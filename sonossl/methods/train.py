@@ -34,10 +34,14 @@ from sonossl.diskspace import spawned_error
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method, validate_method
 from sonossl.methods.base import SSLMethod
+from sonossl.methods.memcheck import check_step_memory, oom_error, out_of_memory
 from sonossl.methods.monitors import Monitors
 from sonossl.methods.runfolder import (CKPT_NAME, AtomicCheckpointIO, FinalOutputs, RunCheckpoint, StatsWriter,
                                       check_checkpoint, trim_stats)
+from sonossl.models.devices import loader_workers
 from sonossl.models.fastpath import FastPath
+from sonossl.models.memory import StepMemory
+from sonossl.runlog import make_logger
 from sonossl.models.fastpath import choose as choose_fast_path
 from sonossl.outlock import check_apart, release
 from sonossl.outputs import claim_output_dir
@@ -98,7 +102,8 @@ def _checked(cfg: PretrainConfig, resume: bool, overwrite: bool) -> tuple[Pretra
     fast = choose_fast_path(cfg.backbone, cfg.image_size, "cuda" if accelerator == "gpu" else "cpu", cfg.precision)
     # the choice is recorded in config.yaml: a resumed run reads it back and trains as it started
     channels_last = fast.channels_last if cfg.channels_last is None else cfg.channels_last
-    cfg = cfg.model_copy(update={"precision": fast.precision, "channels_last": channels_last})
+    cfg = cfg.model_copy(update={"precision": fast.precision, "channels_last": channels_last,
+                                 "num_workers": loader_workers(cfg.num_workers)})  # recorded in config.yaml too
     return cfg, store, accelerator, fast
 
 
@@ -125,24 +130,37 @@ def resolved_config(model: SSLMethod) -> PretrainConfig:
     return model.cfg.model_copy(update={"augment": augment})
 
 
-def _folder(out: Path, model: SSLMethod, resume: bool, overwrite: bool) -> Path | None:
-    """Claim ``out`` (rank 0) and return the checkpoint to resume from, if any."""
+def _folder(out: Path, model: SSLMethod, resume: bool, overwrite: bool) -> tuple[Path | None, int | None]:
+    """Claim ``out`` (rank 0); returns the checkpoint to resume from and its step, if any."""
     last = out / "checkpoints" / CKPT_NAME
     resume_step = check_checkpoint(last) if resume and last.is_file() else None
     if not _launcher_rank_zero():
-        return last if resume and last.is_file() else None
+        return (last, resume_step) if resume and last.is_file() else (None, None)
     ckpt = _prepare_folder(out, resolved_config(model), resume, overwrite)
     if ckpt is not None and resume_step is not None:
         trim_stats(out / "stats.jsonl", resume_step)
-    return ckpt
+    return ckpt, resume_step if ckpt is not None else None
+
+
+class _NoAdverts(logging.Filter):
+    """Lightning's tips for its cloud products tell a user nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("Tip:" in text or "litlogger" in text or "litmodels" in text)
 
 
 def _quiet_lightning(progress: bool) -> None:
     # Lightning 2.6 calls a deprecated torch pytree API on every fit; nothing for a user to act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    if not progress:  # quiet: no "GPU available" banners or tips, warnings still shown
-        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # the loader's workers are sized to the machine (loader_workers); a user's own choice is theirs
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "pytorch_lightning.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdverts) for f in log.filters):
+            log.addFilter(_NoAdverts())
+        if not progress:  # quiet: no "GPU available" banners either, warnings still shown
+            log.setLevel(logging.WARNING)
 
 
 def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -162,17 +180,20 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg, store, accelerator)
     monitors = Monitors(store, cfg.image_size, cfg.monitor_labels)  # reads (and checks) the monitor's labelled set
+    memory = check_step_memory(model, accelerator)  # a step that cannot fit: one line, before anything is written
     out = Path(cfg.out)
     # the folder is touched only once the input has passed every check above (nothing half-written)
-    ckpt = _folder(out, model, resume, overwrite)
-    trainer = _trainer(cfg, out, accelerator, precision, monitors, progress, callbacks or [])
-    _fit(trainer, model, ckpt, out)
+    ckpt, resume_step = _folder(out, model, resume, overwrite)
+    logger = make_logger(cfg.logger, out, purge_step=None if resume_step is None else resume_step + 1)
+    trainer = _trainer(cfg, out, accelerator, precision, monitors, progress, callbacks or [], logger)
+    _fit(trainer, model, ckpt, out, memory)
     return out
 
 
 def _trainer(cfg: PretrainConfig, out: Path, accelerator: str, precision: str, monitors: Monitors,
-             progress: bool, extra: list[Callback]) -> pl.Trainer:
-    """The Lightning trainer: checkpoints, monitors, stats.jsonl, final outputs, DDP when devices > 1."""
+             progress: bool, extra: list[Callback], logger=None) -> pl.Trainer:
+    """The Lightning trainer: checkpoints, monitors, stats.jsonl (and the same scalars to
+    ``logger``, :mod:`sonossl.runlog`), final outputs, DDP when devices > 1."""
     callbacks: list[Callback] = [
         RunCheckpoint(
             dirpath=out / "checkpoints", filename="last", save_top_k=0, save_last=True,
@@ -211,7 +232,7 @@ def _trainer(cfg: PretrainConfig, out: Path, accelerator: str, precision: str, m
         # SyncBatchNorm exists on GPU only; on CPU each process normalises its own share
         sync_batchnorm=world > 1 and accelerator == "gpu",
         use_distributed_sampler=False,  # EpochSampler shards, and resumes, by itself
-        logger=False,
+        logger=logger if logger is not None else False,
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -236,12 +257,14 @@ def _plugins(world: int) -> list:
     return plugins
 
 
-def _fit(trainer: pl.Trainer, model: SSLMethod, ckpt: Path | None, out: Path) -> None:
+def _fit(trainer: pl.Trainer, model: SSLMethod, ckpt: Path | None, out: Path, memory: StepMemory | None = None) -> None:
     try:
         trainer.fit(model, ckpt_path=ckpt, weights_only=True)
     except SonosslError:
         raise
     except Exception as exc:
+        if out_of_memory(exc):
+            raise oom_error(model.cfg, exc, memory, trainer.global_step) from None
         own = spawned_error(exc, out)
         if own is not None:
             raise own from None

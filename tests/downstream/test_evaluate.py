@@ -175,3 +175,22 @@ def test_select_on_valid_refuses_what_it_cannot_try(grid, expected):
 
     with pytest.raises(SonosslError, match=expected):
         validated(EvaluateConfig, {"select_on_valid": grid}, "eval.yaml")
+
+
+def test_each_run_logs_its_training_curve_to_tensorboard(labelled: Path, tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sonossl.config import EvaluateConfig
+    from sonossl.downstream.evaluate import evaluate
+
+    cfg = EvaluateConfig(labels=labelled, init="random", protocol=["finetune"], fractions=[100.0], seeds=[0], image_size=24,
+                         epochs=3, batch_size=32, select_on_valid={"lr": [1e-3, 3e-4]}, out=tmp_path / "e",
+                         accelerator="cpu", precision="32-true")
+    evaluate(cfg, progress=None)
+    run = tmp_path / "e" / "random_finetune_f100_s0"
+    history = json.loads((run / "history.json").read_text())
+    for version in ("lr=0.001", "lr=0.0003"):  # one TensorBoard run per candidate
+        acc = EventAccumulator(str(run / "tensorboard" / version))
+        acc.Reload()
+        assert {"finetune/train_loss", "finetune/val_balanced_accuracy", "finetune/lr"} <= set(acc.Tags()["scalars"])
+        assert [e.step for e in acc.Scalars("finetune/val_balanced_accuracy")] == [h["step"] for h in history]
