@@ -50,7 +50,6 @@ from sonossl.config import (BASELINE_INITS, EvaluateConfig, IngestConfig, Pretra
 from sonossl.data.framestore import is_store_path
 from sonossl.downstream.protocol import selection_label
 from sonossl.errors import SonosslError
-from sonossl.select.strategies import Strategy
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # a study's, dataset's or variant's name: one folder name
 
@@ -118,26 +117,37 @@ class ProtocolGrid(_Strict):
         return None if v is None else check_fractions(v)
 
 
-class EvaluateGrid(_Strict):
+class _EvaluateGridBase(_Strict):
+    """What an evaluate grid adds to the axes it shares with ``sonossl evaluate``."""
+
     datasets: list[str] | None = None  # default: every labelled dataset
     inits: list[str] = Field(default_factory=lambda: ["random", "imagenet", "pretrained"], min_length=1)
-    protocols: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"], min_length=1)
-    fractions: list[float] = Field(default_factory=lambda: [1, 10, 100], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    # which images a fraction labels: random (the stratified draw) and/or strategies of sonossl.select
-    selection: list[Strategy] = Field(default_factory=lambda: ["random"], min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
     per_protocol: dict[Literal["linear", "finetune"], ProtocolGrid] = Field(default_factory=dict)
 
-    @field_validator("fractions")
+    @field_validator("fractions", check_fields=False)
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
         return check_fractions(v)
 
-    @field_validator("selection")
+    @field_validator("selection", check_fields=False)
     @classmethod
     def _selection(cls, v: list[str]) -> list[str]:
         return list(dict.fromkeys(v))
+
+
+def _axis(name: str, *, as_list: bool = False):
+    """A grid axis with the type and default of ``EvaluateConfig.<name>`` (one owner), never empty;
+    ``as_list``: a list of the field's values (the field takes one)."""
+    f = EvaluateConfig.model_fields[name]
+    if as_list:
+        return list[f.annotation], Field(default_factory=lambda: [f.default], min_length=1, description=f.description)
+    return f.annotation, Field(default_factory=f.default_factory, min_length=1, description=f.description)
+
+
+# An evaluate grid: the protocols, fractions, seeds and selections of EvaluateConfig, each a list here.
+EvaluateGrid = create_model("EvaluateGrid", __base__=_EvaluateGridBase, protocols=_axis("protocol"),
+                            fractions=_axis("fractions"), seeds=_axis("seeds"), selection=_axis("selection", as_list=True))
 
 
 class StudySpec(_Strict):
