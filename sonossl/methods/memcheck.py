@@ -25,27 +25,31 @@ def _autocast_dtype(precision: str) -> torch.dtype | None:
     return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
 
 
-def measure(model: SSLMethod) -> StepMemory:
-    """:class:`StepMemory` of one step of ``model`` (on the CPU, before training)."""
+def measure(model: SSLMethod, device: str = "cpu") -> StepMemory:
+    """:class:`StepMemory` of one step of ``model``, before training, probed on ``device`` (the
+    run's own: a GPU's bf16 is fast where a CPU's may not be); the model is back on the CPU after."""
     cfg, data = model.cfg, model.train_set
     dtype = _autocast_dtype(cfg.precision)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def forward_at(n: int):
         batch = default_collate([data[i % len(data)] for i in range(n)])
+        batch = [b.to(device) if isinstance(b, torch.Tensor) else b for b in batch]
         if model.device_views is not None:  # the loader yields frames; the views are made batched
-            batch = model.device_views(batch, view_generator(cfg.seed, 0, 0, torch.device("cpu")))
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            batch = model.device_views(batch, view_generator(cfg.seed, 0, 0, torch.device(device)))
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
             return model.forward_loss(tuple(batch))[0]
 
     was_training = model.training
-    with torch.random.fork_rng(devices=[]):
-        model.train()
+    with torch.random.fork_rng(devices=[] if device == "cpu" else [torch.cuda.current_device()]):
+        model.to(device).train()
         try:
             return step_memory(model, forward_at, optimizer_states=OPTIMIZER_STATES.get(cfg.optimizer, 2))
         finally:
-            model.load_state_dict(state)
+            model.to("cpu").load_state_dict(state)
             model.train(was_training)
+            if device != "cpu":
+                torch.cuda.empty_cache()  # the probe's blocks back to the device before training
 
 
 def _budget(cfg: PretrainConfig, accelerator: str) -> tuple[float, str, int]:
@@ -70,7 +74,7 @@ def check_step_memory(model: SSLMethod, accelerator: str) -> StepMemory:
     cfg = model.cfg
     budget, bound, sharing = _budget(cfg, accelerator)
     try:
-        est = measure(model)
+        est = measure(model, "cuda" if accelerator == "gpu" else "cpu")
     except Exception as exc:  # the probe of 2 and 4 pairs itself does not fit: neither will the run
         if not out_of_memory(exc):
             raise
