@@ -40,11 +40,11 @@ from sonossl.methods.runfolder import (CKPT_NAME, AtomicCheckpointIO, FinalOutpu
                                       check_checkpoint, trim_stats)
 from sonossl.models.devices import loader_workers
 from sonossl.models.fastpath import FastPath
-from sonossl.models.memory import StepMemory
-from sonossl.runlog import make_logger
 from sonossl.models.fastpath import choose as choose_fast_path
+from sonossl.models.memory import StepMemory
 from sonossl.outlock import check_apart, release
 from sonossl.outputs import claim_output_dir
+from sonossl.runlog import make_logger
 
 def resolve_image_size(image_size: int | None, store: FrameStore) -> int:
     """The pretraining's image size: the store's frame size unless ``image_size`` says
@@ -155,10 +155,12 @@ def _quiet_lightning(progress: bool) -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # the loader's workers are sized to the machine (loader_workers); a user's own choice is theirs
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "pytorch_lightning.utilities.rank_zero"):
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         log = logging.getLogger(name)
-        if not any(isinstance(f, _NoAdverts) for f in log.filters):
-            log.addFilter(_NoAdverts())
+        # on the handlers Lightning adds: they see the records of every child logger (rank_zero_info's too)
+        for sink in (log, *log.handlers):
+            if not any(isinstance(f, _NoAdverts) for f in sink.filters):
+                sink.addFilter(_NoAdverts())
         if not progress:  # quiet: no "GPU available" banners either, warnings still shown
             log.setLevel(logging.WARNING)
 

@@ -82,9 +82,10 @@ def _read_int(path: str) -> int | None:
     return None if text in ("", "max") else int(text)
 
 
-def _meminfo(key: str) -> int | None:
+def _proc_bytes(path: str, key: str) -> int | None:
+    """``KEY:  N kB`` of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in bytes; None if absent."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
@@ -92,22 +93,12 @@ def _meminfo(key: str) -> int | None:
     return None
 
 
-def _vm_size() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def available_bytes() -> tuple[float, str]:
     """What this process can still allocate, and what bounds it (for the message):
     ``MemAvailable``, the cgroup's ``memory.max`` less its use, and ``RLIMIT_AS`` less the
     address space already mapped. (inf, 'unknown') where none can be read."""
     limits: list[tuple[float, str]] = []
-    avail = _meminfo("MemAvailable")
+    avail = _proc_bytes("/proc/meminfo", "MemAvailable")
     if avail is not None:
         limits.append((float(avail), "available memory"))
     cg_max, cg_cur = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
@@ -115,7 +106,7 @@ def available_bytes() -> tuple[float, str]:
         limits.append((float(cg_max - cg_cur), "the cgroup's memory limit"))
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        limits.append((float(soft - _vm_size()), "the address-space limit (ulimit -v)"))
+        limits.append((float(soft - (_proc_bytes("/proc/self/status", "VmSize") or 0)), "the address-space limit (ulimit -v)"))
     return min(limits) if limits else (float("inf"), "unknown")
 
 
