@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sonossl.errors import SonosslError
 
@@ -37,6 +37,24 @@ class JobShape:
     partition: str | None = None
     array_parallelism: int | None = None
     name: str = "sonossl"
+
+
+class Requeueable:
+    """A job's payload: ``fn(*args)``, which must resume from its own checkpoint. On preemption or
+    time-out submitit calls :meth:`checkpoint`, and the same payload is requeued, so a job loses
+    at most what its checkpoint interval covers. ``fn`` and ``args`` must pickle (``fn`` at the
+    top of a module)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self.fn, self.args = fn, args
+
+    def __call__(self) -> Any:
+        return self.fn(*self.args)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(Requeueable(self.fn, *self.args))
 
 
 def check_launcher(launcher: str, shape: JobShape | None = None) -> None:

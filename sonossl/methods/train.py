@@ -274,22 +274,12 @@ def _fit(trainer: pl.Trainer, model: SSLMethod, ckpt: Path | None, out: Path, me
 
 
 # ------------------------------------------------------------------- a job on a cluster
-class PretrainJob:
-    """The submitit payload of ``pretrain --launcher slurm``: :func:`run_pretrain` with
-    ``resume``, run by every task of the job (Lightning's SLURM environment joins them into one
-    DDP run). On preemption or time-out submitit calls :meth:`checkpoint` and requeues the same
-    payload, which resumes from ``checkpoints/last.ckpt`` (at most ``checkpoint_every_s`` lost)."""
-
-    def __init__(self, cfg: PretrainConfig):
-        self.cfg = cfg.model_copy(update={"launcher": "local"})  # the job trains; it never submits again
-
-    def __call__(self) -> str:
-        return str(run_pretrain(self.cfg, resume=True, progress=False))
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(PretrainJob(self.cfg))
+def pretrain_job(cfg: PretrainConfig) -> str:
+    """The payload of ``pretrain --launcher slurm``, run by every task of the job (Lightning's
+    SLURM environment joins them into one DDP run): :func:`run_pretrain` with ``resume``, so a
+    requeued job continues from ``checkpoints/last.ckpt`` (at most ``checkpoint_every_s`` lost).
+    The job trains; it never submits again."""
+    return str(run_pretrain(cfg.model_copy(update={"launcher": "local"}), resume=True, progress=False))
 
 
 def job_shape(cfg: PretrainConfig):
@@ -308,7 +298,7 @@ def submit_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: boo
     ``OUT/submitit/``). The job always resumes, so a requeued job continues where it stopped."""
     from dataclasses import replace
 
-    from sonossl.launch import check_launcher, executor
+    from sonossl.launch import Requeueable, check_launcher, executor
 
     shape = job_shape(cfg)
     if cfg.launcher == "submitit-local":  # one local task; Lightning starts the devices' processes inside it
@@ -319,4 +309,4 @@ def submit_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: boo
     out = claim_output_dir(Path(cfg.out), command="pretrain", inputs=pretrain_inputs(cfg), resume=resume,
                            overwrite=overwrite)
     release(out)  # the job is the folder's writer: it takes the lock itself
-    return executor(out / "submitit", cfg.launcher, shape).submit(PretrainJob(cfg))
+    return executor(out / "submitit", cfg.launcher, shape).submit(Requeueable(pretrain_job, cfg))

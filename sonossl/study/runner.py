@@ -52,7 +52,7 @@ from sonossl.data.framestore import is_store_path
 from sonossl.downstream.protocol import RESULT_COLUMNS
 from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
-from sonossl.launch import check_launcher
+from sonossl.launch import Requeueable, check_launcher
 from sonossl.outlock import releasing
 from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
 from sonossl.study.grid import EvalUnit, IngestUnit, Plan, PretrainUnit
@@ -441,23 +441,13 @@ def _run_local(todo: list, ctx: Context, workers: int, tally: _Tally) -> None:
                     tally.settle(Outcome(unit.key, False, 0.0, f"worker died: {type(exc).__name__}: {exc}"))
 
 
-class _Job:
-    """A submitit payload: one unit, or one part (``shard``) of an ingestion unit. Requeued by
-    submitit on preemption or time-out, and the unit resumes from its own checkpoint (a part
-    from its partial store), so requeueing loses at most the last few minutes."""
-
-    def __init__(self, unit, ctx: Context, shard: int | None = None):
-        self.unit, self.ctx, self.shard = unit, ctx, shard
-
-    def __call__(self):
-        if self.shard is not None:
-            return _run_ingest(self.unit, self.ctx, shard=self.shard)
-        return run_unit(self.unit, self.ctx)
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(_Job(self.unit, self.ctx, self.shard))
+def _job(unit, ctx: Context, shard: int | None = None):
+    """A job's payload (:class:`~sonossl.launch.Requeueable`): one unit, or one part (``shard``)
+    of an ingestion unit; a requeued unit resumes from its own checkpoint (a part from its partial
+    store)."""
+    if shard is not None:
+        return _run_ingest(unit, ctx, shard=shard)
+    return run_unit(unit, ctx)
 
 
 def study_job_shape(slurm: dict[str, Any], workers: int):
@@ -478,7 +468,7 @@ def _ingest_shards(units: list, ctx: Context, executor, tally: _Tally) -> None:
     """Each ingestion's parts as one job array; a unit whose parts all succeeded is then completed
     here (every part already written, so only checked) and recorded."""
     with executor.batch():
-        jobs = [(u, executor.submit(_Job(u, ctx, i))) for u in units for i in range(ctx.ingest_shards)]
+        jobs = [(u, executor.submit(Requeueable(_job, u, ctx, i))) for u in units for i in range(ctx.ingest_shards)]
     failed: dict[str, Outcome] = {}
     for u, job in jobs:
         try:
@@ -508,7 +498,7 @@ def _run_submitit(todo: list, ctx: Context, workers: int, tally: _Tally, *, laun
             jobs = []
             with executor.batch():
                 for u in runnable[i:i + chunk]:
-                    jobs.append((u, executor.submit(_Job(u, ctx))))
+                    jobs.append((u, executor.submit(Requeueable(_job, u, ctx))))
             for u, job in jobs:
                 try:
                     outcome = job.result()

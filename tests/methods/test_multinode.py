@@ -124,15 +124,16 @@ def test_submitit_local_refuses_more_than_one_node_before_touching_anything(fram
 def test_pretrain_through_the_submitit_local_job_and_its_requeue_payload(frames, tmp_path):
     """The job payload runs the pretraining (waited for) and its requeue payload resumes it."""
     from sonossl import api
-    from sonossl.methods.train import PretrainJob
+    from sonossl.launch import Requeueable
+    from sonossl.methods.train import pretrain_job
 
     settings = {k: v for k, v in SETTINGS.items() if k != "max_steps"}
     out = api.pretrain(launcher="submitit-local", frames=frames, out=tmp_path / "run", max_steps=2, progress=False,
                        **settings)
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
     assert list((out / "submitit").glob("*_log.out"))
-    again = PretrainJob(PretrainConfig(**{**settings, "frames": frames, "out": out, "max_steps": 3,
-                                          "launcher": "slurm"})).checkpoint()
-    assert again.function.cfg.launcher == "local"
+    again = Requeueable(pretrain_job, PretrainConfig(**{**settings, "frames": frames, "out": out, "max_steps": 3,
+                                                        "launcher": "slurm"})).checkpoint()
+    assert again.function.fn is pretrain_job
     again.function()  # the requeued payload: resumes from last.ckpt (step 2) and stops at 3
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
