@@ -66,7 +66,8 @@ def main() -> None:
             "fractions": [10], "seeds": list(SEEDS), "out": out / f"evals-ft{ft_max}" / name, "image_size": FULL.image_size,
             "batch_size": 32, "max_steps": ft_max, "min_steps": ft_min},
             source="method_comparison")
-        return evaluate(cfg, resume=True, progress=None, save_models=False)
+        evaluate(cfg, resume=True, progress=None, save_models=False)
+        return cfg.out / "results.csv"
 
     rows = [("random", "-", 0, float("nan"), float("nan"), run_eval("random", "random"))]
     for method in args.methods.split(","):

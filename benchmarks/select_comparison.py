@@ -42,9 +42,9 @@ def run(labels: Path, out: Path, inits: dict[str, list[str]], fractions: list[fl
                                  image_size=image_size, selection=sel, out=out / name, accelerator="cpu",
                                  backbone="resnet18" if init == "random" else None)
             t = time.time()
-            path = evaluate(cfg, resume=True, progress=None, save_models=False)
+            evaluate(cfg, resume=True, progress=None, save_models=False)
             print(f"{name}: {time.time() - t:.0f} s", flush=True)
-            frames.append(pd.read_csv(path))
+            frames.append(pd.read_csv(cfg.out / "results.csv"))
     df = pd.concat(frames, ignore_index=True)
     df.to_csv(out / "results.csv", index=False)
     return load_results(out / "results.csv")

@@ -136,7 +136,8 @@ def evaluate(config: ConfigSource = None, *, resume: bool = False, overwrite: bo
     cfg = build_config(EvaluateConfig, _layer(config), options, source=_source(config, "evaluate"))
     if cfg.labels is None and cfg.train_csv is None:
         raise SonosslError("evaluate: give labels (--labels DIR) or train_csv/val_csv/test_csv")
-    return run(cfg, resume=resume, overwrite=overwrite, progress=progress, save_models=cfg.save_models)
+    run(cfg, resume=resume, overwrite=overwrite, progress=progress, save_models=cfg.save_models)
+    return Path(cfg.out) / "results.csv"
 
 
 def load_study(study: str | Path | None = None, *, preset: str | None = None):

@@ -36,7 +36,7 @@ from sonossl.runlog import LOG_DIR, make_logger, scalars
 
 
 
-def read_results(path: Path) -> list[dict]:
+def read_results(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
@@ -243,8 +243,9 @@ def evaluate_inputs(cfg: EvaluateConfig) -> list[tuple[str, Path | str | None]]:
 
 def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = False,
              progress: Callable[[str], None] | None = print, save_models: bool = True,
-             cache: dict | None = None) -> Path:
-    """Run the grid of ``cfg``; returns the path of ``results.csv``.
+             cache: dict | None = None) -> list[dict[str, str]]:
+    """Run the grid of ``cfg``; returns the rows of ``OUT/results.csv`` as text, as a csv reader
+    gives them (:data:`RESULT_COLUMNS`), those of earlier runs of a resumed folder included.
 
     cache: a dict kept by a caller that evaluates many single runs in one process (the study
     runner): the decoded labelled set and each init's frozen features are kept there and reused,
@@ -296,12 +297,12 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
                     "device": device, **({"chosen": chosen, "candidates": tried} if len(tried) > 1 else {})}
         atomic_write_text(out / key / "history.json", json.dumps(result.history))
         _write_run(out / key, r, key, idx, model, run_info, y_true, y_pred, probs, metrics, save_models)
-        rows.append({"init": init.label, "protocol": protocol, "fraction": f"{fraction:g}", "seed": seed,
-                     "n_train": len(idx), **{k: f"{v:.6f}" for k, v in metrics.items()}, "selection": cfg.selection,
-                     "classes_missed": len(missed), "chosen": chosen_text(chosen)})
+        rows.append({"init": init.label, "protocol": protocol, "fraction": f"{fraction:g}", "seed": str(seed),
+                     "n_train": str(len(idx)), **{k: f"{v:.6f}" for k, v in metrics.items()}, "selection": cfg.selection,
+                     "classes_missed": str(len(missed)), "chosen": chosen_text(chosen)})  # as read back from the csv
         atomic_write_csv(results_path, rows, RESULT_COLUMNS)  # the run counts as done only now
         if progress:
             progress(f"[{i}/{len(plan)}] {key}: n_train={len(idx)} macro_f1={metrics['macro_f1']:.3f} "
                      f"bal_acc={metrics['balanced_accuracy']:.3f}" + (f" chosen on valid: {chosen_text(chosen)}" if chosen else "")
                      + f" ({time.time() - t0:.1f}s)")
-    return results_path
+    return rows

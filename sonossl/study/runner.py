@@ -161,7 +161,7 @@ _EVAL_CACHE: dict = {}  # per worker process: the labelled set and frozen featur
 
 def _run_eval(unit: EvalUnit, ctx: Context) -> dict[str, Any]:
     from sonossl.config import EvaluateConfig, build_config
-    from sonossl.downstream.evaluate import evaluate, read_results
+    from sonossl.downstream.evaluate import evaluate
 
     out = Path(ctx.out) / unit.folder
     pre = unit.pretrain
@@ -169,8 +169,8 @@ def _run_eval(unit: EvalUnit, ctx: Context) -> dict[str, Any]:
     cfg = build_config(EvaluateConfig, unit.config, {
         "labels": ctx.labelled[unit.dataset], "init": init, "protocol": [unit.protocol], "fractions": [unit.fraction],
         "seeds": [unit.seed], "out": out, "imagenet_weights": ctx.imagenet_weights}, source=f"evaluate {unit.key}")
-    [row] = read_results(evaluate(cfg, resume=True, progress=None, save_models=ctx.save_models in (True, unit.protocol),
-                                       cache=_EVAL_CACHE))
+    [row] = evaluate(cfg, resume=True, progress=None, save_models=ctx.save_models in (True, unit.protocol),
+                     cache=_EVAL_CACHE)
     [run_dir] = [p for p in out.iterdir() if p.is_dir()]
     return {**row, "init": unit.init, "dataset": unit.dataset, "pretrain": pre.name if pre else "",
             "method": pre.method if pre else "", "pairs": pre.pairs if pre else "", "data_variant": pre.variant if pre else "",

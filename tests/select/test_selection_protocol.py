@@ -24,8 +24,8 @@ def test_evaluate_draws_nested_subsets_by_the_strategy_and_records_it(tmp_path):
     labels = helpers.make_labelled(tmp_path / "labelled", {"train": 12, "valid": 3, "test": 3})
     cfg = EvaluateConfig(labels=labels, init="random", protocol=["linear"], fractions=[10, 25], seeds=[0, 1], image_size=24,
                          linear_epochs=3, batch_size=16, out=tmp_path / "ev", accelerator="cpu", selection="kcenter")
-    path = evaluate(cfg, progress=None, save_models=False)
-    rows = list(csv.DictReader(open(path)))
+    rows, path = evaluate(cfg, progress=None, save_models=False), tmp_path / "ev" / "results.csv"
+    assert rows == list(csv.DictReader(open(path)))  # what it returns is what it wrote
     assert [r["selection"] for r in rows] == ["kcenter"] * 4
     assert [int(r["n_train"]) for r in rows] == [4, 4, 9, 9]  # round(10 % and 25 % of 36), in all, not per class
     for seed in (0, 1):
@@ -41,7 +41,7 @@ def test_evaluate_draws_nested_subsets_by_the_strategy_and_records_it(tmp_path):
     evaluate(stratified, progress=None, save_models=False)
     assert _subset(tmp_path / "st" / "random_linear_f25_s0") != _subset(tmp_path / "ev" / "random@kcenter_linear_f25_s0")
     before = path.read_bytes()
-    evaluate(cfg, resume=True, progress=None, save_models=False)
+    assert evaluate(cfg, resume=True, progress=None, save_models=False) == rows  # the earlier runs' rows
     assert path.read_bytes() == before
 
 
