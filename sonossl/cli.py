@@ -18,7 +18,7 @@ from sonossl import __version__, api
 from sonossl.config import (DemoConfig, EmbedConfig, EvaluateConfig, ExportConfig, InfoConfig, IngestConfig, PredictConfig,
                             PretrainConfig, ReportConfig, SelectConfig, StudyRunConfig, SynthConfig)
 from sonossl.errors import SonosslError
-from sonossl.flags import Command, flag_values, register
+from sonossl.flags import Command, Names, flag_values, register
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,15 +142,29 @@ def _preset_flag(p: argparse.ArgumentParser) -> None:
                         "(default: cpu)")
 
 
+def _method_names() -> list[str]:
+    from sonossl.methods import METHODS
+
+    return sorted(METHODS)
+
+
+def _backbone_names() -> list[str]:
+    from sonossl.models.backbones import BACKBONES
+
+    return list(BACKBONES)
+
+
+METHOD, BACKBONE = Names(_method_names), Names(_backbone_names)  # the registries own the names
+
 COMMANDS = (
     Command("synth", "make the built-in synthetic fetal-echo dataset", SynthConfig, cmd_synth, output="overwrite"),
     Command("ingest", "scanner videos -> de-identified frame store", IngestConfig, cmd_ingest, positional=("sources",),
             quiet=True),
     Command("info", "describe a frame store", InfoConfig, cmd_info, positional=("frames",), output="none"),
     Command("pretrain", "self-supervised pretraining on a frame store", PretrainConfig, cmd_pretrain, config_file=True,
-            quiet=True, extra=_preset_flag),
+            quiet=True, extra=_preset_flag, names={"method": METHOD, "backbone": BACKBONE}),
     Command("evaluate", "limited-label evaluation of an initialisation", EvaluateConfig, cmd_evaluate, config_file=True,
-            quiet=True),
+            quiet=True, names={"backbone": BACKBONE}),
     Command("report", "summary.csv, paired differences and report.html from DIR/results.csv", ReportConfig, cmd_report,
             positional=("dir",), output="none"),
     Command("study", "a whole study (pretrainings x evaluations) from STUDY.yaml, resumable", StudyRunConfig, cmd_study,
@@ -164,7 +178,7 @@ COMMANDS = (
     Command("embed", "2-D map of backbone features coloured by class, and kNN accuracy", EmbedConfig, cmd_embed,
             output="overwrite"),
     Command("select", "choose which frames to label: embed the candidates, pick a budget of them", SelectConfig,
-            cmd_select, output="overwrite"),
+            cmd_select, output="overwrite", names={"backbone": BACKBONE}),
 )
 
 

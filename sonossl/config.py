@@ -271,11 +271,12 @@ class AugmentConfig(Config):
 class PretrainConfig(SlurmJobConfig):
     """``sonossl pretrain``. Defaults are the ``cpu`` preset's; ``paper`` overrides them."""
 
-    method: str = Field("barlowtwins", description="SSL method: ae, simclr, moco, byol, dino, barlowtwins or vicreg")
+    method: str = Field("barlowtwins", description="SSL method, by its name in the registry (sonossl.methods.METHODS)")
     frames: Path | None = Field(None, description="frame store written by sonossl ingest (FRAMES.h5, or a folder or "
                                   ".txt list of its --shard parts); required")
     out: Path | None = Field(None, description="run folder to create; required")
-    backbone: str = Field("resnet18", description="torchvision trunk: resnet18, resnet34, resnet50 or convnext_tiny")
+    backbone: str = Field("resnet18", description="torchvision trunk, by its name in the registry "
+                          "(sonossl.models.backbones.BACKBONES)")
     image_size: int | None = Field(None, gt=0, description="side of the views in pixels; none: the frame store's size")
     batch_size: int = Field(64, gt=1, description="global batch in frame pairs, split over devices")
     epochs: int = Field(10, gt=0, description="passes over the train split")
@@ -347,7 +348,7 @@ class EvaluateConfig(Config):
     allow_outside_root: bool = Field(False, description="let CSV image paths point outside the CSV's folder")
     init: str = Field("random", description="random, imagenet, a pretrain run folder or a backbone.pt file")
     imagenet_weights: Path | None = Field(None, description="torchvision ImageNet weights file; none: torchvision's cache")
-    backbone: str | None = Field(None, description="torchvision trunk; none: the pretraining's, else resnet18")
+    backbone: str | None = Field(None, description="torchvision trunk (none: the pretraining's, else resnet18)")
     protocol: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"],
                                                           description="linear probe on frozen features, full fine-tuning")
     fractions: list[float] = Field(default_factory=lambda: [1.0, 10.0, 100.0],
@@ -558,7 +559,7 @@ class SelectConfig(Config):
                       "selection.json")
     init: str = Field("random", description="the embedding backbone: random, imagenet, a pretrain run folder or a "
                       "backbone.pt file")
-    backbone: str | None = Field(None, description="torchvision trunk; none: the pretraining's, else resnet18")
+    backbone: str | None = Field(None, description="torchvision trunk (none: the pretraining's, else resnet18)")
     imagenet_weights: Path | None = Field(None, description="torchvision ImageNet weights file; none: torchvision's cache")
     strategy: Strategy = Field("typiclust", description="how to choose; sources in docs/selection.md")
     per_clip: int = Field(2, ge=0, description="at most this many frames of one clip (frames); 0: no limit")

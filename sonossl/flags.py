@@ -11,7 +11,9 @@ are set in a ``--config`` file only.
 Types: ``int``/``float``/``str``/``Path`` as themselves, a ``Literal`` as choices, a list or
 tuple of numbers or choices as comma-separated values (``--fractions 1,10,100``), a grid of
 values per key as ``KEY=V,V;KEY=V,V`` (``--select-on-valid "lr=1e-3,3e-4;lp_ft=false,true"``),
-``bool`` as a switch (``--x`` when the default is off, ``--no-x`` when it is on).
+``bool`` as a switch (``--x`` when the default is off, ``--no-x`` when it is on). A field whose
+values are a registry's names (``--method``, ``--backbone``) takes them as choices from that
+registry (:class:`Names`), read only when a help screen or a given value needs them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -101,20 +103,44 @@ def _default_text(info) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+class Names:
+    """argparse choices read from a registry on first use: a help screen, or a value given on the
+    command line (the registries import torch, which a command need not load to start). An
+    unknown name is then the usual one-line usage error listing them."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]):
+        self._load, self._names = load, None
+
+    def _get(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._load())
+        return self._names
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._get()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], *, positional: tuple[str, ...] = (),
-                     skip: tuple[str, ...] = ()) -> list[str]:
+                     skip: tuple[str, ...] = (), names: dict[str, Names] | None = None) -> list[str]:
     """A flag (or, for ``positional`` names, an argument) per field of ``cls``; returns the
-    field names added. Help: the field's description, then its default."""
+    field names added. Help: the field's description, the choices of a field in ``names``, then
+    its default."""
     added = []
     for name, info in cls.model_fields.items():
         if name in skip:
             continue
         annotation, optional = _unwrap(info.annotation)
-        help_text = f"{info.description or ''} (default: {_default_text(info)})".strip().replace("%", "%%")
+        help_text = (info.description or "").replace("%", "%%")
+        if names and name in names:  # expanded by argparse when the help is shown
+            help_text += ": %(choices)s"
+        help_text = f"{help_text} (default: {_default_text(info)})".strip()
         if annotation is bool:
             on = not info.default
             parser.add_argument(flag_name(name) if on else "--no-" + name.replace("_", "-"), dest=name,
@@ -127,6 +153,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], *, p
             kwargs = _converter(annotation)
             if kwargs is None:  # a mapping or a nested model: set in a config file
                 continue
+            if names and name in names:
+                kwargs.update(choices=names[name], metavar="NAME")
             parser.add_argument(flag_name(name), dest=name, default=None, help=help_text, required=info.is_required(),
                                 **kwargs)
         added.append(name)
@@ -143,7 +171,8 @@ class Command:
     """One sub-command: its name, one-line help, the config whose fields are its flags, the
     handler ``(args) -> exit status``, and the invocation flags it takes besides its settings
     (``config``: ``--config FILE``; ``output``: ``--resume``/``--overwrite``, or ``--overwrite``
-    alone when it cannot resume; ``quiet``: ``--quiet``)."""
+    alone when it cannot resume; ``quiet``: ``--quiet``); ``names``: the fields whose values are
+    a registry's names."""
 
     name: str
     help: str
@@ -155,6 +184,7 @@ class Command:
     output: Literal["resume", "overwrite", "none"] = "resume"
     quiet: bool = False
     extra: Callable[[argparse.ArgumentParser], None] | None = field(default=None)
+    names: dict[str, Names] = field(default_factory=dict)  # fields whose values are a registry's names
 
 
 def register(sub, command: Command) -> argparse.ArgumentParser:
@@ -165,7 +195,7 @@ def register(sub, command: Command) -> argparse.ArgumentParser:
                        help="YAML or JSON file of settings, any key of this command (flags override it; default: none)")
     if command.extra is not None:
         command.extra(p)
-    add_config_flags(p, command.config, positional=command.positional, skip=command.skip)
+    add_config_flags(p, command.config, positional=command.positional, skip=command.skip, names=command.names)
     if command.output == "resume":
         g = p.add_mutually_exclusive_group()
         g.add_argument("--resume", action="store_true", help="continue an existing output, skipping what is done")

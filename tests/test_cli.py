@@ -8,6 +8,8 @@ import torch
 import torchvision
 
 from sonossl.cli import main
+from sonossl.methods import METHODS
+from sonossl.models.backbones import BACKBONES
 
 PHI = [b"SYNTH^PATIENT", b"SYN0000", b"SYNTH PATIENT"]
 
@@ -56,9 +58,26 @@ def test_argparse_and_unknown_method_errors_exit_2(tmp_path: Path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "sonossl evaluate: error: argument --fractions: expected comma-separated numbers, got 'ten' (see sonossl evaluate --help)"]
     (tmp_path / "f.h5").write_bytes(b"")
-    assert main(["pretrain", "--method", "simclr2", "--frames", str(tmp_path / "f.h5"), "--out", str(tmp_path / "r")]) == 2
+    with pytest.raises(SystemExit) as exc:  # a flag: its choices are the registry's names
+        main(["pretrain", "--method", "simclr2", "--frames", str(tmp_path / "f.h5"), "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'simclr2'" in err[0] and all(f"'{m}'" in err[0] for m in METHODS)
+    (tmp_path / "c.yaml").write_text("method: simclr2\n")  # a config file: the registry's own check
+    assert main(["pretrain", "--config", str(tmp_path / "c.yaml"), "--frames", str(tmp_path / "f.h5"),
+                 "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown method 'simclr2'" in err[0] and "barlowtwins" in err[0]
+
+
+def test_registry_names_are_the_choices_of_their_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(sorted(METHODS)) in text and ", ".join(BACKBONES) in text
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--backbone", "resnet19"])
+    assert exc.value.code == 2 and "'resnet19'" in capsys.readouterr().err
 
 
 def test_pretrain_defaults_to_the_store_size_and_refuses_a_larger_one(tmp_path: Path, capsys):
