@@ -98,14 +98,14 @@ def test_pretrain_defaults_to_the_store_size_and_refuses_a_larger_one(tmp_path: 
 
 def test_evaluate_takes_the_pretraining_size_and_says_when_told_otherwise():
     from sonossl.config import DEFAULT_IMAGE_SIZE
-    from sonossl.downstream.evaluate import resolve_image_size
+    from sonossl.downstream.evaluate import evaluation_image_size
     from sonossl.models.init import InitSpec
 
     pretrained, said = InitSpec("barlowtwins", "resnet18", "backbone.pt", 96), []
-    assert resolve_image_size(None, pretrained, said.append) == 96 and said == []
-    assert resolve_image_size(128, pretrained, said.append) == 128
+    assert evaluation_image_size(None, pretrained, said.append) == 96 and said == []
+    assert evaluation_image_size(128, pretrained, said.append) == 128
     assert len(said) == 1 and "128 px differs from the 96 px barlowtwins was pretrained at" in said[0]
-    assert resolve_image_size(None, InitSpec("random", "resnet18", "random"), said.append) == DEFAULT_IMAGE_SIZE
+    assert evaluation_image_size(None, InitSpec("random", "resnet18", "random"), said.append) == DEFAULT_IMAGE_SIZE
 
 
 def _subparsers(parser):

@@ -40,9 +40,18 @@ from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
 
 FORMAT_VERSION = 1
-DEFAULT_IMAGE_SIZE = 64  # px: the frames ingest writes unless told, and evaluate's size when its init has none
+DEFAULT_IMAGE_SIZE = 64  # px: the frames ingest writes unless told; the last resort of resolve_image_size
 SPLITS = ("train", "val")
 HDF5_SUFFIXES = frozenset({".h5", ".hdf5"})  # a frame store, or a seed-format HDF5 source of clips
+
+
+def resolve_image_size(asked: int | None, *, pretrained: int | None = None, stored: int | None = None) -> int:
+    """The one rule for the side (pixels) a stage trains, scores or embeds at: ``asked`` when
+    given; else the size its init was ``pretrained`` at; else the ``stored`` frames' size (a
+    frame store's, or the size a study's ingestion will write); else :data:`DEFAULT_IMAGE_SIZE`.
+    Callers add their own checks: pretraining refuses a size above the store's frames,
+    evaluation notes one that differs from the pretraining's."""
+    return asked or pretrained or stored or DEFAULT_IMAGE_SIZE
 
 
 def is_hdf5_path(path: str | Path | None) -> bool:

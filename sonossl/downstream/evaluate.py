@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sonossl.config import DEFAULT_IMAGE_SIZE, LINEAR_SETTINGS, EvaluateConfig, dump_config
+from sonossl.config import LINEAR_SETTINGS, EvaluateConfig, dump_config
+from sonossl.data.framestore import resolve_image_size
 from sonossl.data.labelled import LabelledData, load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
 from sonossl.downstream.modelfile import save_model
@@ -43,15 +44,13 @@ def read_results(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def resolve_image_size(image_size: int | None, init: InitSpec, say: Callable[[str], None] | None = print) -> int:
-    """The evaluation's image size: ``image_size`` when given (with a one-line note through
-    ``say`` when it differs from the init's pretraining size), else the pretraining's size,
-    else :data:`~sonossl.config.DEFAULT_IMAGE_SIZE`."""
-    if image_size is None:
-        return init.image_size or DEFAULT_IMAGE_SIZE
-    if init.image_size and image_size != init.image_size and say is not None:
+def evaluation_image_size(image_size: int | None, init: InitSpec, say: Callable[[str], None] | None = print) -> int:
+    """The evaluation's image size (:func:`~sonossl.data.framestore.resolve_image_size`: the one
+    asked for, else the pretraining's), with a one-line note through ``say`` when the one asked
+    for differs from the init's pretraining size."""
+    if image_size and init.image_size and image_size != init.image_size and say is not None:
         say(f"note: image_size {image_size} px differs from the {init.image_size} px {init.label} was pretrained at")
-    return image_size
+    return resolve_image_size(image_size, pretrained=init.image_size)
 
 
 def run_key(label: str, protocol: str, fraction: float, seed: int) -> str:
@@ -255,7 +254,7 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
         raise SonosslError("evaluate: --out is required")
     check_apart(cfg.out, evaluate_inputs(cfg))  # first: a refusal here must not depend on the other checks
     init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
-    cfg = cfg.model_copy(update={"image_size": resolve_image_size(cfg.image_size, init, progress)})
+    cfg = cfg.model_copy(update={"image_size": evaluation_image_size(cfg.image_size, init, progress)})
     data, data_key = _labelled(cfg, cache)
     device = accelerator_device(cfg.accelerator)
     subsets = draw_subsets(cfg, data, init, cache, data_key, device)

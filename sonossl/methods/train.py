@@ -28,7 +28,7 @@ from pytorch_lightning.callbacks import Callback, RichProgressBar
 
 from sonossl.config import AugmentConfig, PretrainConfig, ViewAugment, dump_config
 from sonossl.data.batched_views import BatchedViews, FrameDataset
-from sonossl.data.framestore import FrameStore
+from sonossl.data.framestore import FrameStore, resolve_image_size
 from sonossl.data.pairs import FramePairDataset
 from sonossl.diskspace import spawned_error
 from sonossl.errors import SonosslError
@@ -46,15 +46,15 @@ from sonossl.outlock import check_apart, release
 from sonossl.outputs import claim_output_dir
 from sonossl.runlog import make_logger
 
-def resolve_image_size(image_size: int | None, store: FrameStore) -> int:
-    """The pretraining's image size: the store's frame size unless ``image_size`` says
-    otherwise; larger than the store's frames is refused (it would train on upsampled frames)."""
-    if image_size is None:
-        return store.frame_size
-    if image_size > store.frame_size:
-        raise SonosslError(f"image_size: {image_size} px is larger than the {store.frame_size} px frames of {store.path}; "
-                           f"pass --image-size {store.frame_size} or less, or ingest again with --size {image_size}")
-    return image_size
+def check_image_size(image_size: int | None, store: FrameStore) -> int:
+    """The pretraining's image size (:func:`~sonossl.data.framestore.resolve_image_size`: the
+    store's frame size unless ``image_size`` says otherwise); a size above the store's frames is
+    refused (it would invent detail by upsampling)."""
+    size = resolve_image_size(image_size, stored=store.frame_size)
+    if size > store.frame_size:
+        raise SonosslError(f"image_size: {size} px is larger than the {store.frame_size} px frames of {store.path}; "
+                           f"pass --image-size {store.frame_size} or less, or ingest again with --size {size}")
+    return size
 
 
 def _launcher_rank_zero() -> bool:
@@ -90,7 +90,7 @@ def _checked(cfg: PretrainConfig, resume: bool, overwrite: bool) -> tuple[Pretra
     check_apart(cfg.out, pretrain_inputs(cfg))
     validate_method(cfg)  # what does not depend on the store, before it is opened
     store = FrameStore(cfg.frames)
-    size = resolve_image_size(cfg.image_size, store)
+    size = check_image_size(cfg.image_size, store)
     if size != cfg.image_size:  # the store's size: the checks that need the size run again
         cfg = cfg.model_copy(update={"image_size": size})
         validate_method(cfg)

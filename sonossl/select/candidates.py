@@ -68,8 +68,6 @@ def store_pool(path: Path, split: str = "all") -> Pool:
 
 
 def folder_pool(root: Path, salt: str) -> Pool:
-    from PIL import Image
-
     from sonossl.data.ingest import pseudonym
     from sonossl.data.labelled import IMAGE_SUFFIXES
 

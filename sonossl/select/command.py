@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sonossl.config import DEFAULT_IMAGE_SIZE, SelectConfig
+from sonossl.config import SelectConfig
+from sonossl.data.framestore import resolve_image_size
 from sonossl.errors import SonosslError
 from sonossl.outlock import check_overwrite, write_marker
 from sonossl.select.strategies import check_budget, select
@@ -42,7 +43,7 @@ def run_select(s: SelectConfig, overwrite: bool = False) -> dict:
     init = resolve_init(s.init, s.backbone, s.imagenet_weights)
     pool = open_pool(s.frames, s.split, s.salt_file)
     check_budget(len(pool), s.budget)
-    size = s.image_size or init.image_size or pool.frame_size or DEFAULT_IMAGE_SIZE
+    size = resolve_image_size(s.image_size, pretrained=init.image_size, stored=pool.frame_size)
     torch.manual_seed(s.seed)  # a random init is drawn from the seed
     encoder = init.build(s.imagenet_weights)
     feats = embed_pool(pool, encoder, size, resolve_device(s.device), s.batch_size, source=f"--init {s.init}")

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from sonossl.config import (BASELINE_INITS, EvaluateConfig, IngestConfig, PretrainConfig, build_config,
                             check_fractions, deep_merge, read_config_file, read_preset, validated)
-from sonossl.data.framestore import is_store_path
+from sonossl.data.framestore import is_store_path, resolve_image_size
 from sonossl.downstream.protocol import selection_label
 from sonossl.errors import SonosslError
 
@@ -323,13 +323,14 @@ def expand(spec: StudySpec, root: Path, source: str = "study") -> Plan:
 
 def image_size(spec: StudySpec) -> int:
     """The study's one image size, the default of its pretrainings and evaluations (above the
-    preset): the frame store's size when ``data.unlabelled`` is one, else ``ingest.size``."""
+    preset; :func:`~sonossl.data.framestore.resolve_image_size` of what is stored): the frame
+    store's size when ``data.unlabelled`` is one, else the ``ingest.size`` it will be written at."""
     store = spec.data.unlabelled
     if is_store_path(store) and store.exists():
         from sonossl.data.framestore import FrameStore
 
-        return FrameStore(store).frame_size
-    return spec.ingest.size
+        return resolve_image_size(None, stored=FrameStore(store).frame_size)
+    return resolve_image_size(None, stored=spec.ingest.size)
 
 
 def _expand_pretrains(spec: StudySpec, source: str) -> tuple[list[IngestUnit], list[PretrainUnit]]:

@@ -18,7 +18,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pydicom
-import pytest
 from helpers import make_labelled, spawn_cli
 from hostile_kit import dicom_sources, tiny_store, write_yaml
 from PIL import Image, ImageDraw

@@ -9,7 +9,7 @@ from sonossl.config import PretrainConfig
 from sonossl.data.framestore import FrameStore, FrameStoreWriter
 from sonossl.errors import SonosslError
 from sonossl.methods.runfolder import check_checkpoint, trim_stats
-from sonossl.methods.train import pretrain_inputs, resolve_image_size, run_pretrain
+from sonossl.methods.train import check_image_size, pretrain_inputs, run_pretrain
 
 
 def _store(path):
@@ -22,9 +22,9 @@ def _store(path):
 
 def test_image_size_comes_from_the_store_and_larger_is_refused(tmp_path):
     store = _store(tmp_path / "f.h5")
-    assert resolve_image_size(None, store) == 32 and resolve_image_size(24, store) == 24
+    assert check_image_size(None, store) == 32 and check_image_size(24, store) == 24
     with pytest.raises(SonosslError, match="larger than the 32 px frames"):
-        resolve_image_size(48, store)
+        check_image_size(48, store)
 
 
 def test_the_run_folder_is_apart_from_its_inputs(tmp_path):
