@@ -37,6 +37,7 @@ import torch
 from common import machine, median, preset_config, write_json
 from sonossl.data.batched_views import BatchedViews, FrameDataset
 from sonossl.data.framestore import FrameStore
+from sonossl.config import IngestConfig
 from sonossl.data.ingest import ingest
 from sonossl.data.pairs import EpochSampler, FramePairDataset, ResumableLoader
 from sonossl.data.synthetic import synthesize
@@ -48,7 +49,8 @@ BATCH = 64
 def make_store(root: Path, clips: int, frames: int) -> Path:
     synthesize(root / "synth", videos=clips, frames=frames, size=256, seed=0, labelled_per_class=(1, 1, 1))
     out = root / "frames.h5"
-    ingest([root / "synth" / "videos"], out, frame_skip=1, size=256, val_fraction=0.0, workers=1, progress=False)
+    ingest(IngestConfig(sources=[root / "synth" / "videos"], out=out, frame_skip=1, size=256, val_fraction=0.0,
+                        workers=1), progress=False)
     return out
 
 

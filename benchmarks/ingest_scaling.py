@@ -31,11 +31,13 @@ def _child(method: str, root: Path, n: int) -> None:
     if len(files) < n:
         raise SystemExit(f"{root}: only {len(files)} clips, {n} needed")
     if method == "ingest":
+        from sonossl.config import IngestConfig
         from sonossl.data.ingest import ingest
 
         out = Path(tempfile.mkdtemp(dir=root)) / "frames.h5"
         t0 = time.perf_counter()
-        s = ingest(files, out, frame_skip=1, size=64, val_fraction=0.0, workers=1, progress=False)
+        s = ingest(IngestConfig(sources=files, out=out, frame_skip=1, size=64, val_fraction=0.0, workers=1),
+                                progress=False)
         dt = time.perf_counter() - t0
         frames = s.frames_kept
         out.unlink()

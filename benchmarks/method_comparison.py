@@ -35,6 +35,7 @@ def _stats(run: Path) -> tuple[float, float, int]:
 
 
 def main() -> None:
+    from sonossl.config import IngestConfig
     from sonossl.data.ingest import ingest
     from sonossl.data.synthetic import synthesize
     from sonossl.downstream.evaluate import evaluate
@@ -55,8 +56,8 @@ def main() -> None:
         synthesize(data, videos=FULL.videos, frames=FULL.frames, size=FULL.synth_size, seed=0, fmt="dicom",
                    labelled_per_class=FULL.labelled_per_class)
     if not frames.is_file():
-        ingest([data / "videos"], frames, frame_skip=FULL.frame_skip, size=FULL.image_size, val_fraction=0.1,
-               overwrite=True, progress=False)
+        ingest(IngestConfig(sources=[data / "videos"], out=frames, frame_skip=FULL.frame_skip, size=FULL.image_size,
+                            val_fraction=0.1), overwrite=True, progress=False)
 
     ft_max, ft_min = (int(v) for v in args.finetune_steps.split(","))
 

@@ -42,6 +42,7 @@ import yaml
 from pytorch_lightning.callbacks import Callback
 
 from sonossl.config import PretrainConfig, build_config, read_preset
+from sonossl.config import IngestConfig
 from sonossl.data.ingest import ingest
 from sonossl.data.labelled import load_labelled
 from sonossl.data.synthetic import synthesize
@@ -95,7 +96,8 @@ def prepare(out: Path, videos: int, frames: int, seed: int) -> None:
     if not (src / "labelled" / "test.csv").is_file():
         synthesize(src, videos=videos, frames=frames, size=128, seed=seed, fmt="dicom", labelled_per_class=(100, 100, 100))
     if not (out / "frames.h5").is_file():
-        ingest([src / "videos"], out / "frames.h5", frame_skip=1, size=64, val_fraction=0.1, progress=False)
+        ingest(IngestConfig(sources=[src / "videos"], out=out / "frames.h5", frame_skip=1, size=64,
+                            val_fraction=0.1), progress=False)
 
 
 def pretrain(out: Path, method: str, steps: int, threads: int, seed: int, name: str | None = None,

@@ -87,16 +87,11 @@ def synth(out: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
 def ingest(sources: list[str | Path] | str | Path, out: str | Path, *, resume: bool = False, overwrite: bool = False,
            progress: bool = True, **options: Any):
     """Ingest scan files or folders into the frame store ``out`` (an ``IngestSummary``)."""
-    from sonossl.data.framestore import parse_shard
     from sonossl.data.ingest import ingest as run
 
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
-    c = build_config(IngestConfig, {"sources": sources, "out": out, **options}, source="ingest")
-    return run(c.sources, c.out, frame_skip=c.frame_skip, size=c.size, crop=c.crop, val_fraction=c.val_fraction,
-               workers=c.workers, resume=resume, overwrite=overwrite, salt_file=c.salt_file, seed=c.seed,
-               max_frames_per_video=c.max_frames_per_video, dedup=c.dedup, progress=progress,
-               shard=parse_shard(c.shard) if c.shard else None, modalities=c.modalities(),
-               max_frame_pixels=c.max_frame_pixels, max_source_pixels=c.max_source_pixels)
+    cfg = build_config(IngestConfig, {"sources": sources, "out": out, **options}, source="ingest")
+    return run(cfg, resume=resume, overwrite=overwrite, progress=progress)
 
 
 @_command

@@ -9,6 +9,7 @@ model's defaults, a preset (``sonossl/presets/<name>.yaml``, for ``pretrain``), 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -16,20 +17,45 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sonossl.data.framestore import DEFAULT_IMAGE_SIZE
-from sonossl.data.sector import Crop
 from sonossl.errors import SonosslError
 from sonossl.outputs import atomic_write_text
 from sonossl.runlog import RunLogger
 from sonossl.select.strategies import PROBCOVER_CLASSES, Strategy
 
 PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_IMAGE_SIZE = 64  # px: the frames ingest writes unless told; the last resort of resolve_image_size
+Crop = Literal["auto", "dicom", "none"]  # the scan region ingest and predict keep (data/sector.py)
+# The pixel budget (docs/data-safety.md): a file is refused *before* its pixels are decoded when
+# one frame, or the whole source, declares more pixels than this, whatever its size on disk (a
+# 13 KB JPEG 2000 file can declare 64 frames of 2048 x 2048); data/readers.py checks it. ingest's
+# --max-frame-pixels and --max-source-pixels set it; every other image reader (labelled sets,
+# predict, select) uses the frame limit.
+MAX_FRAME_PIXELS = 8192 * 8192
+MAX_SOURCE_PIXELS = 2**32  # ~4.3 G pixels: e.g. 1000 frames of 2048 x 2048
+MODALITIES_DEFAULT = ("US",)  # DICOM Modality values ingested unless --modality says otherwise
 PoolSplit = Literal["all", "train", "val"]  # the frames `select` chooses from: the whole store or one split
 BASELINE_INITS = ("random", "imagenet")  # the inits every pretraining is compared against
 # evaluate settings `select_on_valid` may choose per run on the valid split, and those a linear probe uses
 SELECTABLE = ("lr", "weight_decay", "dropout", "batch_size", "epochs", "linear_epochs", "lr_schedule", "rotate",
               "head_lr_mult", "lp_ft", "freeze_bn")
 LINEAR_SETTINGS = ("lr", "weight_decay", "dropout", "batch_size", "linear_epochs", "lr_schedule")
+
+
+def resolve_image_size(asked: int | None, *, pretrained: int | None = None, stored: int | None = None) -> int:
+    """The one rule for the side (pixels) a stage trains, scores or embeds at: ``asked`` when
+    given; else the size its init was ``pretrained`` at; else the ``stored`` frames' size (a
+    frame store's, or the size a study's ingestion will write); else :data:`DEFAULT_IMAGE_SIZE`.
+    Callers add their own checks: pretraining refuses a size above the store's frames,
+    evaluation notes one that differs from the pretraining's."""
+    return asked or pretrained or stored or DEFAULT_IMAGE_SIZE
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N`` (part I of N of a sharded ingestion); ValueError otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if m is None or not int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"expected I/N with 0 <= I < N (part I of N, counted from 0), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 class Config(BaseModel):
@@ -164,14 +190,14 @@ class IngestConfig(Config):
     salt_file: Path | None = Field(None, description="secret key of the pseudonymous ids (>= 32 hex digits; made with "
                                    "256 random bits when missing); none: FRAMES.key beside the store (OUT/sonossl.key "
                                    "with --shard). Keep it private, with the manifest: with it, ids can be recomputed")
-    modality: list[str] = Field(["US"], min_length=1, description="DICOM Modality values to ingest (e.g. US, or US OT); "
+    modality: list[str] = Field(list(MODALITIES_DEFAULT), min_length=1, description="DICOM Modality values to ingest (e.g. US, or US OT); "
                                 "a file of another modality is a manifest row; 'any' ingests every modality")
-    max_frame_pixels: int = Field(8192 * 8192, gt=0, description="refuse, before decoding, a source whose frames "
+    max_frame_pixels: int = Field(MAX_FRAME_PIXELS, gt=0, description="refuse, before decoding, a source whose frames "
                                   "declare more pixels than this (height x width)")
-    max_source_pixels: int = Field(2**32, gt=0, description="refuse, before decoding, a source declaring more pixels "
+    max_source_pixels: int = Field(MAX_SOURCE_PIXELS, gt=0, description="refuse, before decoding, a source declaring more pixels "
                                    "than this in all (frames x height x width)")
     max_frames_per_video: int | None = Field(None, gt=0, description="cap on frames kept per clip, after frame_skip")
-    dedup: float | None = Field(None, gt=0, description="drop a frame whose mean absolute difference (grey levels "
+    dedup: float | None = Field(None, gt=0, le=255, description="drop a frame whose mean absolute difference (grey levels "
                                 "0-255, on a 32x32 copy) to the last kept frame is below this")
     seed: int = Field(0, description="seed of the group split")
     shard: str | None = Field(None, description="I/N: ingest only part I (0 to N-1) of N of the sources, split by a "
@@ -190,8 +216,6 @@ class IngestConfig(Config):
     @field_validator("shard")
     @classmethod
     def _shard(cls, v: str | None) -> str | None:
-        from sonossl.data.framestore import parse_shard
-
         return None if v is None else "{}/{}".format(*parse_shard(v))
 
 

@@ -36,22 +36,13 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from sonossl.config import parse_shard
 from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
 
 FORMAT_VERSION = 1
-DEFAULT_IMAGE_SIZE = 64  # px: the frames ingest writes unless told; the last resort of resolve_image_size
 SPLITS = ("train", "val")
 HDF5_SUFFIXES = frozenset({".h5", ".hdf5"})  # a frame store, or a seed-format HDF5 source of clips
-
-
-def resolve_image_size(asked: int | None, *, pretrained: int | None = None, stored: int | None = None) -> int:
-    """The one rule for the side (pixels) a stage trains, scores or embeds at: ``asked`` when
-    given; else the size its init was ``pretrained`` at; else the ``stored`` frames' size (a
-    frame store's, or the size a study's ingestion will write); else :data:`DEFAULT_IMAGE_SIZE`.
-    Callers add their own checks: pretraining refuses a size above the store's frames,
-    evaluation notes one that differs from the pretraining's."""
-    return asked or pretrained or stored or DEFAULT_IMAGE_SIZE
 
 
 def is_hdf5_path(path: str | Path | None) -> bool:
@@ -118,14 +109,6 @@ def is_sharded(path: Path) -> bool:
 def part_name(index: int, count: int) -> str:
     """The file name of part ``index`` (0-based) of ``count`` in a folder of shards."""
     return f"part-{index}-of-{count}.h5"
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; ValueError otherwise."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if m is None or not int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"expected I/N with 0 <= I < N (part I of N, counted from 0), got {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def store_parts(path: Path) -> list[Path]:

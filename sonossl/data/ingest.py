@@ -61,10 +61,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from sonossl.data.framestore import (DEFAULT_IMAGE_SIZE, HDF5_SUFFIXES, FrameStore, FrameStoreWriter, assign_splits,
-                                     is_hdf5_path, part_name)
-from sonossl.data.readers import MAX_FRAME_PIXELS, MAX_SOURCE_PIXELS, find_sources, hdf5_clips, open_source
-from sonossl.data.sector import CROPS, MAX_FRAMES_FOR_MOTION, Box, Crop, crop_to_region, scan_region
+from sonossl.config import MAX_FRAME_PIXELS, MAX_SOURCE_PIXELS, IngestConfig, parse_shard
+from sonossl.data.framestore import HDF5_SUFFIXES, FrameStore, FrameStoreWriter, assign_splits, is_hdf5_path, part_name
+from sonossl.data.readers import find_sources, hdf5_clips, open_source
+from sonossl.data.sector import MAX_FRAMES_FOR_MOTION, Box, crop_to_region, scan_region
 from sonossl.errors import SonosslError
 from sonossl.outlock import check_apart, lock_output
 from sonossl.outputs import atomic_write_csv
@@ -331,23 +331,6 @@ def _in_shard(units: list[Unit], sources: list[Path], shard: tuple[int, int]) ->
 # ---------------------------------------------------------------- the run
 
 
-def _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video, dedup=None) -> None:
-    if dedup is not None and not (isinstance(dedup, (int, float)) and 0 <= dedup <= 255):
-        raise SonosslError(f"dedup: expected a mean absolute difference in [0, 255] grey levels, got {dedup}")
-    if frame_skip < 1:
-        raise SonosslError(f"frame_skip: expected an integer >= 1, got {frame_skip}")
-    if size < 8:
-        raise SonosslError(f"size: expected an integer >= 8 pixels, got {size}")
-    if crop not in CROPS:
-        raise SonosslError(f"crop: expected one of {', '.join(CROPS)}, got {crop!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise SonosslError(f"val_fraction: expected a number in [0, 1), got {val_fraction}")
-    if workers < 1:
-        raise SonosslError(f"workers: expected an integer >= 1, got {workers}")
-    if max_frames_per_video is not None and max_frames_per_video < 1:
-        raise SonosslError(f"max_frames_per_video: expected an integer >= 1, got {max_frames_per_video}")
-
-
 def _write_manifest(path: Path, rows: list[dict[str, Any]], keep_previous: bool) -> None:
     """Rows of this run; on resume, rows of earlier runs for other sources are kept."""
     ours = {r["source"] for r in rows}
@@ -410,50 +393,29 @@ def _claim_store(out: Path, sources: list[Path], salt_file: Path | None,
     return store, manifest, key_file, load_key(key_file)
 
 
-def ingest(
-    sources: list[Path],
-    out: Path,
-    *,
-    frame_skip: int = 5,
-    size: int = DEFAULT_IMAGE_SIZE,
-    crop: Crop = "auto",
-    val_fraction: float = 0.1,
-    workers: int = 1,
-    resume: bool = False,
-    overwrite: bool = False,
-    salt_file: Path | None = None,
-    max_frames_per_video: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    dedup: float | None = None,
-    shard: tuple[int, int] | None = None,
-    modalities: tuple[str, ...] | None = ("US",),
-    max_frame_pixels: int = MAX_FRAME_PIXELS,
-    max_source_pixels: int = MAX_SOURCE_PIXELS,
-) -> IngestSummary:
-    """Ingest ``sources`` (files or folders) into the frame store ``out``; see the module docstring.
+def ingest(cfg: IngestConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> IngestSummary:
+    """Ingest ``cfg.sources`` (files or folders) into the frame store ``cfg.out``, with the
+    settings of ``cfg`` (:class:`~sonossl.config.IngestConfig`, validated where it was built:
+    ``sonossl.ingest``, the command line or a study); see the module docstring.
 
-    dedup: drop a frame whose mean absolute difference (0-255, on a 32x32 grey copy of the
-    cropped frame) to the last kept frame is below this; None keeps every frame.
-    shard: ``(I, N)``: only part I (0-based) of N of the sources, into ``out/part-I-of-N.h5``
-    (``out`` is then the folder of the parts); a part that no source falls into is written empty.
-    salt_file: the secret key of the pseudonyms (:func:`load_key`); default :func:`default_key_file`.
-    modalities: DICOM modalities ingested (None: any); the rest become manifest rows.
-    max_frame_pixels, max_source_pixels: the pixel budget; a source over it is a manifest row.
+    With ``cfg.shard`` ``"I/N"`` only part I (0-based) of N of the sources is ingested, into
+    ``out/part-I-of-N.h5`` (``out`` is then the folder of the parts); a part that no source falls
+    into is written empty.
 
     Writes the store (atomically) and its ``.manifest.csv`` beside it. Raises
-    :class:`SonosslError` on bad options, when the store exists without ``resume``/``overwrite``,
-    and (after writing the manifest) when no source could be ingested.
+    :class:`SonosslError` when the store exists without ``resume``/``overwrite``, and (after
+    writing the manifest) when no source could be ingested.
     """
-    _check(frame_skip, size, crop, val_fraction, workers, max_frames_per_video, dedup)
-    store, manifest, key_file, key = _claim_store(Path(out), sources, salt_file, shard)
-    found = find_sources([Path(s) for s in sources], image_folders=True)
+    sources = [Path(s) for s in cfg.sources]
+    shard = parse_shard(cfg.shard) if cfg.shard else None
+    store, manifest, key_file, key = _claim_store(Path(cfg.out), sources, cfg.salt_file, shard)
+    found = find_sources(sources, image_folders=True)
     files = [p for p in found if p.resolve() != key_file.resolve()]
     if not files:
         raise SonosslError(f"{', '.join(map(str, sources))}: no source files found")
-    opts = {"frame_skip": frame_skip, "size": size, "crop": crop, "salt": key, "max_frames": max_frames_per_video,
-            "dedup": dedup, "modalities": modalities, "max_frame_pixels": max_frame_pixels,
-            "max_source_pixels": max_source_pixels}  # fmt: skip
+    opts = {"frame_skip": cfg.frame_skip, "size": cfg.size, "crop": cfg.crop, "salt": key,
+            "max_frames": cfg.max_frames_per_video, "dedup": cfg.dedup, "modalities": cfg.modalities(),
+            "max_frame_pixels": cfg.max_frame_pixels, "max_source_pixels": cfg.max_source_pixels}  # fmt: skip
     salt = key
     units, rows, order = _units(files, salt)
     if shard is not None:
@@ -462,10 +424,10 @@ def ingest(
         rows = [r for r in rows if r["source"] in mine]
     writer = FrameStoreWriter(store, overwrite=overwrite, resume=resume, key_fingerprint=key_fingerprint(key))
     if shard is not None:
-        writer.mark_shard(f"{shard[0]}/{shard[1]}", val_fraction, seed)
-    ok, records = _write_units(writer, units, rows, opts, workers, progress, salt)
+        writer.mark_shard(f"{shard[0]}/{shard[1]}", cfg.val_fraction, cfg.seed)
+    ok, records = _write_units(writer, units, rows, opts, cfg.workers, progress, salt)
     try:
-        splits = assign_splits([r.group_id for r in records], val_fraction, seed)
+        splits = assign_splits([r.group_id for r in records], cfg.val_fraction, cfg.seed)
         for r in records:
             if r.split != splits[r.group_id]:
                 writer.set_split(r.key, splits[r.group_id])

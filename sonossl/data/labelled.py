@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sonossl.data.framestore import DEFAULT_IMAGE_SIZE
+from sonossl.config import DEFAULT_IMAGE_SIZE
 from sonossl.data.readers import IMAGE_SUFFIXES
 from sonossl.errors import SonosslError
 

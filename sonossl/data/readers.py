@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 
+from sonossl.config import MAX_FRAME_PIXELS, MAX_SOURCE_PIXELS
 from sonossl.data.framestore import HDF5_SUFFIXES
 from sonossl.errors import SonosslError
 
@@ -51,14 +52,6 @@ SKIP_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".log"}
 SKIP_ENDINGS = (".h5.partial", ".partial")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
-# The pixel budget (docs/data-safety.md): a file is refused *before* its pixels are decoded when
-# one frame, or the whole source, declares more pixels than this, whatever its size on disk (a
-# 13 KB JPEG 2000 file can declare 64 frames of 2048 x 2048). ingest's --max-frame-pixels and
-# --max-source-pixels set them; every other image reader (labelled sets, predict, select) uses
-# the frame limit.
-MAX_FRAME_PIXELS = 8192 * 8192
-MAX_SOURCE_PIXELS = 2**32  # ~4.3 G pixels: e.g. 1000 frames of 2048 x 2048
-MODALITIES_DEFAULT = ("US",)  # DICOM Modality values ingested unless --modality says otherwise
 
 
 def check_pixels(path: Path, height: int, width: int, frames: int = 1, *, max_frame_pixels: int = MAX_FRAME_PIXELS,

@@ -31,15 +31,16 @@ shrinking (bilinear when enlarging).
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
+from sonossl.config import Crop
+
 Box = tuple[int, int, int, int]
-Crop = Literal["auto", "dicom", "none"]
 CROPS: tuple[str, ...] = get_args(Crop)  # --crop of ingest and predict, IngestSpec.crop of a study
 
 MIN_REGION_FRACTION = 0.05  # a scan region covers at least this much of the frame

@@ -20,8 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sonossl.config import LINEAR_SETTINGS, EvaluateConfig, dump_config
-from sonossl.data.framestore import resolve_image_size
+from sonossl.config import LINEAR_SETTINGS, EvaluateConfig, dump_config, resolve_image_size
 from sonossl.data.labelled import LabelledData, load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
 from sonossl.downstream.modelfile import save_model

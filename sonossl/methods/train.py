@@ -26,9 +26,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, RichProgressBar
 
-from sonossl.config import AugmentConfig, PretrainConfig, ViewAugment, dump_config
+from sonossl.config import AugmentConfig, PretrainConfig, ViewAugment, dump_config, resolve_image_size
 from sonossl.data.batched_views import BatchedViews, FrameDataset
-from sonossl.data.framestore import FrameStore, resolve_image_size
+from sonossl.data.framestore import FrameStore
 from sonossl.data.pairs import FramePairDataset
 from sonossl.diskspace import spawned_error
 from sonossl.errors import SonosslError

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sonossl.config import SelectConfig
-from sonossl.data.framestore import resolve_image_size
+from sonossl.config import SelectConfig, resolve_image_size
 from sonossl.errors import SonosslError
 from sonossl.outlock import check_overwrite, write_marker
 from sonossl.select.strategies import check_budget, select

@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from sonossl.config import (BASELINE_INITS, EvaluateConfig, IngestConfig, PretrainConfig, build_config,
-                            check_fractions, deep_merge, read_config_file, read_preset, validated)
-from sonossl.data.framestore import is_store_path, resolve_image_size
+                            check_fractions, deep_merge, read_config_file, read_preset, resolve_image_size, validated)
+from sonossl.data.framestore import is_store_path
 from sonossl.downstream.protocol import selection_label
 from sonossl.errors import SonosslError
 
@@ -76,13 +77,16 @@ IngestSpec = create_model(
 )
 
 
-class VariantSpec(_Strict):
-    """A pretraining-data variant: how the unlabelled clips are curated (variance vs size)."""
-
-    frame_skip: int = Field(1, ge=1)
-    clips: int | None = Field(None, gt=0)  # keep this many clips (a seeded draw of the sources)
-    max_frames_per_video: int | None = Field(None, gt=0)
-    dedup: float | None = Field(None, gt=0)
+# A pretraining-data variant: how the unlabelled clips are curated (variance vs size). Its
+# curation settings are IngestConfig's fields (one owner), except that a variant keeps every
+# frame unless told (frame_skip 1); `clips` keeps that many clips, a seeded draw of the sources.
+VariantSpec = create_model(
+    "VariantSpec", __base__=_Strict,
+    frame_skip=(int, FieldInfo.merge_field_infos(IngestConfig.model_fields["frame_skip"], default=1)),
+    clips=(int | None, Field(None, gt=0, description="keep this many clips, a seeded draw of the sources")),
+    **{name: (IngestConfig.model_fields[name].annotation, IngestConfig.model_fields[name])
+       for name in ("max_frames_per_video", "dedup")},
+)
 
 
 class PretrainGrid(_Strict):

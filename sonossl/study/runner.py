@@ -117,6 +117,7 @@ def _run_ingest(unit: IngestUnit, ctx: Context, shard: int | None = None) -> dic
     """Ingest the variant's sources into its store; sharded (``ctx.ingest_shards > 1``): part
     ``shard`` alone (a job of the array), or with ``shard`` None every part in turn, the parts
     already written only checked (how the launcher completes the unit after the array)."""
+    from sonossl.config import IngestConfig, build_config
     from sonossl.data.ingest import ingest
     from sonossl.data.readers import find_sources
 
@@ -131,13 +132,12 @@ def _run_ingest(unit: IngestUnit, ctx: Context, shard: int | None = None) -> dic
     out.parent.mkdir(parents=True, exist_ok=True)
     n = ctx.ingest_shards
     parts = [None] if n == 1 else [(shard, n)] if shard is not None else [(i, n) for i in range(n)]
-    modality = tuple(m.upper() for m in o["modality"])
-    done = [ingest(sources, out, frame_skip=o["frame_skip"], size=o["size"], crop=o["crop"],
-                   val_fraction=o["val_fraction"], salt_file=o.get("salt_file") or Path(ctx.out) / "data" / "sonossl.key",
-                   modalities=None if "ANY" in modality else modality,
-                   max_frame_pixels=o["max_frame_pixels"], max_source_pixels=o["max_source_pixels"],
-                   max_frames_per_video=o.get("max_frames_per_video"),
-                   dedup=o.get("dedup"), resume=True, progress=False, shard=part) for part in parts]
+    settings = {k: v for k, v in o.items() if k != "clips"}  # the ingest block and the variant's curation
+    settings["salt_file"] = o.get("salt_file") or Path(ctx.out) / "data" / "sonossl.key"  # one key for all variants
+    cfgs = [build_config(IngestConfig, {**settings, "sources": sources, "out": out,
+                                        "shard": f"{part[0]}/{part[1]}" if part else None},
+                         source=f"ingest {unit.variant}") for part in parts]
+    done = [ingest(cfg, resume=True, progress=False) for cfg in cfgs]
     return {"clips": sum(s.ok + s.skipped for s in done), "errors": sum(s.error for s in done),
             "frames": sum(s.frames_kept for s in done)}
 

@@ -14,12 +14,13 @@ from helpers import kill_when, run_cli_process, spawn_cli
 
 from sonossl.cli import main
 from sonossl.data.framestore import FrameStore, part_name
+from sonossl.config import IngestConfig
 from sonossl.data.ingest import ingest, shard_of
 from sonossl.data.synthetic import synthesize
 from sonossl.errors import SonosslError
 
 # one pseudonym key for every store of this module, so a sharded store and one ingest give the same ids
-OPTS = dict(frame_skip=1, size=32, val_fraction=0.3, progress=False,
+OPTS = dict(frame_skip=1, size=32, val_fraction=0.3,
             salt_file=Path(tempfile.mkdtemp(prefix="sonossl-test-key-")) / "shared.key")
 
 
@@ -28,13 +29,13 @@ def clips(tmp_path_factory) -> Path:
     """12 tiny synthetic DICOM clips (3 per patient group) and one ingest of all of them."""
     root = tmp_path_factory.mktemp("synth")
     synthesize(root, videos=12, frames=6, size=32, seed=0, labelled_per_class=(1, 1, 1))
-    ingest([root / "videos"], root / "all.h5", **OPTS)
+    ingest(IngestConfig(sources=[root / "videos"], out=root / "all.h5", **OPTS), progress=False)
     return root
 
 
 def _sharded(clips: Path, out: Path, n: int = 3) -> FrameStore:
     for i in range(n):
-        ingest([clips / "videos"], out, shard=(i, n), **OPTS)
+        ingest(IngestConfig(sources=[clips / "videos"], out=out, shard=f"{i}/{n}", **OPTS), progress=False)
     return FrameStore(out)
 
 
@@ -69,12 +70,14 @@ def _part_sources(manifest: Path) -> list[str]:
 def test_the_split_of_sources_does_not_depend_on_their_order_or_location(clips, tmp_path):
     files = sorted((clips / "videos").glob("*.dcm"))
     expected = [p.name for p in files if shard_of(p.name, 3) == 1]
-    one_by_one = ingest(files[::-1], tmp_path / "a", shard=(1, 3), **OPTS)  # files given singly, in reverse
+    # files given singly, in reverse
+    one_by_one = ingest(IngestConfig(sources=files[::-1], out=tmp_path / "a", shard="1/3", **OPTS), progress=False)
     moved = tmp_path / "elsewhere" / "videos"
     moved.parent.mkdir()
     (clips / "videos").rename(moved)
     try:
-        elsewhere = ingest([moved], tmp_path / "b", shard=(1, 3), **OPTS)  # the folder mounted elsewhere
+        # the folder mounted elsewhere
+        elsewhere = ingest(IngestConfig(sources=[moved], out=tmp_path / "b", shard="1/3", **OPTS), progress=False)
     finally:
         moved.rename(clips / "videos")
     assert _part_sources(one_by_one.manifest) == _part_sources(elsewhere.manifest) == expected
@@ -84,12 +87,12 @@ def test_the_split_of_sources_does_not_depend_on_their_order_or_location(clips, 
 def test_missing_or_foreign_parts_are_refused(clips, tmp_path):
     out = tmp_path / "shards"
     for i in (0, 2):
-        ingest([clips / "videos"], out, shard=(i, 3), **OPTS)
+        ingest(IngestConfig(sources=[clips / "videos"], out=out, shard=f"{i}/3", **OPTS), progress=False)
     with pytest.raises(SonosslError, match=r"part 1 of 3 missing .*--shard 1/3"):
         FrameStore(out)
-    ingest([clips / "videos"], out, shard=(1, 3), **OPTS)
+    ingest(IngestConfig(sources=[clips / "videos"], out=out, shard="1/3", **OPTS), progress=False)
     FrameStore(out)  # complete
-    ingest([clips / "videos"], out, shard=(1, 4), **OPTS)
+    ingest(IngestConfig(sources=[clips / "videos"], out=out, shard="1/4", **OPTS), progress=False)
     with pytest.raises(SonosslError, match="parts of different splits"):
         FrameStore(out)
     (out / part_name(1, 4)).rename(out / part_name(3, 4))

@@ -30,13 +30,15 @@ def cine_store(tmp_path_factory) -> dict:
     import pydicom
     from pydicom.data import get_testdata_file
 
+    from sonossl.config import IngestConfig
     from sonossl.data.ingest import ingest
 
     root = tmp_path_factory.mktemp("cine")
     src = Path(get_testdata_file("examples_ybr_color.dcm"))
     (root / "scans").mkdir()
     (root / "scans" / "cine.dcm").write_bytes(src.read_bytes())
-    ingest([root / "scans"], root / "cine.h5", frame_skip=1, size=48, val_fraction=0.0, progress=False)
+    ingest(IngestConfig(sources=[root / "scans"], out=root / "cine.h5", frame_skip=1, size=48, val_fraction=0.0),
+                        progress=False)
     ds = pydicom.dcmread(src, stop_before_pixels=True)
     phi = [str(ds.get(k)) for k in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "StudyDate",
                                     "StudyInstanceUID", "SOPInstanceUID") if ds.get(k) not in (None, "")]

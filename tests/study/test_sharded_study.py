@@ -11,6 +11,7 @@ from helpers import slurm_on_path, write_study
 
 from sonossl.cli import main
 from sonossl.data.framestore import FrameStore, part_name
+from sonossl.config import IngestConfig
 from sonossl.data.ingest import ingest
 
 
@@ -25,8 +26,8 @@ def _study(tmp_path: Path, study_data: Path, *flags: str) -> Path:
 def _assert_one_store(parts: Path, study_data: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in parts.glob("*.h5")) == [part_name(i, 3) for i in range(3)]
     key = study_data / "ids.key"  # the study's pseudonym key (tests/helpers.py write_study): the same ids
-    one = FrameStore(ingest([study_data / "videos"], tmp_path / "one.h5", frame_skip=2, size=32, val_fraction=0.2,
-                            progress=False, salt_file=key).store)
+    one = FrameStore(ingest(IngestConfig(sources=[study_data / "videos"], out=tmp_path / "one.h5", frame_skip=2,
+                                         size=32, val_fraction=0.2, salt_file=key), progress=False).store)
     got = FrameStore(parts)
     assert [(v.key, v.group_id, v.split, v.n_frames) for v in got.videos] == \
         [(v.key, v.group_id, v.split, v.n_frames) for v in one.videos]
