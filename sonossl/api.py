@@ -21,7 +21,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable
 
-from sonossl.config import (DemoConfig, EmbedConfig, EvaluateConfig, ExportConfig, IngestConfig, PredictConfig,
+from sonossl.config import (BASELINE_INITS, DemoConfig, EmbedConfig, EvaluateConfig, ExportConfig, IngestConfig, PredictConfig,
                             PretrainConfig, SelectConfig, StudyRunConfig, SynthConfig, build_config, read_config_file,
                             read_preset)
 from sonossl.errors import SonosslError
@@ -211,7 +211,8 @@ def select(frames: str | Path, budget: int, out: str | Path, *, overwrite: bool 
     from sonossl.select.command import run_select
 
     c = build_config(SelectConfig, {"frames": frames, "budget": budget, "out": out, **options}, source="select")
-    _claim_file(c.out, "select", [("--frames", c.frames), ("--init", c.init), ("--salt-file", c.salt_file)])
+    _claim_file(c.out, "select", [("--frames", c.frames), ("--init", None if c.init in BASELINE_INITS else c.init),
+                                    ("--salt-file", c.salt_file)])
     return run_select(c, overwrite=overwrite)
 
 

@@ -35,6 +35,7 @@ MAX_SOURCE_PIXELS = 2**32  # ~4.3 G pixels: e.g. 1000 frames of 2048 x 2048
 MODALITIES_DEFAULT = ("US",)  # DICOM Modality values ingested unless --modality says otherwise
 PoolSplit = Literal["all", "train", "val"]  # the frames `select` chooses from: the whole store or one split
 BASELINE_INITS = ("random", "imagenet")  # the inits every pretraining is compared against
+DEFAULT_BACKBONE = "resnet18"  # pretraining's, and a baseline init's when none is named
 # evaluate settings `select_on_valid` may choose per run on the valid split, and those a linear probe uses
 SELECTABLE = ("lr", "weight_decay", "dropout", "batch_size", "epochs", "linear_epochs", "lr_schedule", "rotate",
               "head_lr_mult", "lp_ft", "freeze_bn")
@@ -299,7 +300,7 @@ class PretrainConfig(SlurmJobConfig):
     frames: Path | None = Field(None, description="frame store written by sonossl ingest (FRAMES.h5, or a folder or "
                                   ".txt list of its --shard parts); required")
     out: Path | None = Field(None, description="run folder to create; required")
-    backbone: str = Field("resnet18", description="torchvision trunk, by its name in the registry "
+    backbone: str = Field(DEFAULT_BACKBONE, description="torchvision trunk, by its name in the registry "
                           "(sonossl.models.backbones.BACKBONES)")
     image_size: int | None = Field(None, gt=0, description="side of the views in pixels; none: the frame store's size")
     batch_size: int = Field(64, gt=1, description="global batch in frame pairs, split over devices")
@@ -372,7 +373,7 @@ class EvaluateConfig(Config):
     allow_outside_root: bool = Field(False, description="let CSV image paths point outside the CSV's folder")
     init: str = Field("random", description="random, imagenet, a pretrain run folder or a backbone.pt file")
     imagenet_weights: Path | None = Field(None, description="torchvision ImageNet weights file; none: torchvision's cache")
-    backbone: str | None = Field(None, description="torchvision trunk (none: the pretraining's, else resnet18)")
+    backbone: str | None = Field(None, description=f"torchvision trunk (none: the pretraining's, else {DEFAULT_BACKBONE})")
     protocol: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"],
                                                           description="linear probe on frozen features, full fine-tuning")
     fractions: list[float] = Field(default_factory=lambda: [1.0, 10.0, 100.0],
@@ -583,7 +584,7 @@ class SelectConfig(Config):
                       "selection.json")
     init: str = Field("random", description="the embedding backbone: random, imagenet, a pretrain run folder or a "
                       "backbone.pt file")
-    backbone: str | None = Field(None, description="torchvision trunk (none: the pretraining's, else resnet18)")
+    backbone: str | None = Field(None, description=f"torchvision trunk (none: the pretraining's, else {DEFAULT_BACKBONE})")
     imagenet_weights: Path | None = Field(None, description="torchvision ImageNet weights file; none: torchvision's cache")
     strategy: Strategy = Field("typiclust", description="how to choose; sources in docs/selection.md")
     per_clip: int = Field(2, ge=0, description="at most this many frames of one clip (frames); 0: no limit")

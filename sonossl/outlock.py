@@ -56,10 +56,10 @@ def _resolved(path: Path) -> Path:
 
 def check_apart(out: Path, inputs: Iterable[tuple[str, Path | str | None]]) -> None:
     """Refuse ``out`` when it is, contains or sits inside any of ``inputs`` ((what, path) pairs;
-    None paths are skipped)."""
+    None or empty paths, e.g. an init given by name, are skipped)."""
     o = _resolved(out)
     for what, p in inputs:
-        if p is None or str(p) in ("", "random", "imagenet"):
+        if p is None or str(p) == "":
             continue
         q = _resolved(Path(p))
         relation = ("is" if o == q else "sits inside" if o.is_relative_to(q) else "contains" if q.is_relative_to(o)

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sonossl.config import LINEAR_SETTINGS, EvaluateConfig, dump_config, resolve_image_size
+from sonossl.config import BASELINE_INITS, LINEAR_SETTINGS, EvaluateConfig, dump_config, resolve_image_size
 from sonossl.data.labelled import LabelledData, load_labelled
 from sonossl.downstream.classifier import Classifier, FitSettings, finetune_augment, fit, predict_logits
 from sonossl.downstream.modelfile import save_model
@@ -68,7 +68,7 @@ def draw_subsets(cfg: EvaluateConfig, data: LabelledData, init: InitSpec, cache:
     from sonossl.models.features import check_features, features
 
     spec = init if cfg.selection_init is None else resolve_init(
-        cfg.selection_init, cfg.backbone if cfg.selection_init in ("random", "imagenet") else None, cfg.imagenet_weights)
+        cfg.selection_init, cfg.backbone if cfg.selection_init in BASELINE_INITS else None, cfg.imagenet_weights)
     cache = cache if cache is not None else {}
 
     def embed(seed: int):
@@ -232,10 +232,15 @@ def _write_run(run_dir: Path, r: _Run, key: str, idx: torch.Tensor, model: Class
     atomic_write_text(run_dir / "run.json", json.dumps({**run_info, **metrics}, indent=1))
 
 
+def _path(init: str | None) -> str | None:
+    """An init given as a file or folder; None for one given by name (random, imagenet)."""
+    return None if init in BASELINE_INITS else init
+
+
 def evaluate_inputs(cfg: EvaluateConfig) -> list[tuple[str, Path | str | None]]:
     """What an evaluation reads, which its folder must stay apart from."""
     return [("--labels", cfg.labels), ("--train-csv", cfg.train_csv), ("--val-csv", cfg.val_csv),
-            ("--test-csv", cfg.test_csv), ("--init", cfg.init), ("--selection-init", cfg.selection_init),
+            ("--test-csv", cfg.test_csv), ("--init", _path(cfg.init)), ("--selection-init", _path(cfg.selection_init)),
             ("--imagenet-weights", cfg.imagenet_weights)]
 
 
@@ -260,7 +265,7 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
     fast = choose_fast_path(init.backbone, cfg.image_size, device, cfg.precision)
     if progress is not None and cfg.precision == "auto":
         progress(f"precision: {fast}")
-    if init.source not in ("random", "imagenet"):
+    if init.source not in BASELINE_INITS:
         init.build(cfg.imagenet_weights)  # a checkpoint that will be refused is refused before --out exists
     out = claim_output_dir(cfg.out, command="evaluate", inputs=evaluate_inputs(cfg), resume=resume, overwrite=overwrite)
     dump_config(cfg, out / "config.yaml")

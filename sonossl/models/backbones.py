@@ -22,6 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
+from sonossl.config import BASELINE_INITS
 from sonossl.errors import SonosslError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -150,7 +151,7 @@ class Encoder(nn.Module):
 
 def build_encoder(name: str, init: str | Path = "random", imagenet_weights: Path | None = None) -> Encoder:
     """An :class:`Encoder` initialised randomly, from ImageNet, or from a ``backbone.pt`` file."""
-    if str(init) in ("random", "imagenet"):
+    if str(init) in BASELINE_INITS:
         return Encoder(name, build_trunk(name, str(init), imagenet_weights))
     trunk = build_trunk(name, "random")
     state = load_state_dict_file(Path(init))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from sonossl.config import BASELINE_INITS
+from sonossl.config import BASELINE_INITS, DEFAULT_BACKBONE
 from sonossl.errors import SonosslError
 from sonossl.models.backbones import Encoder, build_encoder, get_spec, imagenet_available, imagenet_cache_path
 
@@ -33,7 +33,7 @@ class InitSpec:
 def resolve_init(init: str, backbone: str | None, imagenet_weights: Path | None = None) -> InitSpec:
     """``random`` | ``imagenet`` | a pretrain run folder | a ``backbone.pt`` file."""
     if init in BASELINE_INITS:
-        name = backbone or "resnet18"
+        name = backbone or DEFAULT_BACKBONE
         get_spec(name)
         if init == "imagenet" and not imagenet_available(name, imagenet_weights):
             where = imagenet_weights or imagenet_cache_path(name)

@@ -125,7 +125,7 @@ class _EvaluateGridBase(_Strict):
     """What an evaluate grid adds to the axes it shares with ``sonossl evaluate``."""
 
     datasets: list[str] | None = None  # default: every labelled dataset
-    inits: list[str] = Field(default_factory=lambda: ["random", "imagenet", "pretrained"], min_length=1)
+    inits: list[str] = Field(default_factory=lambda: [*BASELINE_INITS, "pretrained"], min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
     per_protocol: dict[Literal["linear", "finetune"], ProtocolGrid] = Field(default_factory=dict)
 

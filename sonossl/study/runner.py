@@ -48,6 +48,7 @@ from typing import Any, Callable
 
 import yaml
 
+from sonossl.config import DEFAULT_BACKBONE
 from sonossl.data.framestore import is_store_path
 from sonossl.downstream.protocol import RESULT_COLUMNS
 from sonossl.diskspace import DiskFullError, full_errno, full_message
@@ -331,7 +332,7 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
     if any(u.init == "imagenet" for u in plan.evals):
         from sonossl.downstream.evaluate import resolve_init
 
-        backbone = plan.evals[0].config.get("backbone") or "resnet18"
+        backbone = plan.evals[0].config.get("backbone") or DEFAULT_BACKBONE
         resolve_init("imagenet", backbone, imagenet_weights)  # no weights: say so now, not after hours
 
     store, records = ResultsStore(out / "study.db"), UnitRecords(out)

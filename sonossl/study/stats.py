@@ -126,7 +126,7 @@ def _cell_keys(df: pd.DataFrame) -> list[str]:
 def order_inits(inits) -> list[str]:
     """Baselines first (random, imagenet), then the pretrainings alphabetically."""
     inits = set(inits)
-    return [b for b in ("random", "imagenet") if b in inits] + sorted(inits - {"random", "imagenet"})
+    return [b for b in BASELINE_INITS if b in inits] + sorted(inits - set(BASELINE_INITS))
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
