@@ -16,9 +16,10 @@ protocols x label fractions x seeds)::
     pretrain:
       preset: cpu                      # cpu | paper, per-method recipes from the preset
       methods: [barlowtwins, simclr]
-      pairs: [augment]
+      pairs: [augment, temporal]
       variants: [all, half-clips]
       seeds: [0, 1, 2]                 # optional: repeat each pretraining per seed (names end -s<seed>)
+      exclude: [simclr/temporal]       # optional: METHOD/PAIRS combinations not to run
       options: {epochs: 8}             # any `sonossl pretrain` key
     evaluate:
       inits: [random, imagenet, pretrained]   # 'pretrained' = every declared pretraining
@@ -98,6 +99,8 @@ class PretrainGrid(_Strict):
     # so a finding can be told from the pretraining's own seed-to-seed spread
     seeds: list[int] | None = Field(None, min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
+    # METHOD/PAIRS combinations of the grid not to run, e.g. ae/temporal (the autoencoder takes one view)
+    exclude: list[str] = Field(default_factory=list)
 
     @field_validator("seeds")
     @classmethod
@@ -267,15 +270,16 @@ class Plan:
         inits = sorted({u.init for u in self.evals}, key=lambda i: (i not in BASELINE_INITS, i))
         lines = [f"study {self.spec.name!r}: {len(self.ingests)} ingestions, {len(self.pretrains)} pretrainings, "
                  f"{len(self.evals)} evaluations",
-                 f"  evaluations = {len(self.datasets)} datasets x {len(inits)} inits x {len(ev.protocols)} protocols x "
-                 f"{len(ev.fractions)} fractions x {len(ev.seeds)} seeds"
+                 f"  evaluations = {len(self.datasets)} datasets x {len(inits)} inits x ("
+                 + " + ".join(f"{p}: {len({u.fraction for u in self.evals if u.protocol == p})} fractions x "
+                              f"{len({u.seed for u in self.evals if u.protocol == p})} seeds" for p in ev.protocols) + ")"
                  + (f" x {len(ev.selection)} selections ({', '.join(ev.selection)})" if len(ev.selection) > 1 else ""),
                  f"  inits: {', '.join(inits)}"]
         if self.pretrains:
             pg = self.spec.pretrain
             lines.append(f"  pretrainings = {len(pg.methods)} methods x {len(pg.pairs)} pairs modes x "
                          f"{len(pg.variants)} data variants" + (f" x {len(pg.seeds)} seeds" if pg.seeds else "")
-                         + f" (preset {pg.preset})")
+                         + (f", less {', '.join(pg.exclude)}" if pg.exclude else "") + f" (preset {pg.preset})")
         step = max(1, len(self.units) // sample)
         lines.append("  sample: " + "; ".join(u.key for u in self.units[::step][:sample]))
         return "\n".join(lines)
@@ -363,11 +367,16 @@ def _expand_pretrains(spec: StudySpec, source: str) -> tuple[list[IngestUnit], l
             raise SonosslError(f"{source}: pretrain.options.{key}: set by the study grid, not an option")
     if pg.seeds is not None and "seed" in pg.options:
         raise SonosslError(f"{source}: pretrain.options.seed: the seeds are pretrain.seeds {pg.seeds}; give one or the other")
+    grid = {f"{m}/{p}" for m in pg.methods for p in pg.pairs}
+    for combo in pg.exclude:
+        if combo not in grid:
+            raise SonosslError(f"{source}: pretrain.exclude: {combo!r} is not a METHOD/PAIRS combination of the grid "
+                               f"({', '.join(sorted(grid))})")
     ingests = [] if store_given else [IngestUnit(v, {**spec.ingest.model_dump(), **spec.variants[v].model_dump()})
                                       for v in pg.variants]
     pretrains = []
     for method in pg.methods:
-        for pairs in pg.pairs:
+        for pairs in (p for p in pg.pairs if f"{method}/{p}" not in pg.exclude):
             cfg = deep_merge({**read_preset(pg.preset, method), "image_size": image_size(spec)},
                              {**pg.options, "method": method, "pairs": pairs})
             where = f"{source}: pretrain ({method}, {pairs})"

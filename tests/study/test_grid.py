@@ -76,7 +76,7 @@ def test_cli_refuses_a_missing_dataset_before_any_run(tmp_path, study_data, caps
 def test_paper_preset_lists_at_least_500_evaluations(capsys):
     assert main(["study", "--preset", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "540 evaluations" in out and "9 inits x 2 protocols x 6 fractions x 5 seeds" in out
+    assert "540 evaluations" in out and "9 inits x (linear: 6 fractions x 5 seeds + finetune: 6 fractions x 5 seeds)" in out
     plan = load_study(preset="paper")
     assert len(plan.evals) >= 500 and len(plan.pretrains) == 7
 
@@ -159,3 +159,13 @@ def test_pretraining_seeds_declared_once(tmp_path, study_data, edit, expected):
     path = _edit(write_study(tmp_path / "s.yaml", study_data), edit)
     with pytest.raises(SonosslError, match=expected):
         load_study(path)
+
+
+def test_excluded_combinations_are_not_run_and_must_name_one_of_the_grid(tmp_path, study_data):
+    both = lambda s: s["pretrain"].update(pairs=["augment", "temporal"], exclude=["ae/temporal"])  # noqa: E731
+    plan = load_study(_edit(write_study(tmp_path / "s.yaml", study_data, methods=("ae", "simclr")), both))
+    assert sorted(p.name for p in plan.pretrains) == ["ae-augment-all", "simclr-augment-all", "simclr-temporal-all"]
+    assert "less ae/temporal" in plan.describe()
+    typo = lambda s: s["pretrain"].update(pairs=["augment"], exclude=["ae/temporal"])  # noqa: E731
+    with pytest.raises(SonosslError, match="pretrain.exclude: 'ae/temporal' is not a METHOD/PAIRS combination"):
+        load_study(_edit(write_study(tmp_path / "t.yaml", study_data, methods=("ae",)), typo))
