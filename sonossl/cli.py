@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sonossl {a.command}: interrupted; run again with --resume to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left (`sonossl study --dry-run | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 128 + 13  # as a shell reports SIGPIPE
     except Exception as exc:  # a write out of space that no writer's own guard named: still one line
         from sonossl.diskspace import full_errno, full_message
 

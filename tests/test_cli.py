@@ -155,3 +155,20 @@ def test_an_abbreviated_flag_is_an_error_not_a_guess(tmp_path, capsys):
         main(["ingest", str(tmp_path), "--out", str(tmp_path / "f.h5"), "--salt", "k"])
     assert exc.value.code == 2 and "unrecognized arguments: --salt" in capsys.readouterr().err
     assert not (tmp_path / "k").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(monkeypatch, capsys):
+    """`sonossl study --dry-run | head -1`: no traceback when head has closed the pipe."""
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    with capsys.disabled():
+        pipe = os.fdopen(write, "w", buffering=1)  # each line written through, as a full buffer would be
+        monkeypatch.setattr(sys, "stdout", pipe)
+        assert main(["study", "--preset", "paper", "--dry-run"]) == 141
+        pipe.write("after")  # what Python's exit flush would do: the pipe is now devnull, no second error
+        pipe.flush()
+        monkeypatch.undo()
+        pipe.close()
