@@ -7,7 +7,9 @@ import pytest
 
 from helpers import assert_torchvision_backbone
 
+from sonossl import api
 from sonossl.cli import main
+from sonossl.errors import SonosslError
 from sonossl.methods import METHODS
 
 
@@ -25,7 +27,11 @@ def test_cpu_preset_pretrains_and_writes_a_torchvision_backbone(method, frames, 
 
 
 def test_an_unknown_method_lists_the_valid_ones(frames, tmp_path, capsys):
-    assert main(["pretrain", "--method", "swav", "--frames", str(frames), "--out", str(tmp_path / "x")]) == 2
+    with pytest.raises(SystemExit) as exc:  # on the command line: the flag's choices are the registry's names
+        main(["pretrain", "--method", "swav", "--frames", str(frames), "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
-    assert "unknown method 'swav'" in err and all(m in err for m in METHODS) and "\n" not in err
+    assert exc.value.code == 2 and "'swav'" in err and all(f"'{m}'" in err for m in METHODS) and "\n" not in err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SonosslError, match="unknown method 'swav'.*barlowtwins"):  # in a config: the registry's check
+        api.pretrain(method="swav", frames=frames, out=tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
