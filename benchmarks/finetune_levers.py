@@ -34,6 +34,21 @@ def study_rows(study: Path) -> list[dict]:
     return rows
 
 
+def curves(study: Path, fraction: float = 10.0) -> pd.DataFrame:
+    """Validation balanced accuracy along fine-tuning (the candidate valid chose), per init and
+    optimiser step, mean over the seeds: where the pretrained start leads and where it is caught."""
+    rows = []
+    for f in sorted((study / "records" / "done").glob("eval*finetune*.json")):
+        r = json.loads(f.read_text())["row"]
+        if float(r["fraction"]) != fraction:
+            continue
+        for e in json.loads((study / r["run_dir"] / "history.json").read_text()):
+            rows.append({"init": "random" if r["init"] == "random" else "barlowtwins", "seed": int(r["seed"]),
+                         "step": e["step"], "val": e["val_balanced_accuracy"]})
+    df = pd.DataFrame(rows)
+    return df.groupby(["step", "init"]).val.mean().unstack("init")
+
+
 def lever_rows(levers: Path) -> list[dict]:
     rows = []
     for name in LEVERS:
@@ -94,6 +109,10 @@ def main() -> None:
     chosen = df[df.protocol == "finetune"].groupby(["init", "fraction"]).chosen.agg(
         lambda c: {k: int(v) for k, v in c.value_counts().items()})
     print("\nrates chosen on valid:", chosen.to_dict())
+    c = curves(a.study)
+    c.to_csv(a.out / "finetune_curves_10.csv")
+    print("\nvalid balanced accuracy along fine-tuning at 10 % (mean over seeds):")
+    print(c.iloc[[0, 2, 4, 6, 8, 10, 12, 14, 16, 19]].round(3).to_string())
     ft = df[df.protocol == "finetune"]
     for f in sorted(ft.fraction.unique()):
         have = [set(ft[(ft.init == i) & (ft.fraction == f)].seed) for i in ft.init.unique()]
