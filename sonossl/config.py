@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -496,10 +496,15 @@ class DemoPlan:
     finetune_epochs: int
     finetune_schedule: str = "cosine"  # the learning rate over a fine-tuning run (docs/protocol.md, deviations)
     finetune_vflip: bool = False  # the published vertical flips; off: the probe stays at the top (deviations)
+    finetune_min_steps: int = 0  # a floor on a fine-tuning run's optimiser steps, so few labels still converge
+    # each init's search on the valid split (EvaluateConfig.select_on_valid), per protocol; empty: none
+    linear_select: dict[str, list] = field(default_factory=dict)
+    finetune_select: dict[str, list] = field(default_factory=dict)
     synth_size: int = 128
     image_size: int = DEFAULT_IMAGE_SIZE
     labelled_per_class: tuple[int, int, int] = (100, 50, 100)  # train, valid, test
-    minutes: int = 15  # about this long on 2 idle cores (the recorded runs in the README)
+    minutes: int = 15  # about this long on 2 idle cores with bf16 units (the recorded runs in the README)
+    minutes_float32: int = 25  # about this long on 2 idle cores of a CPU without them (float32)
 
 
 # Sized on 2 idle cores: BarlowTwins ~60 pairs/s at 64 px with the per-epoch kNN monitor (185

@@ -55,8 +55,9 @@ def precision_line(plan: DemoPlan) -> str:
     fast = choose("resnet18", plan.image_size)  # the machine's recorded choice: no new measurement
     line = str(fast)
     if fast.amp_dtype is None and "no bf16 units" in fast.reason:
-        line += (f"; this CPU has no bf16 units, so the plan runs in float32: about {plan.minutes} minutes on 2 idle "
-                 "cores (on a Xeon with AMX-BF16 the backbone step measured 3.45x faster in bf16, benchmarks/README.md)")
+        line += (f"; this CPU has no bf16 units, so the plan runs in float32: about {plan.minutes_float32} minutes on "
+                 f"2 idle cores, against {plan.minutes} on a Xeon with AMX-BF16, where the whole pretraining step "
+                 "measured 1.8x faster in bf16 + channels_last (benchmarks/README.md)")
     return line
 
 
@@ -76,11 +77,13 @@ def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
         "evaluate": {"inits": ["random", *(["imagenet"] if imagenet else []), "pretrained"],
                      "protocols": ["linear", "finetune"], "fractions": list(plan.fractions), "seeds": list(plan.seeds),
                      "options": {"backbone": "resnet18"},
-                     "per_protocol": {"finetune": {"fractions": list(plan.finetune_fractions),
-                                                   "seeds": list(plan.finetune_seeds),
-                                                   "options": {"batch_size": 32, "epochs": plan.finetune_epochs,
-                                                               "lr_schedule": plan.finetune_schedule,
-                                                               "vflip": plan.finetune_vflip}}}},
+                     "per_protocol": {
+                         "linear": {"options": {"select_on_valid": dict(plan.linear_select)}},
+                         "finetune": {"fractions": list(plan.finetune_fractions), "seeds": list(plan.finetune_seeds),
+                                      "options": {"batch_size": 32, "epochs": plan.finetune_epochs,
+                                                  "min_steps": plan.finetune_min_steps,
+                                                  "lr_schedule": plan.finetune_schedule, "vflip": plan.finetune_vflip,
+                                                  "select_on_valid": dict(plan.finetune_select)}}}},
         "context": {
             "data": f"synthetic fetal echo (sonossl synth, seed 0): {plan.videos} unlabelled clips x {plan.frames} frames "
                     f"(ingested with frame skip {plan.frame_skip}), {plan.labelled_per_class} labelled images per class "
@@ -109,8 +112,9 @@ def keep_best_model(out: Path, results: "pd.DataFrame") -> Path | None:
 
 def verdict(diffs: "pd.DataFrame", plan: DemoPlan, steps: int | None = None) -> str:
     """One line: did pretraining beat random initialisation at <= 10 % labels, and where; if not,
-    where it did (more labels), and what the learning curve says about the budget. ``steps``: the
-    steps the pretraining ran (its ``summary.json``; default the plan's)."""
+    where it did (more labels), and what the learning curve says about the budget; then the
+    fine-tuning difference at <= 10 % labels, whatever it is. ``steps``: the steps the pretraining
+    ran (its ``summary.json``; default the plan's)."""
     steps = plan.pretrain_steps if steps is None else steps
     vs_random = diffs[(diffs["baseline"] == "random") & (diffs["init"] != "imagenet")]
     wins = vs_random[vs_random["real"] & (vs_random["diff_mean"] > 0)]
@@ -120,13 +124,19 @@ def verdict(diffs: "pd.DataFrame", plan: DemoPlan, steps: int | None = None) -> 
 
     low = wins[wins["fraction"] <= 10]
     if len(low):
-        return f"pretraining beat random initialisation at <= 10 % labels: {cells(low)} (paired CIs exclude zero)"
-    line = f"no real gain over random initialisation at <= 10 % labels after {steps} pretraining steps"
-    if len(wins):
-        line += f"; a real gain with more labels: {cells(wins)}"
-    line += f". The learning curve (benchmarks/README.md, 'SSL learning curve') puts the crossover at about {CROSSOVER_NOTE}"
-    if steps < LONG.pretrain_steps:
-        return line + f"; `make demo-long` pretrains {LONG.pretrain_steps} steps."
+        line = f"pretraining beat random initialisation at <= 10 % labels: {cells(low)} (paired CIs exclude zero)"
+    else:
+        line = f"no real gain over random initialisation at <= 10 % labels after {steps} pretraining steps"
+        if len(wins):
+            line += f"; a real gain with more labels: {cells(wins)}"
+        line += (f". The learning curve (benchmarks/README.md, 'SSL learning curve') puts the crossover at about "
+                 f"{CROSSOVER_NOTE}")
+        if steps < LONG.pretrain_steps:
+            line += f"; `make demo-long` pretrains {LONG.pretrain_steps} steps"
+    tuned = vs_random[(vs_random["protocol"] == "finetune") & (vs_random["fraction"] <= 10)]
+    for r in tuned.itertuples():
+        ci = "" if r.pairs < 2 else f" [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}], " + ("real" if r.real else "noise")
+        line += f". Fine-tuning at {r.fraction:g} %: {r.diff_mean:+.3f}{ci} ({int(r.pairs)} seeds)"
     return line + "."
 
 

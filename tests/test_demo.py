@@ -77,6 +77,14 @@ def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
     cut = verdict(diffs((10, 0.01, False),), FULL, steps=120)  # a pretraining stopped by its time cap
     assert "after 120 pretraining steps" in cut
 
+    tuned = diffs((10, 0.05, True))
+    tuned = pd.concat([tuned, pd.DataFrame([{"baseline": "random", "init": "barlowtwins", "protocol": "finetune",
+                                             "fraction": 10, "diff_mean": -0.012, "real": False, "pairs": 5,
+                                             "diff_ci_low": -0.04, "diff_ci_high": 0.016}])])
+    said = verdict(tuned, FULL)  # the fine-tuning difference is stated whatever its sign, with its interval
+    assert said.startswith("pretraining beat random") and said.endswith(
+        "Fine-tuning at 10 %: -0.012 [-0.040, +0.016], noise (5 seeds).")
+
 
 def test_the_demo_says_what_precision_it_trains_in_and_why(monkeypatch):
     from sonossl.config import FULL
@@ -86,7 +94,7 @@ def test_the_demo_says_what_precision_it_trains_in_and_why(monkeypatch):
     slow = fastpath.FastPath("32-true", False, "measured fastest on this CPU (no bf16 units, bf16 not tried): x1.00")
     monkeypatch.setattr(fastpath, "choose", lambda *a, **k: slow)
     line = precision_line(FULL)
-    assert line.startswith("32-true, NCHW (measured") and f"about {FULL.minutes} minutes" in line
+    assert line.startswith("32-true, NCHW (measured") and f"about {FULL.minutes_float32} minutes" in line
     fast = fastpath.FastPath("bf16-mixed", True, "measured fastest on this CPU (amx_bf16): x3.40")
     monkeypatch.setattr(fastpath, "choose", lambda *a, **k: fast)
     assert precision_line(FULL) == "bf16-mixed, channels_last (measured fastest on this CPU (amx_bf16): x3.40)"
