@@ -20,7 +20,7 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/sonossl demo --out demo_out_quick --plan quick --resume
 
-# 2000 pretraining steps, where the frozen features clearly pass random initialisation (benchmarks/README.md): about 45 minutes on 2 idle cores with bf16 units
+# the demo's pretraining with more seeds (10 linear, 5 fine-tuning): about 47 minutes on 2 idle cores with bf16 units, 85 without
 demo-long: $(STAMP)
 	$(BIN)/sonossl demo --out demo_out_long --plan long --resume
 
