@@ -99,7 +99,7 @@ def main() -> None:
     for (fraction, init), g in out.groupby(["fraction", "init"], sort=False):
         r = g[g.against == "random"].iloc[0]
         bt = g[g.against == "barlowtwins"]
-        vs_bt = (f"{bt.diff.iloc[0]:+.3f} [{bt.t_low.iloc[0]:+.3f}, {bt.t_high.iloc[0]:+.3f}]"
+        vs_bt = (f"{bt['diff'].iloc[0]:+.3f} [{bt.t_low.iloc[0]:+.3f}, {bt.t_high.iloc[0]:+.3f}]"
                  f"{' real' if bt.real.iloc[0] else ''}") if len(bt) else "-"
         name = "BarlowTwins, rate chosen on valid" if init == "barlowtwins" else \
             f"BarlowTwins + {LEVERS[init.split('+')[1]]} (lr 3e-4)"

@@ -11,8 +11,8 @@
 #   python benchmarks/finetune_levers.py bench_out/ft/study bench_out/ft/levers         # the table
 #
 # SONOSSL names the command (default: sonossl on PATH, else .venv/bin/sonossl); FRACTIONS the
-# label fractions (default 10,1; 10 alone takes 15 runs of about 3-4 minutes on 2 idle cores
-# without bf16 units). Seeds run outermost, so a stopped run already holds complete pairs.
+# label fractions (default 10,1; 10 alone takes 15 runs of about 70 s each on 2 idle cores with AMX-BF16,
+# 3-4 minutes without bf16 units). Seeds run outermost, so a stopped run already holds complete pairs.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$here/bench_out/ft/levers}"
