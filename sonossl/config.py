@@ -393,6 +393,8 @@ class EvaluateConfig(Config):
     linear_epochs: int = Field(100, gt=0, description="linear-probe epochs")
     max_steps: int = Field(-1, ge=-1, description="cap on optimiser steps per fine-tuning run; -1: epochs only")
     min_steps: int = Field(0, ge=0, description="floor on fine-tuning steps, so 1 % runs are more than a handful of updates")
+    val_evals: int = Field(20, ge=2, description="validation passes per training run, spread evenly from its first "
+                           "epoch to its last (fewer when it has fewer epochs); model selection keeps the best of them")
     augment: bool = Field(True, description="fine-tuning augmentations: RandAugment(5 ops, magnitude 5) and the flips below")
     vflip: bool = Field(True, description="vertical flips in fine-tuning, as published (they put the probe at the bottom)")
     hflip: bool = Field(False, description="horizontal flips in fine-tuning (LVOT and RVOT mirror each other)")
@@ -497,6 +499,7 @@ class DemoPlan:
     finetune_schedule: str = "cosine"  # the learning rate over a fine-tuning run (docs/protocol.md, deviations)
     finetune_vflip: bool = False  # the published vertical flips; off: the probe stays at the top (deviations)
     finetune_min_steps: int = 0  # a floor on a fine-tuning run's optimiser steps, so few labels still converge
+    finetune_evals: int = 20  # validation passes per fine-tuning run (EvaluateConfig.val_evals)
     # each init's search on the valid split (EvaluateConfig.select_on_valid), per protocol; empty: none
     linear_select: dict[str, list] = field(default_factory=dict)
     finetune_select: dict[str, list] = field(default_factory=dict)
@@ -507,29 +510,33 @@ class DemoPlan:
     minutes_float32: int = 25  # about this long on 2 idle cores of a CPU without them (float32)
 
 
-# Sized on measurements (benchmarks/README.md). Pretraining: BarlowTwins, cpu preset, 2000 steps of
-# 64 pairs, the shortest schedule at whose end the frozen features measured clearly better than
-# random initialisation (a whole 1000-step schedule, recorded as the demo: no gain; the 2000-step
-# schedule: +0.14 macro-F1 at 10 % labels). ~0.53 s per step with bf16 + channels_last on a 2-core
-# Xeon with AMX-BF16, ~1 s in float32 elsewhere; the step count decides the pretraining, so every
-# machine runs the same schedule to its end (the time cap is a safety net above a float32 CPU's
-# time). Labelled pool: 300 / 100 / 100 images per class (train / valid / test), so 1 % is 3 images
-# per class and 10 % is 30. The comparison is fair: each init gets the same search on the valid
-# split (the probe's rate among 1e-3 and 1e-2, fine-tuning's among the published 1e-3 and 3e-4) and
-# the test split is scored once, by the winner. Fine-tuning (60 epochs, cosine, no vertical flips,
-# >= 200 steps) costs ~70 s per candidate at 10 % on the AMX Xeon, so it runs at 10 % only.
-FULL = DemoPlan("full", videos=600, frames=8, frame_skip=1, pretrain_steps=2000, pretrain_seconds=5400,
+# Sized on measurements (benchmarks/README.md, "Pretraining levers" and "The demo's budget").
+# Pretraining: BarlowTwins, cpu preset (its learning rates 20x the paper's base rates, which a few
+# hundred steps of batch 64 need), 500 steps of 64 pairs: a whole 600-step schedule already gave the
+# frozen features +0.06-0.08 macro-F1 over random initialisation at 10 % labels (L-BFGS probe), an
+# 800-step one +0.21 through the demo's own probe. ~0.65 s per step on 2 cores with bf16 units, about
+# 1.1 s in float32 elsewhere; the step count decides the pretraining, so every machine runs the same
+# schedule to its end (the time cap is a safety net above a float32 CPU's time). The demo runs two
+# units at a time, one thread each: random initialisation's evaluations overlap the pretraining,
+# and fine-tuning at batch 32 gets 1.4x more done per core than with two threads.
+# Labelled pool: 300 / 100 / 100 images per class (train / valid / test), so 1 % is 3 images per
+# class and 10 % is 30. The comparison is fair: each init gets the same search on the valid split
+# (the probe's rate among 1e-3 and 1e-2, fine-tuning's among the published 1e-3 and 3e-4) and the
+# test split is scored once, by the winner. Fine-tuning: 60 epochs (at least 200 steps of batch 32),
+# cosine to zero, no vertical flips, validated 10 times; random initialisation needs the 60 (at 40
+# its best epoch was the last in 2 of 3 runs, and it scored 0.55 against 0.62-0.64).
+FULL = DemoPlan("full", videos=600, frames=8, frame_skip=1, pretrain_steps=500, pretrain_seconds=3600,
                 fractions=(1, 10, 100), seeds=(0, 1, 2, 3, 4), finetune_fractions=(10,), finetune_seeds=(0, 1, 2),
-                finetune_epochs=60, finetune_min_steps=200, linear_select={"lr": [1e-3, 1e-2]},
-                finetune_select={"lr": [1e-3, 3e-4]}, labelled_per_class=(300, 100, 100), minutes=35,
-                minutes_float32=60)
+                finetune_epochs=60, finetune_min_steps=200, finetune_evals=10, linear_select={"lr": [1e-3, 1e-2]},
+                finetune_select={"lr": [1e-3, 3e-4]}, labelled_per_class=(300, 100, 100), minutes=15,
+                minutes_float32=25)
 QUICK = DemoPlan("quick", videos=40, frames=16, frame_skip=2, pretrain_steps=40, pretrain_seconds=100,
                  fractions=(10, 100), seeds=(0, 1, 2), finetune_fractions=(100,), finetune_seeds=(0,),
                  finetune_epochs=20, labelled_per_class=(40, 20, 40), minutes=3, minutes_float32=4)
-# The same pretraining with more seeds: 10 for the probe, 5 for fine-tuning at 10 %, so that a
+# A longer pretraining and more seeds: 10 for the probe, 5 for fine-tuning at 1 and 10 %, so that a
 # fine-tuning difference of a few points has a chance to be resolved.
-LONG = replace(FULL, name="long", seeds=tuple(range(10)), finetune_seeds=(0, 1, 2, 3, 4), minutes=47,
-               minutes_float32=85)
+LONG = replace(FULL, name="long", pretrain_steps=700, seeds=tuple(range(10)), finetune_fractions=(1, 10),
+               finetune_seeds=(0, 1, 2, 3, 4), minutes=30, minutes_float32=50)
 PLANS = {p.name: p for p in (QUICK, FULL, LONG)}
 
 
@@ -540,9 +547,11 @@ class DemoConfig(Config):
     plan: Literal["quick", "full", "long"] = Field(
         "full", description=f"quick: a smoke run, about {QUICK.minutes} minutes; full: {FULL.pretrain_steps} "
         f"pretraining steps, linear probes at {', '.join(f'{f:g}' for f in FULL.fractions)} % labels and fine-tuning at "
-        f"{FULL.finetune_fractions[0]:g} %, about {FULL.minutes} minutes; long: the same with more seeds "
-        f"({len(LONG.seeds)} and {len(LONG.finetune_seeds)}), about {LONG.minutes} minutes (2 idle cores of a CPU with "
-        f"bf16 units; without them about {QUICK.minutes_float32}, {FULL.minutes_float32} and {LONG.minutes_float32})")
+        f"{', '.join(f'{f:g}' for f in FULL.finetune_fractions)} %, about {FULL.minutes} minutes; long: "
+        f"{LONG.pretrain_steps} steps, fine-tuning at {', '.join(f'{f:g}' for f in LONG.finetune_fractions)} % and more "
+        f"seeds ({len(LONG.seeds)} and {len(LONG.finetune_seeds)}), about {LONG.minutes} minutes (2 idle cores of a CPU "
+        f"with bf16 units; without them about {QUICK.minutes_float32}, {FULL.minutes_float32} and "
+        f"{LONG.minutes_float32})")
     quick: bool = Field(False, description="the same as --plan quick")
     seeds: list[int] | None = Field(None, description="override the linear-probe seeds; none: the plan's (" + ", ".join(
         f"{p.name} {p.seeds[0]}-{p.seeds[-1]}" for p in (QUICK, FULL, LONG)) + ")")

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 
 METHOD = "barlowtwins"
+# Units run at once, each with cores / DEMO_WORKERS threads: random initialisation's evaluations
+# then overlap the pretraining, and a fine-tuning at batch 32 does 1.4x more per core on one
+# thread than on two (benchmarks/README.md, "The demo's budget").
+DEMO_WORKERS = 2
 
 
 def _say(msg: str) -> None:
@@ -56,8 +60,8 @@ def precision_line(plan: DemoPlan) -> str:
     line = str(fast)
     if fast.amp_dtype is None and "no bf16 units" in fast.reason:
         line += (f"; this CPU has no bf16 units, so the plan runs in float32: about {plan.minutes_float32} minutes on "
-                 f"2 idle cores, against {plan.minutes} on a Xeon with AMX-BF16, where the whole pretraining step "
-                 "measured 1.8x faster in bf16 + channels_last (benchmarks/README.md)")
+                 f"2 idle cores, against {plan.minutes} on a CPU with AMX or AVX-512 BF16 units, where the whole "
+                 "pretraining step measured 1.7-1.8x faster in bf16 + channels_last (benchmarks/README.md)")
     return line
 
 
@@ -81,7 +85,7 @@ def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
                          "linear": {"options": {"select_on_valid": dict(plan.linear_select)}},
                          "finetune": {"fractions": list(plan.finetune_fractions), "seeds": list(plan.finetune_seeds),
                                       "options": {"batch_size": 32, "epochs": plan.finetune_epochs,
-                                                  "min_steps": plan.finetune_min_steps,
+                                                  "min_steps": plan.finetune_min_steps, "val_evals": plan.finetune_evals,
                                                   "lr_schedule": plan.finetune_schedule, "vflip": plan.finetune_vflip,
                                                   "select_on_valid": dict(plan.finetune_select)}}}},
         "context": {
@@ -185,8 +189,8 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
     # absolute paths: relative ones in a study resolve against its root, not the working directory
     study = expand(validated(StudySpec, demo_study(data.resolve(), plan, imagenet), "demo"), out, "demo")
     _say(study.describe().splitlines()[0])
-    summary = run_study(study, out, workers=1, resume=True, save_models="finetune", log=lambda m: print(m, flush=True),
-                        command="demo")
+    summary = run_study(study, out, workers=DEMO_WORKERS, resume=True, save_models="finetune",
+                        log=lambda m: print(m, flush=True), command="demo")
     if summary.failed or summary.blocked:
         raise SonosslError(f"demo: {len(summary.failed)} runs failed ({next(iter(summary.failed.values()), '')}); "
                            f"see {out / 'logs'}; rerun with --resume")

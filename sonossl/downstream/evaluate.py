@@ -188,7 +188,7 @@ def _train(r: _Run, protocol: str, seed: int, idx: torch.Tensor, curves: _Curves
     cfg, data, n_classes = r.cfg, r.data, len(r.data.class_names)
     torch.manual_seed(seed)
     linear = FitSettings(lr=cfg.lr, lr_schedule=cfg.lr_schedule, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                         seed=seed, device=r.device, amp_dtype=r.amp, epochs=cfg.linear_epochs)
+                         seed=seed, device=r.device, amp_dtype=r.amp, epochs=cfg.linear_epochs, max_evals=cfg.val_evals)
     model = Classifier(r.init.build(cfg.imagenet_weights), n_classes, cfg.dropout)
     if r.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,9 +1,10 @@
 """The fastest precision and memory layout for training on this machine, measured, not assumed.
 
 On a GPU, bf16 autocast with channels_last is the known fast path. On a CPU it depends on the
-chip: with AMX or AVX-512 BF16 units, bf16 autocast in channels_last runs a ResNet step about
-3x faster than float32; without them bf16 is emulated and *slower* than float32, and bf16 in
-NCHW is slower than float32 even on AMX chips (benchmarks/README.md, "Precision and layout").
+chip: with AMX or AVX-512 BF16 units, bf16 autocast in channels_last runs a bare ResNet-18
+forward+backward about 2.2x and a whole SSL step 1.7-1.9x faster than float32 (measured on an
+Intel Xeon with AMX-BF16 and an AMD EPYC with AVX-512 BF16); without them bf16 is emulated and
+6-30x *slower* than float32 (benchmarks/README.md, "Precision and memory layout").
 So on a CPU :func:`choose` times a few forward+backward passes of the actual backbone at the
 actual image size in each candidate setting and keeps the fastest. It takes a few seconds, and
 its choice is recorded in the run's ``config.yaml`` (``precision``, ``channels_last``) and its
