@@ -20,7 +20,7 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/sonossl demo --out demo_out_quick --plan quick --resume
 
-# the demo's pretraining with more seeds (10 linear, 5 fine-tuning): about 47 minutes on 2 idle cores with bf16 units, 85 without
+# a longer pretraining, fine-tuning at 1 and 10 % and more seeds; `sonossl demo --help` gives each plan's size and time
 demo-long: $(STAMP)
 	$(BIN)/sonossl demo --out demo_out_long --plan long --resume
 

@@ -194,3 +194,12 @@ def test_each_run_logs_its_training_curve_to_tensorboard(labelled: Path, tmp_pat
         acc.Reload()
         assert {"finetune/train_loss", "finetune/val_balanced_accuracy", "finetune/lr"} <= set(acc.Tags()["scalars"])
         assert [e.step for e in acc.Scalars("finetune/val_balanced_accuracy")] == [h["step"] for h in history]
+
+
+def test_val_evals_spreads_that_many_validation_passes_from_the_first_epoch_to_the_last(labelled: Path, tmp_path: Path):
+    out = tmp_path / "e"
+    assert run(["--labels", str(labelled), "--init", "random", "--protocol", "finetune", "--fractions", "100",
+                "--seeds", "0", "--out", str(out), *FAST[:2], "--epochs", "9", "--batch-size", "32",
+                "--val-evals", "3", "--backbone", "resnet18"]) == 0
+    history = json.loads((out / "random_finetune_f100_s0" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 5, 9]
