@@ -31,8 +31,11 @@ def trained(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("infer")
     labels = make_labelled(root / "labelled", {"train": 12, "valid": 3, "test": 5})
+    # float32, as predict scores: with `auto`, a CPU with bf16 units trains and scores the test split in bf16,
+    # and its predictions.csv then differs from predict's float32 by ~2e-4 (measured on an AVX-512 BF16 EPYC)
     cfg = EvaluateConfig(labels=labels, init="random", backbone="resnet18", protocol=["finetune"], fractions=[100.0],
-                         seeds=[0], image_size=SIZE, epochs=2, batch_size=16, out=root / "eval", accelerator="cpu")
+                         seeds=[0], image_size=SIZE, epochs=2, batch_size=16, out=root / "eval", accelerator="cpu",
+                         precision="32-true")
     evaluate(cfg, progress=None)
     run = root / "eval" / "random_finetune_f100_s0"
     assert (run / "model.pt").is_file()
