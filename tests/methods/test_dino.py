@@ -166,7 +166,11 @@ def _cfg(frames, out, **kw) -> PretrainConfig:
     opts = {**OPTS, "momentum": 0.9, "momentum_end": 0.9, "warmup_teacher_temp_epochs": 2, "teacher_temp": 0.06}
     base = dict(method="dino", frames=frames, out=out, image_size=32, batch_size=4, epochs=3, warmup_epochs=10,
                 optimizer="sgd", lr_weights=0.03, lr_biases=0.03, weight_decay=1e-4, pairs="temporal", max_gap=2,
-                num_workers=0, log_every_n_steps=1, method_options=opts)
+                num_workers=0, log_every_n_steps=1, method_options=opts,
+                # float32: under bf16 autocast DINO's resumed run is NOT bit-identical to a straight one
+                # (measured on an AVX-512 BF16 EPYC, where `auto` picks bf16 at 32 px; BarlowTwins' is).
+                # An open bug, not a tolerance: the cause is not found yet (benchmarks/README.md).
+                precision="32-true")
     return PretrainConfig(**{**base, **kw})
 
 

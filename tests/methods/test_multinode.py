@@ -27,7 +27,8 @@ from sonossl.methods.train import build_model, job_shape
 ROOT = Path(__file__).resolve().parents[2]
 # BarlowTwins with a one-layer projector (no BatchNorm in the head); no warm-up, so step 0 moves
 SETTINGS = dict(method="barlowtwins", backbone="resnet18", image_size=32, batch_size=8, max_steps=1, epochs=1,
-                num_workers=0, warmup_epochs=0, log_every_n_steps=1, accelerator="cpu", seed=3,
+                num_workers=0, warmup_epochs=0, log_every_n_steps=1, accelerator="cpu", seed=3, precision="32-true",
+                lr_weights=0.2, lr_biases=0.0048,  # given, so the CLI run (cpu preset) and the reference agree
                 method_options={"projector": [16]})
 
 
