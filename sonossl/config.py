@@ -516,10 +516,8 @@ class DemoPlan:
 # frozen features +0.06-0.08 macro-F1 over random initialisation at 10 % labels (L-BFGS probe), an
 # 800-step one +0.21 through the demo's own probe. ~0.65 s per step on 2 cores with bf16 units, about
 # 1.1 s in float32 elsewhere; the step count decides the pretraining, so every machine runs the same
-# schedule to its end (the time cap is a safety net above a float32 CPU's time). The demo runs two
-# units at a time, one thread each: random initialisation's evaluations overlap the pretraining,
-# and fine-tuning at batch 32 gets 1.4x more done per core than with two threads.
-# Labelled pool: 300 / 100 / 100 images per class (train / valid / test), so 1 % is 3 images per
+# schedule to its end (the time cap is a safety net above a float32 CPU's time); the demo runs two
+# units at a time (sonossl/demo.py, DEMO_WORKERS). Labelled pool: 300 / 100 / 100 images per class (train / valid / test), so 1 % is 3 images per
 # class and 10 % is 30. The comparison is fair: each init gets the same search on the valid split
 # (the probe's rate among 1e-3 and 1e-2, fine-tuning's among the published 1e-3 and 3e-4) and the
 # test split is scored once, by the winner. Fine-tuning: 60 epochs (at least 200 steps of batch 32),
@@ -540,15 +538,20 @@ LONG = replace(FULL, name="long", pretrain_steps=700, seeds=tuple(range(10)), fi
 PLANS = {p.name: p for p in (QUICK, FULL, LONG)}
 
 
+def _percents(fractions: tuple[float, ...]) -> str:
+    """``(1, 10, 100)`` -> ``"1, 10, 100"`` (label fractions as a help text states them)."""
+    return ", ".join(f"{f:g}" for f in fractions)
+
+
 class DemoConfig(Config):
     """``sonossl demo``: synth -> ingest -> pretrain -> evaluate -> report on built-in data."""
 
     out: Path = Field(Path("demo_out"), description="demo folder")
     plan: Literal["quick", "full", "long"] = Field(
         "full", description=f"quick: a smoke run, about {QUICK.minutes} minutes; full: {FULL.pretrain_steps} "
-        f"pretraining steps, linear probes at {', '.join(f'{f:g}' for f in FULL.fractions)} % labels and fine-tuning at "
-        f"{', '.join(f'{f:g}' for f in FULL.finetune_fractions)} %, about {FULL.minutes} minutes; long: "
-        f"{LONG.pretrain_steps} steps, fine-tuning at {', '.join(f'{f:g}' for f in LONG.finetune_fractions)} % and more "
+        f"pretraining steps, linear probes at {_percents(FULL.fractions)} % labels and fine-tuning at "
+        f"{_percents(FULL.finetune_fractions)} %, about {FULL.minutes} minutes; long: "
+        f"{LONG.pretrain_steps} steps, fine-tuning at {_percents(LONG.finetune_fractions)} % and more "
         f"seeds ({len(LONG.seeds)} and {len(LONG.finetune_seeds)}), about {LONG.minutes} minutes (2 idle cores of a CPU "
         f"with bf16 units; without them about {QUICK.minutes_float32}, {FULL.minutes_float32} and "
         f"{LONG.minutes_float32})")
