@@ -178,7 +178,7 @@ def predict(model: str | Path, inputs: list[str | Path] | str | Path, out: str |
     c = build_config(PredictConfig, {"model": model, "inputs": inputs, "out": out, **options}, source="predict")
     _claim_file(c.out, "predict", [("--model", _model_file(c.model)), *(("input", i) for i in c.inputs)])
     return run(c.model, c.inputs, c.out, smooth=c.smooth, batch_size=c.batch_size, device=c.device,
-               frame_skip=c.frame_skip, crop=c.crop, overwrite=overwrite, progress=progress)
+               precision=c.precision, frame_skip=c.frame_skip, crop=c.crop, overwrite=overwrite, progress=progress)
 
 
 @_command
@@ -200,7 +200,7 @@ def embed(model: str | Path, labels: str | Path, out: str | Path, *, overwrite: 
     c = build_config(EmbedConfig, {"model": model, "labels": labels, "out": out, **options}, source="embed")
     _claim_file(c.out, "embed", [("--model", _model_file(c.model)), ("--labels", c.labels)])
     return run(c.model, c.labels, c.out, method=c.method, split=c.split, k=c.k, seed=c.seed, device=c.device,
-               overwrite=overwrite)
+               precision=c.precision, overwrite=overwrite)
 
 
 @_command

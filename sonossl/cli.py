@@ -112,7 +112,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     s = api.predict(overwrite=a.overwrite, progress=not a.quiet, **_settings(a))
     print(f"{s.sources} inputs predicted ({s.frames} frames) -> {s.csv}"
           + (f"; timelines and best frames of {s.clips} clips in {s.clips_dir}" if s.clips else "")
-          + (f"; {len(s.errors)} unreadable, listed in {s.errors_csv}" if s.errors else ""))
+          + (f"; {len(s.errors)} unreadable, listed in {s.errors_csv}" if s.errors else "")
+          + f"; precision: {s.precision}")
     return 0
 
 

@@ -153,6 +153,8 @@ def dump_config(cfg: Config, path: Path) -> None:
 
 
 Accelerator = Literal["auto", "cpu", "gpu"]
+# what a run computes in: auto (the fast path's measured choice, sonossl.models.fastpath) or a Lightning precision
+Precision = Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true"]
 Launcher = Literal["local", "slurm", "submitit-local"]
 
 
@@ -323,7 +325,7 @@ class PretrainConfig(SlurmJobConfig):
                                "on preemption and resumed from its checkpoint; submitit-local: that job on this "
                                "machine (one node)")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
-    precision: str = Field("auto", description="auto: bf16-mixed + channels_last on GPU; on a CPU the faster of "
+    precision: Precision = Field("auto", description="auto: bf16-mixed + channels_last on GPU; on a CPU the faster of "
                            "float32 and bf16 autocast, each in NCHW or channels_last, measured at start "
                            "(sonossl.models.fastpath) and recorded here; or 32-true (float32 NCHW), 16-mixed, "
                            "bf16-mixed or bf16-true")
@@ -353,14 +355,6 @@ class PretrainConfig(SlurmJobConfig):
     def world_size(self) -> int:
         """Processes of data-parallel training: ``num_nodes x devices``."""
         return self.num_nodes * self.devices
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        allowed = {"auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true"}
-        if v not in allowed:
-            raise ValueError(f"expected one of {sorted(allowed)}")
-        return v
 
 
 class EvaluateConfig(Config):
@@ -406,7 +400,7 @@ class EvaluateConfig(Config):
                               "accuracy, lr per optimiser step): tensorboard (RUN/tensorboard), csv (RUN/csv_logs) "
                               "or none")
     accelerator: Accelerator = Field("auto", description="auto: a GPU when one is visible")
-    precision: str = Field("auto", description="auto: bf16 autocast + channels_last on GPU; on a CPU the faster of "
+    precision: Precision = Field("auto", description="auto: bf16 autocast + channels_last on GPU; on a CPU the faster of "
                            "float32 and bf16, each in NCHW or channels_last, measured (sonossl.models.fastpath); "
                            "32-true forces float32 NCHW")
     head_lr_mult: float = Field(1.0, gt=0, description="fine-tuning: the head's learning rate is lr x this, the "
@@ -560,6 +554,11 @@ class DemoConfig(Config):
         f"{p.name} {p.seeds[0]}-{p.seeds[-1]}" for p in (QUICK, FULL, LONG)) + ")")
 
 
+INFER_PRECISION = ("auto: the fast path evaluate scores in (bf16 autocast + channels_last on GPU; on a CPU the "
+                   "faster of float32 and bf16, each in NCHW or channels_last, measured once per machine); "
+                   "32-true: float32 NCHW, the reference")
+
+
 class PredictConfig(Config):
     """``sonossl predict``: the plane of every frame of new scans."""
 
@@ -572,6 +571,7 @@ class PredictConfig(Config):
     crop: Crop = Field("auto", description="scan region crop, as in ingest")
     batch_size: int = Field(64, description="frames per forward pass")
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
+    precision: Precision = Field("auto", description=INFER_PRECISION)
 
 
 class ExportConfig(Config):
@@ -593,6 +593,7 @@ class EmbedConfig(Config):
     k: int = Field(5, description="neighbours of the kNN accuracy")
     seed: int = Field(0, description="seed of the map")
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
+    precision: Precision = Field("auto", description=INFER_PRECISION)
 
 
 class SelectConfig(Config):

@@ -20,6 +20,7 @@ from sonossl.downstream.classifier import Classifier
 from sonossl.errors import SonosslError
 from sonossl.models.backbones import build_encoder, get_spec, load_error
 from sonossl.models.devices import resolve_device
+from sonossl.models.fastpath import FastPath, choose
 from sonossl.outputs import atomic_torch_save
 
 MODEL_FORMAT = 1
@@ -29,7 +30,8 @@ REQUIRED_KEYS = ("format", "backbone", "class_names", "preprocessing", "state_di
 
 @dataclass
 class LoadedModel:
-    """A classifier in eval mode on ``device``; ``(B, 1, S, S)`` uint8 or float [0, 1] -> logits ``(B, C)``."""
+    """A classifier in eval mode on ``device``, in ``fast``'s memory layout; ``(B, 1, S, S)`` uint8
+    or float [0, 1] -> logits ``(B, C)`` (call it under ``autocast()``)."""
 
     classifier: Classifier
     class_names: list[str]
@@ -38,6 +40,12 @@ class LoadedModel:
     path: Path
     device: str
     meta: dict[str, Any] = field(default_factory=dict)  # the bundle without its state_dict
+    fast: FastPath = field(default_factory=lambda: FastPath("32-true", False, "given"))
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context of ``fast`` (disabled in float32)."""
+        dtype = self.fast.amp_dtype
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype, enabled=dtype is not None)
 
 
 def model_file(model: Path) -> Path:
@@ -53,8 +61,10 @@ def model_file(model: Path) -> Path:
     return model
 
 
-def load_model(model: Path, device: str = "cpu") -> LoadedModel:
-    """Read ``model.pt`` (see the module docstring) and rebuild its classifier, in eval mode."""
+def load_model(model: Path, device: str = "cpu", precision: str = "32-true") -> LoadedModel:
+    """Read ``model.pt`` (see the module docstring) and rebuild its classifier, in eval mode.
+    ``precision``: ``32-true`` (float32 NCHW, the reference), ``auto`` (the fast path evaluate
+    scores in on this machine, :func:`sonossl.models.fastpath.choose`) or a Lightning precision."""
     path = model_file(model)
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
@@ -76,9 +86,10 @@ def load_model(model: Path, device: str = "cpu") -> LoadedModel:
     except RuntimeError as exc:
         raise SonosslError(f"{path}: weights do not fit a {name} classifier with {len(classes)} classes ({str(exc).splitlines()[0]})") from None
     device = resolve_device(device)
-    classifier.to(device).eval()
+    fast = choose(name, size, device, precision)
+    classifier.to(device, memory_format=fast.memory_format).eval()
     meta = {k: v for k, v in bundle.items() if k != "state_dict"}
-    return LoadedModel(classifier, classes, name, size, path, device, meta)
+    return LoadedModel(classifier, classes, name, size, path, device, meta, fast)
 
 
 def save_model(path: Path, classifier: Classifier, *, backbone: str, class_names: list[str], image_size: int,

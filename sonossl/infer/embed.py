@@ -84,6 +84,7 @@ def embed(
     seed: int = 0,
     batch_size: int = 64,
     device: str = "auto",
+    precision: str = "auto",
     overwrite: bool = False,
     echo: Callable[[str], None] | None = print,
 ) -> dict:
@@ -105,7 +106,7 @@ def embed(
     out_png = Path(out_png)
     if out_png.exists() and not overwrite:
         raise SonosslError(f"{out_png}: exists; pass --overwrite to replace it")
-    m = load_model(model, device)
+    m = load_model(model, device, precision)
     data = load_labelled(labels, size=m.image_size)
     unknown = sorted(set(data.class_names) - set(m.class_names))
     if unknown:
@@ -114,7 +115,7 @@ def embed(
 
     feats, ys, names = {}, {}, {}
     for s in (data.train, data.valid, data.test):
-        f = predict_logits(m.classifier.encoder, s.images, batch_size, m.device)
+        f = predict_logits(m.classifier.encoder, s.images, batch_size, m.device, m.fast.amp_dtype)
         feats[s.name] = torch.nn.functional.normalize(f, dim=1).numpy()
         ys[s.name] = to_model[s.labels.numpy()]
     acc = knn_accuracy(feats["train"], ys["train"], feats["test"], ys["test"], k)

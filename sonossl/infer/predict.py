@@ -79,6 +79,7 @@ class PredictSummary:
     clips_dir: Path | None = None
     best_frames: Path | None = None
     errors_csv: Path | None = None
+    precision: str = ""  # what the model ran in, and why (FastPath)
 
 
 def read_input(path: Path, image_size: int, *, frame_skip: int = 1, crop: str = "auto") -> Frames:
@@ -100,7 +101,9 @@ def frame_probabilities(m: LoadedModel, frames: np.ndarray, batch_size: int = 64
     out = []
     for i in range(0, len(frames), batch_size):
         x = torch.from_numpy(np.array(frames[i : i + batch_size], copy=True))[:, None].to(m.device)
-        out.append(torch.softmax(m.classifier(x).float(), 1).cpu())
+        with m.autocast():
+            logits = m.classifier(x)
+        out.append(torch.softmax(logits.float(), 1).cpu())
     return torch.cat(out).numpy()
 
 
@@ -191,6 +194,7 @@ def predict(
     smooth: int = 0,
     batch_size: int = 64,
     device: str = "auto",
+    precision: str = "auto",
     frame_skip: int = 1,
     crop: Crop = "auto",
     overwrite: bool = False,
@@ -199,12 +203,12 @@ def predict(
     """Predict every frame of ``inputs`` (files or folders, walked) with the model of ``model``.
 
     model: an evaluate run folder or its ``model.pt``. Writes ``out_csv`` and, beside it,
-    ``<stem>_clips/`` and ``<stem>_errors.csv`` (see the module docstring).
+    ``<stem>_clips/`` and ``<stem>_errors.csv`` (see the module docstring); ``precision`` as :func:`load_model`.
     Raises :class:`SonosslError` on a bad model or option, an existing output without
     ``overwrite``, and when no input could be predicted.
     """
     _check_options(smooth, batch_size, frame_skip, crop)
-    m = load_model(model, device)
+    m = load_model(model, device, precision)
     files = find_sources([Path(p) for p in inputs])
     if not files:
         raise SonosslError(f"{', '.join(map(str, inputs))}: no input files found")
@@ -217,7 +221,7 @@ def predict(
     part_dir = clips_dir.with_name(clips_dir.name + ".partial")
     shutil.rmtree(part_dir, ignore_errors=True)
     classes = m.class_names
-    summary = PredictSummary(0, 0, 0)
+    summary = PredictSummary(0, 0, 0, precision=str(m.fast))
     best_rows: list[list] = []
     try:
         with open(part_csv, "w", newline="") as fh, progress_bar("predict", progress and len(files) >= PROGRESS_MIN_INPUTS) as bar:

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from PIL import Image
 
 from sonossl.data.ingest import process_source
@@ -109,13 +110,34 @@ def test_clip_frames_are_ingestion_frames_and_images_are_evaluation_inputs(train
     np.testing.assert_array_equal(read_input(ybr, SIZE).frames, ingested["frames"])
 
     out = tmp_path / "p.csv"
-    predict(trained["run"], [trained["labels"] / "img" / "test"], out, device="cpu", progress=False)
+    summary = predict(trained["run"], [trained["labels"] / "img" / "test"], out, device="cpu", precision="32-true",
+                      progress=False)  # the fixture scored its test split in float32
+    assert summary.precision.startswith("32-true, NCHW")
     ours = {Path(r["source"]).relative_to(trained["labels"]).as_posix(): r for r in rows_of(out)}
     theirs = rows_of(trained["run"] / "predictions.csv")
     assert len(ours) == len(theirs) == 3 * 5
     for r in theirs:
         for c in CLASSES:
             assert abs(float(ours[r["image_path"]][f"p_{c}"]) - float(r[f"p_{c}"])) < 1e-4
+
+
+def test_predict_in_bf16_channels_last_agrees_with_float32(trained, tmp_path: Path):
+    """The fast path evaluate can choose (bf16 autocast, channels_last) predicts what float32 does,
+    to bf16's precision (8 mantissa bits: ~1e-2 on a probability)."""
+    from sonossl.downstream.modelfile import load_model
+
+    m = load_model(trained["run"], "cpu", "bf16-mixed")
+    assert m.fast.amp_dtype is torch.bfloat16 and m.fast.channels_last
+    assert m.classifier.encoder.trunk.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    images = [trained["labels"] / "img" / "test"]
+    p32, p16 = tmp_path / "f32.csv", tmp_path / "bf16.csv"
+    predict(trained["run"], images, p32, device="cpu", precision="32-true", progress=False)
+    s = predict(trained["run"], images, p16, device="cpu", precision="bf16-mixed", progress=False)
+    assert s.precision.startswith("bf16-mixed, channels_last")
+    a, b = rows_of(p32), rows_of(p16)
+    assert [r["source"] for r in a] == [r["source"] for r in b] and len(a) == 15
+    for x, y in zip(a, b):
+        assert max(abs(float(x[f"p_{c}"]) - float(y[f"p_{c}"])) for c in CLASSES) < 3e-2
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's notes on the broken file
