@@ -133,6 +133,12 @@ class SSLMethod(pl.LightningModule):
                                f"({cfg.world_size}), >= 2 per device")
 
     @classmethod
+    def smallest_view(cls, cfg: PretrainConfig, options: MethodOptions) -> int:
+        """The side in pixels of the smallest view the encoder sees (default ``image_size``; DINO's
+        local crops are smaller): the fast path keeps small inputs out of CPU bf16."""
+        return cfg.image_size
+
+    @classmethod
     def validate(cls, cfg: PretrainConfig) -> MethodOptions:
         """``cfg.method_options`` parsed by this method's ``Options`` and ``cfg`` checked by
         :meth:`check_config`; returns the options."""

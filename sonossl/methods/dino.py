@@ -140,6 +140,10 @@ class DINO(SSLMethod):
                 f"{o.local_crop_ratio} gives {local} px; need >= 8 px)"
             )
 
+    @classmethod
+    def smallest_view(cls, cfg: PretrainConfig, o: DINOOptions) -> int:
+        return round(cfg.image_size * o.local_crop_ratio) if o.local_crops else cfg.image_size
+
     def __init__(self, cfg: PretrainConfig):
         super().__init__(cfg)
         o = self.options

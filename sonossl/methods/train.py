@@ -88,18 +88,19 @@ def _checked(cfg: PretrainConfig, resume: bool, overwrite: bool) -> tuple[Pretra
     if resume and overwrite:
         raise SonosslError("resume and overwrite exclude each other")
     check_apart(cfg.out, pretrain_inputs(cfg))
-    validate_method(cfg)  # what does not depend on the store, before it is opened
+    options = validate_method(cfg)  # what does not depend on the store, before it is opened
     store = FrameStore(cfg.frames)
     size = check_image_size(cfg.image_size, store)
     if size != cfg.image_size:  # the store's size: the checks that need the size run again
         cfg = cfg.model_copy(update={"image_size": size})
-        validate_method(cfg)
+        options = validate_method(cfg)
     accelerator = cfg.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise SonosslError("accelerator: gpu requested but no CUDA device is visible")
-    fast = choose_fast_path(cfg.backbone, cfg.image_size, "cuda" if accelerator == "gpu" else "cpu", cfg.precision)
+    fast = choose_fast_path(cfg.backbone, cfg.image_size, "cuda" if accelerator == "gpu" else "cpu", cfg.precision,
+                            min_side=get_method(cfg.method).smallest_view(cfg, options))
     # the choice is recorded in config.yaml: a resumed run reads it back and trains as it started
     channels_last = fast.channels_last if cfg.channels_last is None else cfg.channels_last
     cfg = cfg.model_copy(update={"precision": fast.precision, "channels_last": channels_last,

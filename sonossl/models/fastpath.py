@@ -12,6 +12,14 @@ figures in ``summary.json``; it is also kept per machine (:func:`cache_file`), s
 the same machine make the same choice without measuring again, and repeat exactly.
 
 Losses stay in float32 whatever is chosen (each method computes its loss with autocast off).
+
+One exception is not a matter of speed: on a CPU, oneDNN's bf16 weight gradient of a strided,
+padded convolution (kernel 3 or 7, stride 2) whose input map is 1x1 is garbage, up to 1e36 or inf
+against a true ~10 (torch 2.14.1, AVX-512 BF16 EPYC, autocast and bf16 weights alike, either
+layout; 2x2 maps and larger are right to bf16's 3e-3). A ResNet's last stage sees a 1x1 map
+when its input side is at most 16 px (each of its four strided stages halves it, rounding up),
+as DINO's local crops of 32 px frames are. So below :data:`CPU_BF16_MIN_SIDE` a CPU computes in
+float32: ``auto`` does not try bf16, and ``bf16-*``/``16-mixed`` are refused.
 """
 
 from __future__ import annotations
@@ -24,9 +32,11 @@ from pathlib import Path
 
 import torch
 
+from sonossl.errors import SonosslError
 from sonossl.models.backbones import build_encoder
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+CPU_BF16_MIN_SIDE = 17  # smallest input side whose last ResNet stage sees more than a 1x1 map (module docstring)
 CANDIDATES = (("32-true", False), ("32-true", True), ("bf16-mixed", True))  # bf16 in NCHW never wins (measured)
 
 
@@ -94,19 +104,31 @@ def _probe_ms(backbone: str, image_size: int, precision: str, channels_last: boo
 
 
 def choose(backbone: str, image_size: int, device: str = "cpu", precision: str = "auto",
-           batch: int = 32, steps: int = 3) -> FastPath:
-    """The setting to train ``backbone`` at ``image_size`` on ``device`` (``cpu`` or ``cuda``).
+           batch: int = 32, steps: int = 3, min_side: int | None = None) -> FastPath:
+    """The setting to train ``backbone`` at ``image_size`` on ``device`` (``cpu`` or ``cuda``);
+    ``min_side``: the smallest input side the backbone will see (a method's smallest view;
+    default ``image_size``).
 
     ``precision`` other than ``auto`` is obeyed (``32-true`` forces float32 in NCHW, the
-    reference setting; ``bf16-mixed`` and ``16-mixed`` use channels_last). ``auto`` on a GPU is
-    bf16 + channels_last; on a CPU, the fastest of :data:`CANDIDATES` over ``steps`` timed
-    forward+backward passes of a ``batch`` (the first setting wins ties within 3 %).
+    reference setting; ``bf16-mixed`` and ``16-mixed`` use channels_last), except half
+    precision on a CPU below :data:`CPU_BF16_MIN_SIDE`, refused (:class:`SonosslError`).
+    ``auto`` on a GPU is bf16 + channels_last; on a CPU, the fastest of :data:`CANDIDATES` over
+    ``steps`` timed forward+backward passes of a ``batch`` (the first setting wins ties within 3 %).
     """
     precision = "32-true" if precision == "32" else precision
+    small = not device.startswith("cuda") and (min_side or image_size) < CPU_BF16_MIN_SIDE
     if precision != "auto":
+        if small and precision != "32-true":
+            raise SonosslError(
+                f"precision {precision}: inputs of {min_side or image_size} px reach a 1x1 map in the backbone's last "
+                f"stage, where a CPU's bf16 weight gradients are wrong (sonossl.models.fastpath); use --precision "
+                f"32-true or images of >= {CPU_BF16_MIN_SIDE} px")
         return FastPath(precision, precision != "32-true", "given")
     if device.startswith("cuda"):
         return FastPath("bf16-mixed", True, "GPU")
+    if small:
+        return FastPath("32-true", False, f"inputs of {min_side or image_size} px: below {CPU_BF16_MIN_SIDE} px a CPU's "
+                        "bf16 weight gradients are wrong, so float32")
     key = f"{_machine_key()}|{backbone}|{image_size}|{batch}"
     with _cache_lock():  # one probe at a time on a machine: processes starting together agree on one choice
         cached = _read_cache().get(key)
