@@ -190,7 +190,9 @@ def fit(
     g = torch.Generator().manual_seed(s.seed)
     torch.manual_seed(s.seed)  # dropout and RandAugment draw from the global generator
     model.to(s.device)
-    opt = torch.optim.AdamW(param_groups(model, s.lr, s.head_lr_mult), lr=s.lr, weight_decay=s.weight_decay)
+    # fused: one kernel for every parameter's update, half the time of the per-tensor loop on a CPU (benchmarks/README.md)
+    opt = torch.optim.AdamW(param_groups(model, s.lr, s.head_lr_mult), lr=s.lr, weight_decay=s.weight_decay,
+                            fused=torch.device(s.device).type in ("cpu", "cuda"))
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, n_classes).to(s.device))
     n = len(x_train)
     epochs = plan_epochs(n, s)

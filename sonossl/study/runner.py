@@ -405,6 +405,15 @@ class _Tally:
         return all(d in self.done for d in unit.deps())
 
 
+def _longest_first(unit) -> int:
+    """Workers take the ready units in this order, each kind in plan order: what others wait for
+    (ingestion, pretraining), then the long ones (fine-tuning), then the rest, so the short runs
+    fill the gaps at the end instead of a long one running alone."""
+    if isinstance(unit, (IngestUnit, PretrainUnit)):
+        return 0
+    return 1 if isinstance(unit, EvalUnit) and unit.protocol == "finetune" else 2
+
+
 def _run_local(todo: list, ctx: Context, workers: int, tally: _Tally) -> None:
     if workers == 1:
         for unit in todo:
@@ -415,7 +424,7 @@ def _run_local(todo: list, ctx: Context, workers: int, tally: _Tally) -> None:
         return
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    pending = list(todo)
+    pending = sorted(todo, key=_longest_first)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
         running: dict = {}
         while pending or running:

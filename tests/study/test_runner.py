@@ -130,3 +130,15 @@ def test_slurm_path_through_submitit_local_executor(tmp_path, study_data, capsys
     assert len((tmp_path / "o" / "results.csv").read_text().splitlines()) == 3
     logs = list((tmp_path / "o" / "submitit").glob("*_result.pkl")) + list((tmp_path / "o" / "submitit").glob("*.out"))
     assert logs, "submitit wrote no job files"
+
+
+def test_workers_take_dependencies_first_then_long_runs_then_short_ones():
+    from sonossl.study.grid import EvalUnit, IngestUnit, PretrainUnit
+    from sonossl.study.runner import _longest_first
+
+    ingest = IngestUnit("all", {})
+    pre = PretrainUnit("bt", "barlowtwins", "augment", "all", {})
+    lin = [EvalUnit("d", init, "linear", 10.0, s) for init in ("random", "bt") for s in (0, 1)]
+    ft = [EvalUnit("d", init, "finetune", 10.0, s) for init in ("random", "bt") for s in (0, 1)]
+    plan_order = [lin[0], ft[0], lin[1], ft[1], ingest, pre, lin[2], lin[3], ft[2], ft[3]]
+    assert sorted(plan_order, key=_longest_first) == [ingest, pre, ft[0], ft[1], ft[2], ft[3], *lin]
