@@ -61,7 +61,7 @@ def test_every_plan_is_a_valid_study_with_one_image_size(tmp_path, name):
 def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
     import pandas as pd
 
-    from sonossl.config import FULL, LONG
+    from sonossl.config import FULL, LONG, QUICK
     from sonossl.demo import verdict
 
     def diffs(*cells):
@@ -70,8 +70,10 @@ def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
 
     assert verdict(diffs((10, 0.05, True), (100, 0.09, True)), FULL).startswith(
         "pretraining beat random initialisation at <= 10 % labels: linear 10 % (+0.050)")
-    short = verdict(diffs((10, 0.01, False), (100, -0.02, False)), FULL)  # a pretraining shorter than the long plan's
-    assert short.startswith("no real gain") and "more labels" not in short and "`make demo-long` pretrains" in short
+    short = verdict(diffs((10, 0.01, False), (100, -0.02, False)), QUICK)  # a pretraining shorter than the long plan's
+    assert short.startswith("no real gain") and "more labels" not in short and "`make demo-long` pretrains 400" in short
+    fewer = verdict(diffs((10, 0.01, False),), FULL)  # the long plan's pretraining, fewer seeds
+    assert "`make demo-long` probes with 10 seeds" in fewer and "pretrains" not in fewer
     long = verdict(diffs((10, 0.014, False), (100, 0.088, True)), LONG)
     assert "a real gain with more labels: linear 100 % (+0.088)" in long and "make demo-long" not in long
     cut = verdict(diffs((10, 0.01, False),), FULL, steps=120)  # a pretraining stopped by its time cap
