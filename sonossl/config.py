@@ -527,10 +527,11 @@ QUICK = DemoPlan("quick", videos=40, frames=16, frame_skip=2, pretrain_steps=40,
                  fractions=(10, 100), seeds=(0, 1, 2), finetune_fractions=(100,), finetune_seeds=(0,),
                  finetune_epochs=20, labelled_per_class=(40, 20, 40), minutes=3, minutes_float32=4)
 # The same pretraining, more seeds: 10 for the probe, 5 for fine-tuning at 10 % and at 1 %, so that a
-# fine-tuning difference of a few points has a chance to be resolved. The backbone is the full plan's
-# (same seed, same 400-step schedule, so its first 3 fine-tuning seeds repeat the full plan's runs):
-# to resolve a difference one adds seeds, not a different backbone. (A 700-step schedule took 33
-# minutes; one short pretraining's outcome varies with its schedule as much as with its seed.)
+# fine-tuning difference of a few points has a chance to be resolved: to resolve a difference one adds
+# seeds. Its backbone is another draw of the same 400-step recipe, not the full plan's weights: the
+# clips' pseudonymous ids key their paths (docs/data-safety.md), so another folder orders the batches
+# differently. (A 700-step schedule took 33 minutes, and one short pretraining's outcome varied with
+# its schedule as much as with its seed.)
 LONG = replace(FULL, name="long", seeds=tuple(range(10)), finetune_fractions=(1, 10), finetune_seeds=(0, 1, 2, 3, 4),
                minutes=26, minutes_float32=40)
 PLANS = {p.name: p for p in (QUICK, FULL, LONG)}
