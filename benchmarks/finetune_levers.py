@@ -122,6 +122,10 @@ def main() -> None:
                 counts = ", ".join(f"{k} x{v}" for k, v in what.value_counts().items())
                 print(f"| {init} | {RECIPES.get(recipe, recipe)} | {len(x)} | {x.mean():.3f} | {counts} | {ci(vs_random)} "
                       f"| {ci(vs_own)} |")
+        mine = lambda init: picked[(picked.init == init) & (picked.fraction == f)].set_index("seed").macro_f1  # noqa: E731
+        if (d := paired(mine("barlowtwins"), mine("random"))) is not None:
+            diffs.append({"fraction": f, "init": "barlowtwins", "recipe": "chosen on valid", "against": "random chosen on valid", **d})
+            print(f"\neach init's recipe chosen on valid, BarlowTwins minus random: {ci(d)}")
     pd.DataFrame(diffs).to_csv(a.out / "finetune_levers_differences.csv", index=False)
 
 
