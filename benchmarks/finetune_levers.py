@@ -97,9 +97,10 @@ def main() -> None:
     df = pd.DataFrame(study_rows(a.study) + lever_rows(a.levers))
     a.out.mkdir(parents=True, exist_ok=True)
     df.sort_values(["fraction", "init", "recipe", "seed"]).to_csv(a.out / "finetune_levers.csv", index=False)
-    picked = chosen_on_valid(df)
-    full = pd.concat([df, picked.assign(recipe="chosen on valid")])
-    by = lambda init, recipe, f: full[(full.init == init) & (full.recipe == recipe) & (full.fraction == f)].set_index("seed").macro_f1  # noqa: E731
+    picked = chosen_on_valid(df)  # its "chosen" column: the recipe valid chose, not the rate
+    full = pd.concat([df, picked.assign(chosen=picked.recipe.map(RECIPES), recipe="chosen on valid")])
+    cell = lambda init, recipe, f: full[(full.init == init) & (full.recipe == recipe) & (full.fraction == f)]  # noqa: E731
+    by = lambda init, recipe, f: cell(init, recipe, f).set_index("seed").macro_f1  # noqa: E731
     diffs = []
     for f in sorted(full.fraction.unique(), reverse=True):
         print(f"\n{f:g} % labels. Test macro-F1, mean over seeds; differences paired by seed\n")
@@ -116,14 +117,10 @@ def main() -> None:
                 for against, d in (("random plain", vs_random), (f"{init} plain", vs_own)):
                     if d is not None:
                         diffs.append({"fraction": f, "init": init, "recipe": recipe, "against": against, **d})
-                cell = (picked if recipe == "chosen on valid" else df)
-                cell = cell[(cell.init == init) & (cell.fraction == f) & ((cell.recipe == recipe) | (recipe == "chosen on valid"))]
-                what = cell.recipe.map(RECIPES) if recipe == "chosen on valid" else cell.chosen
-                counts = ", ".join(f"{k} x{v}" for k, v in what.value_counts().items())
+                counts = ", ".join(f"{k} x{v}" for k, v in cell(init, recipe, f).chosen.value_counts().items())
                 print(f"| {init} | {RECIPES.get(recipe, recipe)} | {len(x)} | {x.mean():.3f} | {counts} | {ci(vs_random)} "
                       f"| {ci(vs_own)} |")
-        mine = lambda init: picked[(picked.init == init) & (picked.fraction == f)].set_index("seed").macro_f1  # noqa: E731
-        if (d := paired(mine("barlowtwins"), mine("random"))) is not None:
+        if (d := paired(by("barlowtwins", "chosen on valid", f), by("random", "chosen on valid", f))) is not None:
             diffs.append({"fraction": f, "init": "barlowtwins", "recipe": "chosen on valid", "against": "random chosen on valid", **d})
             print(f"\neach init's recipe chosen on valid, BarlowTwins minus random: {ci(d)}")
     pd.DataFrame(diffs).to_csv(a.out / "finetune_levers_differences.csv", index=False)

@@ -507,13 +507,14 @@ class DemoPlan:
 # Sized on measurements (benchmarks/README.md, "Pretraining levers" and "The demo's budget").
 # Pretraining: BarlowTwins, cpu preset (its learning rates 20x the paper's base rates, which a few
 # hundred steps of batch 64 need), 400 steps of 64 pairs: at step 320 of a 1000-step schedule the
-# frozen features were already +0.05 macro-F1 over random initialisation at 10 % labels (L-BFGS probe,
-# valid), a whole 600-step schedule +0.06-0.08, and the recorded 500-step demo +0.14 through its own
-# probe; 400 is what fits the 15 minutes with the fine-tuning below. ~0.65 s per step on 2 cores with bf16 units, about
-# 1.1 s in float32 elsewhere; the step count decides the pretraining, so every machine runs the same
-# schedule to its end (the time cap is a safety net above a float32 CPU's time); the demo runs two
-# units at a time (sonossl/demo.py, DEMO_WORKERS). Labelled pool: 300 / 100 / 100 images per class
-# (train / valid / test), so 1 % is 3 images per class and 10 % is 30. The comparison is fair: each init gets the same search on the valid split
+# frozen features were already +0.05 macro-F1 over random initialisation at 10 % labels (L-BFGS
+# probe, valid), a whole 600-step schedule +0.06-0.08, and the recorded 500-step demo +0.14 through
+# its own probe; 400 is what fits the 15 minutes with the fine-tuning below. ~0.65 s per step on 2
+# cores with bf16 units, about 1.1 s in float32 elsewhere; the step count decides the pretraining,
+# so every machine runs the same schedule to its end (the time cap is a safety net above a float32
+# CPU's time); the demo runs two units at a time (sonossl/demo.py, DEMO_WORKERS). Labelled pool:
+# 300 / 100 / 100 images per class (train / valid / test), so 1 % is 3 images per class and 10 % is
+# 30. The comparison is fair: each init gets the same search on the valid split
 # (the probe's rate among 1e-3 and 1e-2, fine-tuning's among the published 1e-3 and 3e-4) and the
 # test split is scored once, by the winner. Fine-tuning: 60 epochs (at least 200 steps of batch 32),
 # cosine to zero, no vertical flips, validated 10 times; random initialisation needs the 60 (at 40

@@ -31,7 +31,7 @@ REQUIRED_KEYS = ("format", "backbone", "class_names", "preprocessing", "state_di
 @dataclass
 class LoadedModel:
     """A classifier in eval mode on ``device``, in ``fast``'s memory layout; ``(B, 1, S, S)`` uint8
-    or float [0, 1] -> logits ``(B, C)`` (call it under ``autocast()``)."""
+    or float [0, 1] -> logits ``(B, C)`` (run it with ``fast.amp_dtype``, as ``predict_logits`` does)."""
 
     classifier: Classifier
     class_names: list[str]
@@ -40,12 +40,7 @@ class LoadedModel:
     path: Path
     device: str
     meta: dict[str, Any] = field(default_factory=dict)  # the bundle without its state_dict
-    fast: FastPath = field(default_factory=lambda: FastPath("32-true", False, "given"))
-
-    def autocast(self) -> torch.autocast:
-        """The autocast context of ``fast`` (disabled in float32)."""
-        dtype = self.fast.amp_dtype
-        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+    fast: FastPath = field(default_factory=lambda: FastPath("32-true", False, "given"))  # precision and layout
 
 
 def model_file(model: Path) -> Path:

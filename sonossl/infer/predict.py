@@ -43,6 +43,7 @@ from sonossl.data.labelled import IMAGE_SUFFIXES, load_image
 from sonossl.data.readers import find_sources, read_source
 from sonossl.data.sector import CROPS, Crop, crop_to_region, scan_region
 from sonossl.errors import SonosslError
+from sonossl.downstream.classifier import predict_logits
 from sonossl.downstream.modelfile import LoadedModel, load_model
 from sonossl.progress import progress_bar
 
@@ -95,16 +96,11 @@ def read_input(path: Path, image_size: int, *, frame_skip: int = 1, crop: str = 
     return Frames(frames, np.arange(len(frames), dtype=np.int64) * frame_skip, clip.frames, box, mask)
 
 
-@torch.no_grad()
 def frame_probabilities(m: LoadedModel, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """frames: uint8 ``(T, S, S)`` -> softmax probabilities float ``(T, C)``."""
-    out = []
-    for i in range(0, len(frames), batch_size):
-        x = torch.from_numpy(np.array(frames[i : i + batch_size], copy=True))[:, None].to(m.device)
-        with m.autocast():
-            logits = m.classifier(x)
-        out.append(torch.softmax(logits.float(), 1).cpu())
-    return torch.cat(out).numpy()
+    x = torch.from_numpy(np.array(frames, copy=True))[:, None]  # a writable copy: frames may be a read-only view
+    logits = predict_logits(m.classifier, x, batch_size, m.device, m.fast.amp_dtype)
+    return torch.softmax(logits, 1).numpy()
 
 
 def moving_average(p: np.ndarray, k: int) -> np.ndarray:

@@ -82,6 +82,10 @@ class DINOOptions(MethodOptions):
     freeze_last_layer: int = Field(1, ge=0)
     clip_grad: float = Field(3.0, ge=0)
 
+    def local_size(self, image_size: int) -> int:
+        """The side in pixels of a local crop of ``image_size`` px frames."""
+        return round(image_size * self.local_crop_ratio)
+
     @field_validator("global_crops_scale", "local_crops_scale")
     @classmethod
     def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
@@ -133,7 +137,7 @@ class DINO(SSLMethod):
                                    f"({tuple(o.global_crops_scale)}); set it there")
         if cfg.image_size is None:  # the frame store's size: checked when the run starts
             return
-        local = round(cfg.image_size * o.local_crop_ratio)
+        local = o.local_size(cfg.image_size)
         if o.local_crops and local < 8:
             raise SonosslError(
                 f"image_size: {cfg.image_size} px is too small for dino's local crops (method_options.local_crop_ratio "
@@ -142,12 +146,12 @@ class DINO(SSLMethod):
 
     @classmethod
     def smallest_view(cls, cfg: PretrainConfig, o: DINOOptions) -> int:
-        return round(cfg.image_size * o.local_crop_ratio) if o.local_crops else cfg.image_size
+        return o.local_size(cfg.image_size) if o.local_crops else cfg.image_size
 
     def __init__(self, cfg: PretrainConfig):
         super().__init__(cfg)
         o = self.options
-        self.local_crop_size = round(cfg.image_size * o.local_crop_ratio)
+        self.local_crop_size = o.local_size(cfg.image_size)
         self.head = dino_head(self.encoder.feature_dim, o)
         # "the exact same architecture in both student and teacher networks" (sec. 3.1); the
         # teacher starts as a copy of the student (main_dino.py) and gets no gradient.
