@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sonossl.config import LONG, PLANS, DemoPlan
+from sonossl.config import LONG, PLANS, DemoPlan, EvaluateConfig
 from sonossl.errors import SonosslError
 from sonossl.outputs import claim_output_dir
 
@@ -77,7 +77,8 @@ def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
         "variants": {"all": {"frame_skip": plan.frame_skip}},
         "pretrain": {"preset": "cpu", "methods": [METHOD], "variants": ["all"],
                      "options": {"epochs": epochs, "max_steps": plan.pretrain_steps, "max_time_s": plan.pretrain_seconds,
-                                 "seed": 0}},
+                                 **({} if plan.pretrain_draws > 1 else {"seed": 0})},
+                     **({"seeds": list(range(plan.pretrain_draws)), "keep": "best"} if plan.pretrain_draws > 1 else {})},
         "evaluate": {"inits": ["random", *(["imagenet"] if imagenet else []), "pretrained"],
                      "protocols": ["linear", "finetune"], "fractions": list(plan.fractions), "seeds": list(plan.seeds),
                      "options": {"backbone": "resnet18"},
@@ -93,9 +94,25 @@ def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
                     f"(ingested with frame skip {plan.frame_skip}), {plan.labelled_per_class} labelled images per class "
                     "(train, valid, test), 5 classes",
             "pretraining": f"BarlowTwins, ResNet-18, {plan.image_size} px, cpu preset, {plan.pretrain_steps} steps of 64 "
-                           f"(capped at {plan.pretrain_seconds:.0f} s)",
+                           f"(capped at {plan.pretrain_seconds:.0f} s)"
+                           + (f"; the best of {plan.pretrain_draws} seeded draws by the linear probe on valid"
+                              if plan.pretrain_draws > 1 else ""),
         },
     }
+
+
+FINETUNE_LR = EvaluateConfig.model_fields["lr"].default  # the published recipe's, where no search is declared
+
+
+def chosen_pretraining(out: Path, study) -> tuple[Path, str]:
+    """The folder of the pretraining the evaluations started from, and, when it was chosen among
+    seeded draws, one line saying how each draw scored on valid and which was kept."""
+    if not study.selects:
+        return out / "pretrain" / study.pretrains[0].name, ""
+    record = json.loads((out / "pretrain" / study.selects[0].name / "selection.json").read_text())
+    scores = ", ".join(f"{name} {s['valid_balanced_accuracy']:.3f}" for name, s in record["draws"].items())
+    return out / "pretrain" / record["chosen"], (f"pretraining draws, validation balanced accuracy of the linear probe "
+                                                 f"on every train label: {scores}; evaluated: {record['chosen']}")
 
 
 def keep_best_model(out: Path, results: "pd.DataFrame") -> Path | None:
@@ -138,7 +155,8 @@ def verdict(diffs: "pd.DataFrame", plan: DemoPlan, steps: int | None = None) -> 
         if steps < LONG.pretrain_steps:
             line += f"; `make demo-long` pretrains {LONG.pretrain_steps} steps"
         elif len(plan.seeds) < len(LONG.seeds):
-            line += f"; `make demo-long` probes with {len(LONG.seeds)} seeds"
+            line += (f"; `make demo-long` keeps the better of {LONG.pretrain_draws} pretraining draws (chosen on valid) "
+                     f"and probes with {len(LONG.seeds)} seeds")
     tuned = vs_random[(vs_random["protocol"] == "finetune") & (vs_random["fraction"] <= 10)]
     for r in tuned.itertuples():
         ci = "" if r.pairs < 2 else f" [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}], " + ("real" if r.real else "noise")
@@ -197,7 +215,7 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
         raise SonosslError(f"demo: {len(summary.failed)} runs failed ({next(iter(summary.failed.values()), '')}); "
                            f"see {out / 'logs'}; rerun with --resume")
 
-    pretrain_dir = out / "pretrain" / study.pretrains[0].name
+    pretrain_dir, draws = chosen_pretraining(out, study)
     epochs = [json.loads(line) for line in open(pretrain_dir / "stats.jsonl") if '"kind": "epoch"' in line]
     knn = [e["knn10_accuracy"] for e in epochs if "knn10_accuracy" in e]
     ran = json.loads((pretrain_dir / "summary.json").read_text())
@@ -207,7 +225,8 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
     print()
     print(format_table(summarise(df), diffs))
     print(f"\nlinear probe: seeds {list(plan.seeds)}; fine-tuning: seeds {list(plan.finetune_seeds)}, "
-          f"{plan.finetune_epochs} epochs at batch 32, {plan.finetune_schedule} learning rate, "
+          f"{plan.finetune_epochs} epochs at batch 32, {plan.finetune_schedule} learning rate"
+          + ("" if plan.finetune_select else f" from {FINETUNE_LR:g} for each init") + ", "
           f"{'with' if plan.finetune_vflip else 'no'} vertical flips"
           + "".join(f"; {name} {key} chosen per init on valid among {values}"
                     for name, grid in (("probe", plan.linear_select), ("fine-tuning", plan.finetune_select))
@@ -216,6 +235,8 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
     print(f"BarlowTwins pretraining: {ran['steps']} steps of {plan.pretrain_steps} planned in {ran['wall_time_s']:.0f} s "
           f"(stopped by {ran['stopped_by']})")
     print(f"precision: {precision_line(plan)}")
+    if draws:
+        print(draws)
     if knn:
         ref = next((e["knn10_random"] for e in reversed(epochs) if "knn10_random" in e), None)
         print("BarlowTwins kNN accuracy (k=10, valid) by epoch: " + " ".join(f"{k:.2f}" for k in knn)

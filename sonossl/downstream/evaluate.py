@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -242,6 +242,23 @@ def evaluate_inputs(cfg: EvaluateConfig) -> list[tuple[str, Path | str | None]]:
     return [("--labels", cfg.labels), ("--train-csv", cfg.train_csv), ("--val-csv", cfg.val_csv),
             ("--test-csv", cfg.test_csv), ("--init", _path(cfg.init)), ("--selection-init", _path(cfg.selection_init)),
             ("--imagenet-weights", cfg.imagenet_weights)]
+
+
+def valid_score(cfg: EvaluateConfig, cache: dict | None = None) -> dict[str, Any]:
+    """How good ``cfg.init``'s frozen features are, on the valid split alone: the linear probe
+    (``cfg``'s settings, its ``select_on_valid`` grid included) on every train label, per seed of
+    ``cfg.seeds``. Returns ``{"valid_balanced_accuracy": mean over seeds, "per_seed": [...]}``;
+    nothing is written and the test split is not scored, so choosing among inits by it leaves the
+    test split to be scored once, by the choice."""
+    init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
+    cfg = cfg.model_copy(update={"image_size": evaluation_image_size(cfg.image_size, init, None)})
+    data, data_key = _labelled(cfg, cache)
+    device = accelerator_device(cfg.accelerator)
+    fast = choose_fast_path(init.backbone, cfg.image_size, device, cfg.precision)
+    r = _Run(cfg, init, data, data_key, device, fast.amp_dtype, cache if cache is not None else {}, fast.channels_last)
+    idx = torch.arange(len(data.train.labels))
+    per_seed = [_select(r, "linear", seed, idx)[2].best_val_balanced_accuracy for seed in cfg.seeds]
+    return {"valid_balanced_accuracy": float(np.mean(per_seed)), "per_seed": per_seed}
 
 
 def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = False,

@@ -19,6 +19,7 @@ protocols x label fractions x seeds)::
       pairs: [augment, temporal]
       variants: [all, half-clips]
       seeds: [0, 1, 2]                 # optional: repeat each pretraining per seed (names end -s<seed>)
+      keep: all                        # or best: evaluate only the seed whose features score best on valid
       exclude: [simclr/temporal]       # optional: METHOD/PAIRS combinations not to run
       options: {epochs: 8}             # any `sonossl pretrain` key
     evaluate:
@@ -30,7 +31,9 @@ protocols x label fractions x seeds)::
       options: {batch_size: 32}        # any `sonossl evaluate` key
 
 Relative paths are relative to the study file. A pretraining is named
-``<method>-<pairs>-<variant>`` (``...-s<seed>`` when ``pretrain.seeds`` repeats it per seed); an evaluation of it points at its :class:`PretrainUnit`. The
+``<method>-<pairs>-<variant>`` (``...-s<seed>`` when ``pretrain.seeds`` repeats it per seed); an evaluation of it points at its :class:`PretrainUnit`.
+With ``keep: best`` the seeds are draws of one recipe: a :class:`SelectUnit` named ``...-best`` probes
+each on the valid split and every evaluation of ``pretrained`` uses the winner. The
 image size is stated once, by ``ingest.size`` (or the frame store given as ``data.unlabelled``):
 it is the default of every pretraining and evaluation, above the preset. Every problem (unknown key, wrong type, fraction outside
 (0, 100], an init naming an undeclared pretraining, an option `pretrain`/`evaluate` would refuse,
@@ -101,6 +104,9 @@ class PretrainGrid(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     # METHOD/PAIRS combinations of the grid not to run, e.g. ae/temporal (the autoencoder takes one view)
     exclude: list[str] = Field(default_factory=list)
+    # all: every seed is an init of its own; best: the seeds are draws of one recipe, and the evaluations
+    # of `pretrained` use the one whose frozen features score best on the valid split (SelectUnit)
+    keep: Literal["all", "best"] = "all"
 
     @field_validator("seeds")
     @classmethod
@@ -108,6 +114,12 @@ class PretrainGrid(_Strict):
         if v is not None and len(set(v)) != len(v):
             raise ValueError(f"repeated seed in {v}")
         return v
+
+    @model_validator(mode="after")
+    def _draws(self) -> "PretrainGrid":
+        if self.keep == "best" and len(self.seeds or []) < 2:
+            raise ValueError("keep: best chooses among seeds: give pretrain.seeds two or more")
+        return self
 
 
 class ProtocolGrid(_Strict):
@@ -210,6 +222,34 @@ class PretrainUnit:
 
 
 @dataclass(frozen=True)
+class SelectUnit:
+    """The best of a recipe's seeded draws (``pretrain.keep: best``), chosen on the valid split: each
+    draw's frozen features get the linear probe on every train label (the grid's linear options,
+    ``SELECT_SEEDS``), and the draw with the best validation balanced accuracy is what the evaluations
+    of ``name`` start from. The test split is not read. Its folder ``pretrain/<name>/`` holds the
+    winner's files and ``selection.json``."""
+
+    name: str
+    draws: tuple[PretrainUnit, ...]
+    dataset: str
+    config: dict[str, Any]  # EvaluateConfig values of the probe
+
+    @property
+    def key(self) -> str:
+        return f"select/{self.name}"
+
+    method = property(lambda self: self.draws[0].method)  # what every draw shares
+    pairs = property(lambda self: self.draws[0].pairs)
+    variant = property(lambda self: self.draws[0].variant)
+
+    def deps(self) -> tuple[str, ...]:
+        return tuple(d.key for d in self.draws)
+
+
+SELECT_SEEDS = (0, 1, 2)  # probe seeds a draw's validation score is the mean of
+
+
+@dataclass(frozen=True)
 class EvalUnit:
     dataset: str
     init: str  # random | imagenet | the name of `pretrain`
@@ -217,7 +257,7 @@ class EvalUnit:
     fraction: float
     seed: int
     config: dict[str, Any] = field(hash=False, compare=False, default_factory=dict)
-    pretrain: PretrainUnit | None = field(default=None, hash=False, compare=False)  # the init's pretraining
+    pretrain: PretrainUnit | SelectUnit | None = field(default=None, hash=False, compare=False)  # the init's pretraining
     selection: str = "random"  # random: the stratified draw; else a strategy (key and folder INIT@STRATEGY)
 
     @property
@@ -245,10 +285,11 @@ class Plan:
     ingests: list[IngestUnit]
     pretrains: list[PretrainUnit]
     evals: list[EvalUnit]
+    selects: list[SelectUnit] = field(default_factory=list)
 
     @property
     def units(self) -> list:
-        return [*self.ingests, *self.pretrains, *self.evals]
+        return [*self.ingests, *self.pretrains, *self.selects, *self.evals]
 
     def missing_paths(self) -> list[str]:
         """One line per declared path that does not exist (checked before any run starts)."""
@@ -279,7 +320,8 @@ class Plan:
             pg = self.spec.pretrain
             lines.append(f"  pretrainings = {len(pg.methods)} methods x {len(pg.pairs)} pairs modes x "
                          f"{len(pg.variants)} data variants" + (f" x {len(pg.seeds)} seeds" if pg.seeds else "")
-                         + (f", less {', '.join(pg.exclude)}" if pg.exclude else "") + f" (preset {pg.preset})")
+                         + (f", less {', '.join(pg.exclude)}" if pg.exclude else "") + f" (preset {pg.preset})"
+                         + (", the best seed of each chosen on valid" if self.selects else ""))
         step = max(1, len(self.units) // sample)
         lines.append("  sample: " + "; ".join(u.key for u in self.units[::step][:sample]))
         return "\n".join(lines)
@@ -323,10 +365,11 @@ def expand(spec: StudySpec, root: Path, source: str = "study") -> Plan:
     spec.data.labelled = {k: _resolve(v, root) for k, v in spec.data.labelled.items()}
     spec.ingest.salt_file = _resolve(spec.ingest.salt_file, root)
     ingests, pretrains = _expand_pretrains(spec, source)
-    evals = _expand_evals(spec, pretrains, source)
+    selects = _expand_selects(spec, pretrains, source)
+    evals = _expand_evals(spec, pretrains, selects, source)
     if not evals and not pretrains:
         raise SonosslError(f"{source}: the study declares no runs")
-    return Plan(spec, root, ingests, pretrains, evals)
+    return Plan(spec, root, ingests, pretrains, evals, selects)
 
 
 def image_size(spec: StudySpec) -> int:
@@ -393,20 +436,36 @@ def _expand_pretrains(spec: StudySpec, source: str) -> tuple[list[IngestUnit], l
     return ingests, pretrains
 
 
-def _expand_evals(spec: StudySpec, pretrains: list[PretrainUnit], source: str) -> list[EvalUnit]:
+def _expand_selects(spec: StudySpec, pretrains: list[PretrainUnit], source: str) -> list[SelectUnit]:
+    """With ``pretrain.keep: best``: one :class:`SelectUnit` per method, pairs mode and variant over
+    its seeds, probing on the first evaluated dataset with the linear protocol's options."""
+    if spec.pretrain is None or spec.pretrain.keep != "best":
+        return []
+    datasets = list(spec.evaluate.datasets or spec.data.labelled)
+    probe = {p: cfg for p, _, _, cfg in _protocol_grids(spec, source)}.get(
+        "linear", {"image_size": image_size(spec), **spec.evaluate.options})
+    groups: dict[str, list[PretrainUnit]] = {}
+    for unit in pretrains:
+        groups.setdefault(f"{unit.method}-{unit.pairs}-{unit.variant}-best", []).append(unit)
+    return [SelectUnit(name, tuple(draws), datasets[0], probe) for name, draws in groups.items()]
+
+
+def _expand_evals(spec: StudySpec, pretrains: list[PretrainUnit], selects: list[SelectUnit],
+                  source: str) -> list[EvalUnit]:
     """Evaluations: datasets x inits x protocols x fractions x seeds; an init that names a
-    pretraining points at its :class:`PretrainUnit`."""
+    pretraining points at its :class:`PretrainUnit` (or, for the best of its seeds, its
+    :class:`SelectUnit`); ``pretrained`` is every pretraining, or every best one when chosen."""
     ev = spec.evaluate
     datasets = list(ev.datasets or spec.data.labelled)
     for d in datasets:
         if d not in spec.data.labelled:
             raise SonosslError(f"{source}: evaluate.datasets: {d!r} is not declared under data.labelled "
                                f"(declared: {', '.join(spec.data.labelled)})")
-    by_name = {p.name: p for p in pretrains}
-    inits: dict[str, PretrainUnit | None] = {}
+    by_name: dict[str, PretrainUnit | SelectUnit] = {p.name: p for p in [*pretrains, *selects]}
+    inits: dict[str, PretrainUnit | SelectUnit | None] = {}
     for i in ev.inits:
         if i == "pretrained":
-            inits.update(by_name)
+            inits.update({p.name: p for p in selects or pretrains})
         elif i in BASELINE_INITS:
             inits[i] = None
         elif i in by_name:

@@ -18,6 +18,8 @@ Layout of ``DIR``::
     study.db                         the launcher's index of those files (SQLite, rollback journal)
     data/<variant>.h5                frame stores, one per pretraining-data variant
     pretrain/<method>-<pairs>-<variant>/   pretraining runs (stats.jsonl, backbone.pt, ...)
+    pretrain/<...>-best/             keep: best: the chosen draw's backbone.pt, config.yaml, summary.json
+                                     (hard links) and selection.json (every draw's validation score)
     evals/<dataset>/<init>/<protocol>-<fraction>-s<seed>/   one downstream training each
     results.csv  runs.csv            every evaluation, in grid order (rewritten as runs finish)
     summary.csv  differences.csv  report.html   from ``sonossl report``, run at the end
@@ -56,7 +58,7 @@ from sonossl.errors import SonosslError
 from sonossl.launch import Requeueable, check_launcher
 from sonossl.outlock import releasing
 from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
-from sonossl.study.grid import EvalUnit, IngestUnit, Plan, PretrainUnit
+from sonossl.study.grid import SELECT_SEEDS, EvalUnit, IngestUnit, Plan, PretrainUnit, SelectUnit
 from sonossl.study.store import ResultsStore, UnitRecords
 
 _AT = RESULT_COLUMNS.index("accuracy") + 1  # evaluate's columns, with the study's keys after the scores
@@ -159,6 +161,43 @@ def _run_pretrain(unit: PretrainUnit, ctx: Context) -> dict[str, Any]:
 
 _EVAL_CACHE: dict = {}  # per worker process: the labelled set and frozen features, reused across runs
 
+SELECTED_FILES = ("backbone.pt", "config.yaml", "summary.json")  # what an evaluation reads of a pretraining
+
+
+def _run_select(unit: SelectUnit, ctx: Context) -> dict[str, Any]:
+    """Probe each draw's features on the valid split, then make ``pretrain/<name>/`` the winner's:
+    its files linked (copied where links are not possible) beside ``selection.json``, built in a
+    temporary folder and renamed into place, so the folder is whole or absent."""
+    import shutil
+
+    from sonossl.config import EvaluateConfig, build_config
+    from sonossl.downstream.evaluate import valid_score
+
+    root = Path(ctx.out) / "pretrain"
+    scores = {}
+    for draw in unit.draws:
+        cfg = build_config(EvaluateConfig, unit.config, {
+            "labels": ctx.labelled[unit.dataset], "init": str(root / draw.name), "protocol": ["linear"],
+            "fractions": [100.0], "seeds": list(SELECT_SEEDS), "imagenet_weights": ctx.imagenet_weights},
+            source=f"select {unit.name}")
+        scores[draw.name] = valid_score(cfg, cache=_EVAL_CACHE)
+    chosen = max(scores, key=lambda name: scores[name]["valid_balanced_accuracy"])  # the first of equals
+    record = {"chosen": chosen, "criterion": "linear probe on every train label, validation balanced accuracy, "
+              f"mean over probe seeds {list(SELECT_SEEDS)}; the test split is not read", "dataset": unit.dataset,
+              "draws": scores}
+    final, tmp = root / unit.name, root / f".{unit.name}.tmp"
+    for stale in (tmp, final):  # an attempt killed before it was recorded: this unit's own folders
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in SELECTED_FILES:
+        try:
+            os.link(root / chosen / name, tmp / name)
+        except OSError:
+            shutil.copy2(root / chosen / name, tmp / name)
+    atomic_write_text(tmp / "selection.json", json.dumps(record, indent=1))
+    os.replace(tmp, final)
+    return {"chosen": chosen, **{f"valid_{name}": s["valid_balanced_accuracy"] for name, s in scores.items()}}
+
 
 def _run_eval(unit: EvalUnit, ctx: Context) -> dict[str, Any]:
     from sonossl.config import EvaluateConfig, build_config
@@ -186,7 +225,7 @@ def run_unit(unit, ctx: Context) -> Outcome:
         return Outcome(unit.key, True, 0.0, skipped=True)
     t0 = time.time()
     try:
-        fn = {IngestUnit: _run_ingest, PretrainUnit: _run_pretrain, EvalUnit: _run_eval}[type(unit)]
+        fn = {IngestUnit: _run_ingest, PretrainUnit: _run_pretrain, SelectUnit: _run_select, EvalUnit: _run_eval}[type(unit)]
         with releasing():  # the unit's output locks end with the unit, not with the study
             row = fn(unit, ctx)
         wall = time.time() - t0
@@ -409,7 +448,7 @@ def _longest_first(unit) -> int:
     """Workers take the ready units in this order, each kind in plan order: what others wait for
     (ingestion, pretraining), then the long ones (fine-tuning), then the rest, so the short runs
     fill the gaps at the end instead of a long one running alone."""
-    if isinstance(unit, (IngestUnit, PretrainUnit)):
+    if isinstance(unit, (IngestUnit, PretrainUnit, SelectUnit)):
         return 0
     return 1 if isinstance(unit, EvalUnit) and unit.protocol == "finetune" else 2
 
@@ -490,12 +529,12 @@ def _ingest_shards(units: list, ctx: Context, executor, tally: _Tally) -> None:
 
 
 def _run_submitit(todo: list, ctx: Context, workers: int, tally: _Tally, *, launcher: str, slurm: dict[str, Any]) -> None:
-    """Waves in dependency order (ingest, pretrain, evaluate), each a job array."""
+    """Waves in dependency order (ingest, pretrain, select, evaluate), each a job array."""
     from sonossl.launch import executor as make_executor
 
     executor = make_executor(Path(ctx.out) / "submitit", launcher, study_job_shape(slurm, workers))
     cluster = launcher == "slurm"
-    for kind in (IngestUnit, PretrainUnit, EvalUnit):
+    for kind in (IngestUnit, PretrainUnit, SelectUnit, EvalUnit):
         runnable = [u for u in todo if isinstance(u, kind) and not tally.blocked(u)]
         if kind is IngestUnit and ctx.ingest_shards > 1 and runnable and not tally.stopped:
             _ingest_shards(runnable, ctx, executor, tally)

@@ -169,3 +169,26 @@ def test_excluded_combinations_are_not_run_and_must_name_one_of_the_grid(tmp_pat
     typo = lambda s: s["pretrain"].update(pairs=["augment"], exclude=["ae/temporal"])  # noqa: E731
     with pytest.raises(SonosslError, match="pretrain.exclude: 'ae/temporal' is not a METHOD/PAIRS combination"):
         load_study(_edit(write_study(tmp_path / "t.yaml", study_data, methods=("ae",)), typo))
+
+
+def test_keep_best_chooses_among_seeds_and_every_pretrained_evaluation_waits_for_the_choice(tmp_path, study_data):
+    path = write_study(tmp_path / "s.yaml", study_data, fractions=(100,), seeds=(0,))
+    _edit(path, lambda s: s["pretrain"].update(seeds=[0, 1], keep="best"))
+    plan = load_study(path)
+    assert [p.name for p in plan.pretrains] == ["barlowtwins-augment-all-s0", "barlowtwins-augment-all-s1"]
+    [select] = plan.selects
+    assert select.key == "select/barlowtwins-augment-all-best" and select.dataset == "planes"
+    assert select.deps() == ("pretrain/barlowtwins-augment-all-s0", "pretrain/barlowtwins-augment-all-s1")
+    assert select.config["linear_epochs"] == 5  # the linear protocol's own options
+    assert {u.init for u in plan.evals} == {"random", "barlowtwins-augment-all-best"}
+    assert {u.deps() for u in plan.evals if u.init != "random"} == {("select/barlowtwins-augment-all-best",)}
+    assert plan.units.index(select) < min(plan.units.index(u) for u in plan.evals)
+    # a draw can still be named on its own
+    _edit(path, lambda s: s["evaluate"].update(inits=["random", "barlowtwins-augment-all-s1"]))
+    assert {u.init for u in load_study(path).evals} == {"random", "barlowtwins-augment-all-s1"}
+
+
+def test_keep_best_needs_two_seeds(tmp_path, study_data):
+    path = _edit(write_study(tmp_path / "s.yaml", study_data), lambda s: s["pretrain"].update(seeds=[0], keep="best"))
+    with pytest.raises(SonosslError, match="keep: best chooses among seeds: give pretrain.seeds two or more"):
+        load_study(path)

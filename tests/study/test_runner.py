@@ -142,3 +142,28 @@ def test_workers_take_dependencies_first_then_long_runs_then_short_ones():
     ft = [EvalUnit("d", init, "finetune", 10.0, s) for init in ("random", "bt") for s in (0, 1)]
     plan_order = [lin[0], ft[0], lin[1], ft[1], ingest, pre, lin[2], lin[3], ft[2], ft[3]]
     assert sorted(plan_order, key=_longest_first) == [ingest, pre, ft[0], ft[1], ft[2], ft[3], *lin]
+
+
+def test_best_of_two_draws_is_chosen_on_valid_and_evaluated_alone(tmp_path, study_data, capsys):
+    import json
+
+    study = write_study(tmp_path / "s.yaml", study_data, protocols=("linear",), fractions=(100,), seeds=(0,))
+    spec = yaml.safe_load(study.read_text())
+    spec["pretrain"].update(seeds=[0, 1], keep="best")
+    study.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "o"
+    assert main(["study", str(study), "--out", str(out), "--workers", "2"]) == 0
+    record = json.loads((out / "pretrain" / "barlowtwins-augment-all-best" / "selection.json").read_text())
+    scores = {name: d["valid_balanced_accuracy"] for name, d in record["draws"].items()}
+    assert set(scores) == {"barlowtwins-augment-all-s0", "barlowtwins-augment-all-s1"}
+    assert record["chosen"] == max(scores, key=scores.get)
+    best, chosen = out / "pretrain" / "barlowtwins-augment-all-best", out / "pretrain" / record["chosen"]
+    for name in ("backbone.pt", "config.yaml", "summary.json"):
+        assert (best / name).read_bytes() == (chosen / name).read_bytes()
+    assert [ln.split(",")[0] for ln in (out / "results.csv").read_text().splitlines()[1:]] == [
+        "random", "barlowtwins-augment-all-best"]
+    # the choice's score is the protocol's own: the chosen draw's probe at 100 % scores the same on valid
+    run = json.loads(next((out / "evals" / "planes" / "barlowtwins-augment-all-best").rglob("run.json")).read_text())
+    assert run["best_val_balanced_accuracy"] == pytest.approx(record["draws"][record["chosen"]]["per_seed"][0], abs=1e-6)
+    assert main(["study", str(study), "--out", str(out), "--resume"]) == 0
+    assert "0 runs done now, 6 were already complete" in capsys.readouterr().out
