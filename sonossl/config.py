@@ -259,16 +259,32 @@ class ViewAugment(Config):
     rotate_p: Prob | None = Field(None, description="probability of rotating the view about its centre (default 0)")
     rotate: float | None = Field(None, ge=0, le=180, description="maximum rotation in degrees; the angle is uniform "
                                  "in +- this (a rotation keeps handedness, so the plane's class)")
+    # ultrasound artefacts on the whole frame before the crop (sonossl.data.transforms; default off)
+    depth_p: Prob | None = Field(None, description="probability of depth attenuation exp(-rate x distance from the "
+                                 "probe at the top centre), default 0")
+    depth_rate: Range | None = Field(None, description="attenuation rate range (lo, hi) per frame height, >= 0")
+    haze_p: Prob | None = Field(None, description="probability of a haze band (noise at a distance from the probe), "
+                                "default 0")
+    haze_radius: Range | None = Field(None, description="the haze band's distance from the probe (lo, hi), in frame "
+                                      "heights")
+    haze_sigma: Range | None = Field(None, description="the haze band's width (lo, hi), in frame heights")
+    shadow_p: Prob | None = Field(None, description="probability of a Gaussian acoustic shadow, default 0")
+    shadow_strength: Range | None = Field(None, description="darkening at the shadow's centre (lo, hi), in [0, 1]")
+    shadow_sigma: Range | None = Field(None, description="the shadow's extent along each axis (lo, hi), as a fraction "
+                                       "of the side")
 
-    @field_validator("crop_scale", "crop_ratio", "gamma", "speckle_sigma", "blur_sigma")
+    @field_validator("crop_scale", "crop_ratio", "gamma", "speckle_sigma", "blur_sigma", "depth_rate", "haze_radius",
+                     "haze_sigma", "shadow_strength", "shadow_sigma")
     @classmethod
     def _range(cls, v: Range | None, info) -> Range | None:
         if v is None:
             return v
         lo, hi = v
-        positive = info.field_name in ("crop_scale", "crop_ratio", "gamma")
-        if not (lo <= hi and (lo > 0 if positive else lo >= 0)) or (info.field_name == "crop_scale" and hi > 1):
-            bound = "0 < lo <= hi <= 1" if info.field_name == "crop_scale" else ("0 < lo <= hi" if positive else "0 <= lo <= hi")
+        positive = info.field_name in ("crop_scale", "crop_ratio", "gamma", "shadow_sigma")
+        unit = info.field_name in ("crop_scale", "shadow_strength")  # at most 1
+        if not (lo <= hi and (lo > 0 if positive else lo >= 0)) or (unit and hi > 1):
+            bound = ("0 < lo <= hi <= 1" if info.field_name == "crop_scale" else "0 <= lo <= hi <= 1" if unit
+                     else "0 < lo <= hi" if positive else "0 <= lo <= hi")
             raise ValueError(f"expected a range (lo, hi) with {bound}")
         return v
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sonossl.data.pairs import FramePairDataset
-from sonossl.data.transforms import ViewTransform, rotate_views
+from sonossl.data.transforms import ViewTransform, add_haze, depth_attenuation, gaussian_shadow, rotate_views
 from sonossl.errors import SonosslError
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop.get_params
@@ -157,6 +157,28 @@ def batched_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _artefacts(t: ViewTransform, frames: torch.Tensor, u: Callable[..., torch.Tensor], g: torch.Generator) -> torch.Tensor:
+    """:meth:`ViewTransform._artefacts` of a batch ``float (B, 1, H, W)``, a draw per sample (the
+    frames are shared by the views: never changed in place)."""
+    b, _, h, w = frames.shape
+
+    def where(sel: torch.Tensor, on: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        return torch.where(sel[:, None, None, None], on, off)
+
+    if t.depth_p > 0:
+        sel, rate = u() < t.depth_p, u(*t.depth_rate)
+        frames = where(sel, frames * depth_attenuation(h, w, rate), frames)
+    if t.haze_p > 0:
+        sel, radius, sigma = u() < t.haze_p, u(*t.haze_radius), u(*t.haze_sigma)
+        noise = torch.rand(frames.shape, generator=g, device=frames.device, dtype=frames.dtype)
+        frames = where(sel, add_haze(frames, noise, radius, sigma), frames)
+    if t.shadow_p > 0:
+        sel = u() < t.shadow_p
+        k = [u(*r) for r in (t.shadow_strength, t.shadow_sigma, t.shadow_sigma, (0, 1), (0, 1))]
+        frames = where(sel, frames * gaussian_shadow(h, w, *k), frames)
+    return frames
+
+
 class BatchedView:
     """One :class:`ViewTransform` applied to a batch, a random draw per sample."""
 
@@ -181,6 +203,8 @@ class BatchedView:
         rot, angle = (u() < t.rotate_p, u(-t.rotate, t.rotate)) if t.rotate_p > 0 else (None, None)
         if frames.dtype == torch.uint8:
             frames = frames.float().div_(255)
+        if t.artefacts:
+            frames = _artefacts(t, frames, u, g)
         x = resized_crop(frames[:, 0], boxes, t.size, flip)[:, None]
         if rot is not None:
             x = _on(x, rot, lambda v, i: rotate_views(v, angle[i]))

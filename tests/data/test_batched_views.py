@@ -127,6 +127,9 @@ OPS = {
     "solarize": dict(solarize_p=0.2),
     "hflip": dict(hflip=True),
     "rotate": dict(rotate_p=0.5, rotate=90.0),
+    "depth": dict(depth_p=0.5),
+    "haze": dict(haze_p=0.5, haze_sigma=(0.05, 0.2)),
+    "shadow": dict(shadow_p=0.5),
 }
 CHANGED = {  # the same operation with one setting changed: the tests must notice
     "jitter": dict(jitter_p=0.8, brightness=0.0, contrast=0.0),
@@ -136,6 +139,9 @@ CHANGED = {  # the same operation with one setting changed: the tests must notic
     "solarize": dict(solarize_p=0.6),
     "hflip": dict(hflip=False),
     "rotate": dict(rotate_p=0.5, rotate=15.0),
+    "depth": dict(depth_p=0.5, depth_rate=(2.0, 3.0)),
+    "haze": dict(haze_p=0.5, haze_sigma=(0.05, 0.2), haze_radius=(0.7, 0.95)),
+    "shadow": dict(shadow_p=0.5, shadow_sigma=(0.3, 0.5)),
 }
 
 

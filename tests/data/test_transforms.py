@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from sonossl.data.transforms import ViewTransform, asymmetric_pair, gaussian_blur
@@ -44,3 +47,29 @@ def test_blur_preserves_mean_and_smooths():
     x = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(1))
     y = gaussian_blur(x, 1.5)
     assert y.shape == x.shape and abs(y.mean() - x.mean()) < 0.02 and y.std() < x.std()
+
+
+def test_ultrasound_artefacts_follow_their_definitions():
+    from sonossl.data.transforms import add_haze, depth_attenuation, gaussian_shadow
+
+    att = depth_attenuation(33, 33, torch.tensor([0.0, 2.0]))[:, 0]  # (2, 33, 33)
+    assert torch.allclose(att[0], torch.ones(33, 33))  # rate 0: nothing
+    assert att[1, 0, 16] == 1 and att[1, -1, 16] == pytest.approx(math.exp(-2.0))  # the probe at the top centre
+    assert (att[1, 1:, 16] < att[1, :-1, 16]).all() and att[1, 10, 0] < att[1, 10, 16]  # darker with distance
+    shadow = gaussian_shadow(21, 21, *(torch.tensor([v]) for v in (0.6, 0.1, 0.2, 0.5, 0.25)))[0, 0]
+    assert shadow.min() == pytest.approx(0.4) and shadow[5, 10] == pytest.approx(0.4) and shadow[20, 0] > 0.99
+    frame = torch.full((1, 1, 21, 21), 0.5)
+    frame[..., :, :3] = 0  # black outside the scan region
+    hazy = add_haze(frame, torch.ones_like(frame), torch.tensor([0.5]), torch.tensor([0.05]))[0, 0]
+    assert (hazy[:, :3] == 0).all()  # outside the scan: untouched
+    assert hazy[10, 10] == pytest.approx(1.0) and hazy[0, 10] == pytest.approx(0.5)  # on the band (clipped) / off it
+    assert torch.isfinite(add_haze(frame, torch.ones_like(frame), torch.tensor([0.5]), torch.tensor([0.0]))).all()  # width 0
+
+
+def test_artefacts_off_leave_every_view_as_it_was():
+    frame = (torch.rand(1, 40, 40, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    plain, off = ViewTransform(size=24), ViewTransform(size=24, depth_rate=(1.0, 2.0), haze_sigma=(0.1, 0.2))
+    for seed in range(5):
+        assert torch.equal(plain(frame, torch.Generator().manual_seed(seed)), off(frame, torch.Generator().manual_seed(seed)))
+    on = ViewTransform(size=24, depth_p=1.0, depth_rate=(3.0, 3.0))
+    assert on(frame, torch.Generator().manual_seed(0)).mean() < plain(frame, torch.Generator().manual_seed(0)).mean()

@@ -23,6 +23,8 @@ TINY = dict(image_size=32, batch_size=4, epochs=1, max_steps=1, num_workers=0, l
 @pytest.mark.parametrize("augment, names", [
     ({"view1": {"blur_p": 1.5}}, ("augment.view1.blur_p", "less than or equal to 1")),
     ({"view2": {"crop_scale": [0.9, 0.2]}}, ("augment.view2.crop_scale", "lo <= hi")),
+    ({"view1": {"shadow_strength": [0.5, 1.5]}}, ("augment.view1.shadow_strength", "0 <= lo <= hi <= 1")),
+    ({"view2": {"haze_p": -0.1}}, ("augment.view2.haze_p", "greater than or equal to 0")),
     ({"view1": {"blurp": 0.5}}, ("unknown key 'augment.view1.blurp'", "blur_p")),
     ({"view3": {}}, ("unknown key 'augment.view3'", "view1, view2")),
 ])
@@ -38,9 +40,11 @@ def test_a_bad_augment_setting_is_refused_in_one_line(tmp_path: Path, frames, ca
 
 def test_an_augment_setting_reaches_the_loader_and_the_resolved_config(tmp_path: Path, frames):
     cfg = build_config(PretrainConfig, TINY, {"frames": frames, "out": tmp_path / "run",
-                                             "augment": {"view2": {"blur_p": 0.33, "crop_scale": [0.5, 0.9]}}})
+                                             "augment": {"view2": {"blur_p": 0.33, "crop_scale": [0.5, 0.9],
+                                                                   "depth_p": 0.4, "shadow_sigma": [0.1, 0.3]}}})
     views = build_model(cfg, FrameStore(frames)).train_set.transforms  # what run_pretrain hands the loader
     assert (views[1].blur_p, views[1].scale) == (0.33, (0.5, 0.9))
+    assert (views[1].depth_p, views[1].shadow_sigma, views[0].depth_p) == (0.4, (0.1, 0.3), 0.0)
     assert (views[0].blur_p, views[0].scale) == (1.0, (0.3, 1.0))  # view1 keeps the BarlowTwins preset's values
     run = one_thread_run(cfg)
     written = yaml.safe_load((run / "config.yaml").read_text())["augment"]
