@@ -20,7 +20,7 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/sonossl demo --out demo_out_quick --plan quick --resume
 
-# two pretraining draws (the better on valid kept), fine-tuning at 1 and 10 % and more seeds; `sonossl demo --help` gives each plan's size and time
+# a longer pretraining, fine-tuning at 1 and 10 % and more seeds; `sonossl demo --help` gives each plan's size and time
 demo-long: $(STAMP)
 	$(BIN)/sonossl demo --out demo_out_long --plan long --resume
 

@@ -155,8 +155,7 @@ def verdict(diffs: "pd.DataFrame", plan: DemoPlan, steps: int | None = None) -> 
         if steps < LONG.pretrain_steps:
             line += f"; `make demo-long` pretrains {LONG.pretrain_steps} steps"
         elif len(plan.seeds) < len(LONG.seeds):
-            line += (f"; `make demo-long` keeps the better of {LONG.pretrain_draws} pretraining draws (chosen on valid) "
-                     f"and probes with {len(LONG.seeds)} seeds")
+            line += f"; `make demo-long` probes with {len(LONG.seeds)} seeds"
     tuned = vs_random[(vs_random["protocol"] == "finetune") & (vs_random["fraction"] <= 10)]
     for r in tuned.itertuples():
         ci = "" if r.pairs < 2 else f" [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}], " + ("real" if r.real else "noise")

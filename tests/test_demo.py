@@ -87,10 +87,11 @@ def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
     assert verdict(diffs((10, 0.05, True), (100, 0.09, True)), FULL).startswith(
         "pretraining beat random initialisation at <= 10 % labels: linear 10 % (+0.050)")
     short = verdict(diffs((10, 0.01, False), (100, -0.02, False)), QUICK)  # a pretraining shorter than the long plan's
-    assert short.startswith("no real gain") and "more labels" not in short and "`make demo-long` pretrains 400" in short
-    fewer = verdict(diffs((10, 0.01, False),), FULL)  # the long plan's pretraining, fewer seeds
-    assert "`make demo-long` keeps the better of 2 pretraining draws (chosen on valid) and probes with 10 seeds" in fewer
-    assert "pretrains" not in fewer
+    assert short.startswith("no real gain") and "more labels" not in short and "`make demo-long` pretrains 1000" in short
+    fewer = verdict(diffs((10, 0.01, False),), FULL)  # a shorter pretraining than the long plan's
+    assert "`make demo-long` pretrains 1000 steps" in fewer
+    same = verdict(diffs((10, 0.01, False),), FULL, steps=LONG.pretrain_steps)  # the long plan's budget, fewer seeds
+    assert "`make demo-long` probes with 10 seeds" in same and "pretrains" not in same
     long = verdict(diffs((10, 0.014, False), (100, 0.088, True)), LONG)
     assert "a real gain with more labels: linear 100 % (+0.088)" in long and "make demo-long" not in long
     cut = verdict(diffs((10, 0.01, False),), FULL, steps=120)  # a pretraining stopped by its time cap
