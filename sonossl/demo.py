@@ -77,8 +77,7 @@ def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
         "variants": {"all": {"frame_skip": plan.frame_skip}},
         "pretrain": {"preset": "cpu", "methods": [METHOD], "variants": ["all"],
                      "options": {"epochs": epochs, "max_steps": plan.pretrain_steps, "max_time_s": plan.pretrain_seconds,
-                                 **({} if plan.pretrain_draws > 1 else {"seed": 0})},
-                     **({"seeds": list(range(plan.pretrain_draws)), "keep": "best"} if plan.pretrain_draws > 1 else {})},
+                                 "seed": 0}},
         "evaluate": {"inits": ["random", *(["imagenet"] if imagenet else []), "pretrained"],
                      "protocols": ["linear", "finetune"], "fractions": list(plan.fractions), "seeds": list(plan.seeds),
                      "options": {"backbone": "resnet18"},
@@ -94,25 +93,12 @@ def demo_study(data: Path, plan: DemoPlan, imagenet: bool) -> dict:
                     f"(ingested with frame skip {plan.frame_skip}), {plan.labelled_per_class} labelled images per class "
                     "(train, valid, test), 5 classes",
             "pretraining": f"BarlowTwins, ResNet-18, {plan.image_size} px, cpu preset, {plan.pretrain_steps} steps of 64 "
-                           f"(capped at {plan.pretrain_seconds:.0f} s)"
-                           + (f"; the best of {plan.pretrain_draws} seeded draws by the linear probe on valid"
-                              if plan.pretrain_draws > 1 else ""),
+                           f"(capped at {plan.pretrain_seconds:.0f} s)",
         },
     }
 
 
 FINETUNE_LR = EvaluateConfig.model_fields["lr"].default  # the published recipe's, where no search is declared
-
-
-def chosen_pretraining(out: Path, study) -> tuple[Path, str]:
-    """The folder of the pretraining the evaluations started from, and, when it was chosen among
-    seeded draws, one line saying how each draw scored on valid and which was kept."""
-    if not study.selects:
-        return out / "pretrain" / study.pretrains[0].name, ""
-    record = json.loads((out / "pretrain" / study.selects[0].name / "selection.json").read_text())
-    scores = ", ".join(f"{name} {s['valid_balanced_accuracy']:.3f}" for name, s in record["draws"].items())
-    return out / "pretrain" / record["chosen"], (f"pretraining draws, validation balanced accuracy of the linear probe "
-                                                 f"on every train label: {scores}; evaluated: {record['chosen']}")
 
 
 def keep_best_model(out: Path, results: "pd.DataFrame") -> Path | None:
@@ -214,7 +200,7 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
         raise SonosslError(f"demo: {len(summary.failed)} runs failed ({next(iter(summary.failed.values()), '')}); "
                            f"see {out / 'logs'}; rerun with --resume")
 
-    pretrain_dir, draws = chosen_pretraining(out, study)
+    pretrain_dir = out / "pretrain" / study.pretrains[0].name
     epochs = [json.loads(line) for line in open(pretrain_dir / "stats.jsonl") if '"kind": "epoch"' in line]
     knn = [e["knn10_accuracy"] for e in epochs if "knn10_accuracy" in e]
     ran = json.loads((pretrain_dir / "summary.json").read_text())
@@ -234,8 +220,6 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
     print(f"BarlowTwins pretraining: {ran['steps']} steps of {plan.pretrain_steps} planned in {ran['wall_time_s']:.0f} s "
           f"(stopped by {ran['stopped_by']})")
     print(f"precision: {precision_line(plan)}")
-    if draws:
-        print(draws)
     if knn:
         ref = next((e["knn10_random"] for e in reversed(epochs) if "knn10_random" in e), None)
         print("BarlowTwins kNN accuracy (k=10, valid) by epoch: " + " ".join(f"{k:.2f}" for k in knn)

@@ -56,22 +56,6 @@ def test_every_plan_is_a_valid_study_with_one_image_size(tmp_path, name):
     fine = [u for u in plan.evals if u.protocol == "finetune"]
     assert {u.fraction for u in fine} == set(PLANS[name].finetune_fractions)
     assert plan.pretrains[0].config["max_steps"] == PLANS[name].pretrain_steps
-    draws = PLANS[name].pretrain_draws
-    assert [p.config["seed"] for p in plan.pretrains] == list(range(draws))
-    assert len(plan.selects) == (draws > 1) and len({u.init for u in fine}) == 2  # random and the one kept
-
-
-def test_a_demo_of_two_draws_evaluates_the_one_chosen_on_valid_and_says_so(tmp_path, capsys):
-    from dataclasses import replace
-
-    out = tmp_path / "demo"
-    run_demo(out, plan=replace(TINY, pretrain_draws=2, fractions=(100,), seeds=(0,)))
-    assert {r["init"] for r in csv.DictReader(open(out / "results.csv"))} == {"random", "barlowtwins-augment-all-best"}
-    printed = capsys.readouterr().out
-    line = next(ln for ln in printed.splitlines() if ln.startswith("pretraining draws"))
-    assert "barlowtwins-augment-all-s0 0." in line and "barlowtwins-augment-all-s1 0." in line
-    assert line.split("evaluated: ")[1] in ("barlowtwins-augment-all-s0", "barlowtwins-augment-all-s1")
-    assert "BarlowTwins pretraining: 2 steps of 2 planned" in printed
 
 
 def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
