@@ -8,8 +8,10 @@ Format (HDF5, compatible with the seed code's files):
   ``video_id`` (pseudonymous), ``group_id`` (patient/study pseudonym, for leak-free splits),
   ``split`` (``train`` | ``val``), ``fps`` (of the source), ``frame_skip``,
   ``crop_box`` (x0, y0, x1, y1 in source pixels);
-- file attributes: ``sonossl_format`` (version) and ``frame_size`` (the side in pixels of the
-  square frames ``ingest`` wrote; one size per store).
+- file attributes: ``sonossl_format`` (version), ``frame_size`` (the side in pixels of the
+  square frames ``ingest`` wrote; one size per store), ``key_fingerprint`` (of the pseudonym key)
+  and ``id_keying`` (:data:`ID_KEYING`: what the clip ids are pseudonyms of; absent in a store an
+  older sonossl keyed on absolute source paths, which reads as it is but is not added to).
 
 A **sharded store** is several such files read as one: a folder of ``part-I-of-N.h5`` files
 (``sonossl ingest --shard I/N``, one per machine or job), or a ``.txt`` list of their paths.
@@ -41,6 +43,9 @@ from sonossl.diskspace import DiskFullError, full_errno, full_message
 from sonossl.errors import SonosslError
 
 FORMAT_VERSION = 1
+# What ``video_id`` is the pseudonym of: the source's path relative to the folder given to ingest
+# (sonossl.data.ingest.id_label). A store without the attribute was keyed on absolute paths.
+ID_KEYING = "relative-path"
 SPLITS = ("train", "val")
 HDF5_SUFFIXES = frozenset({".h5", ".hdf5"})  # a frame store, or a seed-format HDF5 source of clips
 
@@ -154,6 +159,10 @@ def _check_shards(path: Path, parts: list[Path], attrs: list[dict]) -> None:
         values = {float(a[key]) for a in attrs if key in a}
         if len(values) > 1:
             raise SonosslError(f"{path}: parts disagree on {key} ({', '.join(f'{v:g}' for v in sorted(values))})")
+    keyings = {_text(a.get("id_keying"), "absolute-path") for a in attrs}
+    if len(keyings) > 1:  # the same source would have two ids
+        raise SonosslError(f"{path}: parts whose clip ids are keyed differently ({', '.join(sorted(keyings))}; "
+                           "absolute-path: an older sonossl); ingest every part again with this one")
     keys = {_text(a["key_fingerprint"], "") for a in attrs if "key_fingerprint" in a}
     if len(keys) > 1:  # their pseudonyms are of different keys: one patient could be two groups
         raise SonosslError(f"{path}: parts made with different pseudonym keys (fingerprints {', '.join(sorted(keys))}); "
@@ -325,13 +334,15 @@ def _check_own_store(path: Path) -> None:
                            "your data); remove it yourself or choose another --out")
 
 
-def _check_key(path: Path, fingerprint: str | None) -> None:
-    """Refuse to continue the store ``path`` with a pseudonym key other than the one it was made with."""
+def _check_key(path: Path, fingerprint: str | None, id_keying: str | None = None) -> None:
+    """Refuse to continue the store ``path`` with a pseudonym key other than the one it was made
+    with, or when its clip ids are keyed otherwise than ``id_keying`` (an older sonossl's)."""
     if fingerprint is None or not path.exists():
         return
     try:
         with h5py.File(path, "r") as f:
             have = f.attrs.get("key_fingerprint")
+            keying = f.attrs.get("id_keying")
             clips = any(isinstance(f[k], h5py.Dataset) for k in f.keys())
     except OSError:
         return  # unreadable: the writer sets it aside and starts again
@@ -339,6 +350,9 @@ def _check_key(path: Path, fingerprint: str | None) -> None:
     if have is None and clips:
         raise SonosslError(f"{path}: made with the public default salt of an older sonossl, whose pseudonyms anyone "
                            "can recompute; ingest into a new store instead of adding to it")
+    if id_keying is not None and clips and _text(keying, "absolute-path") != id_keying:
+        raise SonosslError(f"{path}: its clip ids are pseudonyms of absolute source paths (an older sonossl), which "
+                           "the same clips would not get again; ingest into a new store instead of adding to it")
     if have is not None and have != fingerprint:
         raise SonosslError(f"{path}: made with another pseudonym key (fingerprint {have}, this key's is "
                            f"{fingerprint}); pass the key file it was made with (--salt-file)")
@@ -362,7 +376,7 @@ class FrameStoreWriter:
     """
 
     def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                 key_fingerprint: str | None = None):
+                 key_fingerprint: str | None = None, id_keying: str | None = None):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         if self.path.is_dir():
@@ -372,7 +386,7 @@ class FrameStoreWriter:
         if self.path.exists() and overwrite and not resume:
             _check_own_store(self.path)
         if resume:
-            _check_key(self.partial if self.partial.exists() else self.path, key_fingerprint)
+            _check_key(self.partial if self.partial.exists() else self.path, key_fingerprint, id_keying)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.path.exists() and not self.partial.exists():
             # continue a copy of the finished store: until the new one is complete, the finished
@@ -391,6 +405,8 @@ class FrameStoreWriter:
         self._f.attrs["sonossl_format"] = FORMAT_VERSION
         if key_fingerprint is not None:
             self._f.attrs["key_fingerprint"] = key_fingerprint
+        if id_keying is not None:
+            self._f.attrs["id_keying"] = id_keying
 
     def __contains__(self, key: str) -> bool:
         return key in self._f

@@ -15,10 +15,13 @@ clips in flight.
 
 What leaves ingestion, and what does not:
 
-- ``video_id`` = HMAC-SHA256(``key``, resolved source path, plus ``::dataset`` for HDF5), first
-  16 hex digits; it is also
-  the dataset name in the store. ``group_id`` = the same hash of the patient/study key (the
-  raw ``PatientID`` or ``StudyInstanceUID``, else the source's folder). ``key`` is a secret of
+- ``video_id`` = HMAC-SHA256(``key``, the source's path relative to the folder given (plus
+  ``::dataset`` for HDF5), :func:`id_label`), first 16 hex digits; it is also the dataset name in
+  the store. ``group_id`` = the same hash of the patient/study key (the raw ``PatientID`` or
+  ``StudyInstanceUID``, else the source's folder, relative as the id is). So the same archive,
+  key and seed give the same ids, store order and splits wherever the archive is mounted; the
+  store records this as ``id_keying`` (:data:`ID_KEYING`), and a store whose ids an older
+  sonossl keyed on absolute paths is read as it is but not added to. ``key`` is a secret of
   256 random bits in a key file (``FRAMES.key`` beside the store, made on first use, or
   ``--salt-file``), so neither can be recomputed from a patient's ID without it, however short
   and structured IDs are. The store records only the key's fingerprint, which refuses a later
@@ -53,6 +56,7 @@ import hashlib
 import hmac
 import logging
 import multiprocessing
+import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -62,7 +66,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sonossl.config import MAX_FRAME_PIXELS, MAX_SOURCE_PIXELS, IngestConfig, parse_shard
-from sonossl.data.framestore import HDF5_SUFFIXES, FrameStore, FrameStoreWriter, assign_splits, is_hdf5_path, part_name
+from sonossl.data.framestore import HDF5_SUFFIXES, ID_KEYING, FrameStore, FrameStoreWriter, assign_splits, is_hdf5_path, part_name
 from sonossl.data.readers import find_sources, hdf5_clips, open_source
 from sonossl.data.sector import MAX_FRAMES_FOR_MOTION, Box, crop_to_region, scan_region
 from sonossl.errors import SonosslError
@@ -93,6 +97,39 @@ class IngestSummary:
 def pseudonym(value: str, key: str) -> str:
     """16 hex digits of HMAC-SHA256(key, value)."""
     return hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def id_base(sources: list[Path]) -> Path:
+    """The folder clip ids are relative to: the one folder given, else the deepest folder holding
+    every source given (the folder of a single file). Paths are taken as given (absolute, not
+    through symlinks), so the base moves with the archive and the labels below it do not."""
+    paths = [Path(os.path.abspath(s)) for s in sources]
+    common = Path(os.path.commonpath(paths))
+    return common if common.is_dir() else common.parent
+
+
+def id_label(src: Path, dataset: str | None, base: Path) -> str:
+    """What a source's ``video_id`` is the pseudonym of: its path relative to ``base``
+    (:func:`id_base`), POSIX-style, with ``::dataset`` for a clip of an HDF5 file."""
+    return _label(Path(os.path.relpath(os.path.abspath(src), base)).as_posix(), dataset)
+
+
+def _group_where(src: Path, dataset: str | None, base: Path) -> tuple[str, str]:
+    """(the clip's id label, its folder relative to ``base``): what a reader's path-derived group
+    key (``folder:`` the source's folder, ``hdf5:`` the clip) is replaced by, so groups do not
+    depend on where the archive is mounted either."""
+    folder = Path(os.path.relpath(Path(os.path.abspath(src)).parent, base)).as_posix()
+    return id_label(src, dataset, base), folder
+
+
+def _portable_group_key(key: str, where: tuple[str, str] | None) -> str:
+    if where is None:
+        return key
+    if key.startswith("folder:"):
+        return f"folder:{where[1]}"
+    if key.startswith("hdf5:"):
+        return f"hdf5:{where[0]}"
+    return key  # a patient or study identifier: the same wherever the file sits
 
 
 KEY_HEX_DIGITS = 64  # 256 random bits in a new key file
@@ -200,9 +237,11 @@ def _one_line(exc: BaseException, source: Path, dataset: str | None = None) -> s
     return text[:300]
 
 
-def process_source(source: Path, opts: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+def process_source(source: Path, opts: dict[str, Any], dataset: str | None = None,
+                   where: tuple[str, str] | None = None) -> dict[str, Any]:
     """Decode, crop, resize and (``opts["dedup"]``) deduplicate one source (one ``dataset`` of
-    an HDF5 file); never raises (errors come back as ``status=error``).
+    an HDF5 file); never raises (errors come back as ``status=error``). ``where``: the source's
+    relative id label and folder (:func:`_group_where`), which a path-derived group key is made of.
 
     The raw group key is hashed here, so it never leaves the worker.
     """
@@ -245,7 +284,7 @@ def process_source(source: Path, opts: dict[str, Any], dataset: str | None = Non
             frames = frames[kept]
         return {
             "status": "ok", "frames": frames, "frames_in": int(st.frames_in or len(frames)), "box": box, "fps": st.fps,
-            "group_id": pseudonym(st.group_key, opts["salt"]), "message": note,
+            "group_id": pseudonym(_portable_group_key(st.group_key, where), opts["salt"]), "message": note,
         }  # fmt: skip
     except Exception as exc:  # one bad file must not stop the run
         return {"status": "error", "message": _one_line(exc, source, dataset)}
@@ -254,28 +293,28 @@ def process_source(source: Path, opts: dict[str, Any], dataset: str | None = Non
 Unit = tuple[Path, "str | None"]  # a source file or folder, and the HDF5 dataset within it
 
 
-def _results(units: list[Unit], opts: dict[str, Any], workers: int) -> Iterator[dict[str, Any]]:
+def _results(units: list[Unit], opts: dict[str, Any], workers: int, base: Path) -> Iterator[dict[str, Any]]:
     """Results in source order; with ``workers > 1`` from a spawn process pool, at most
     ``2 * workers`` clips in flight so memory stays bounded."""
     if workers <= 1:
         for s, d in units:
-            yield process_source(s, opts, d)
+            yield process_source(s, opts, d, _group_where(s, d, base))
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: deque[Future] = deque()
         it = iter(units)
         for s, d in it:
-            pending.append(pool.submit(process_source, s, opts, d))
+            pending.append(pool.submit(process_source, s, opts, d, _group_where(s, d, base)))
             if len(pending) >= 2 * workers:
                 break
         while pending:
             yield pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(process_source, nxt[0], opts, nxt[1]))
+                pending.append(pool.submit(process_source, nxt[0], opts, nxt[1], _group_where(*nxt, base)))
 
 
-def _units(files: list[Path], salt: str) -> tuple[list[Unit], list[dict[str, Any]], dict[str, int]]:
+def _units(files: list[Path], salt: str, base: Path) -> tuple[list[Unit], list[dict[str, Any]], dict[str, int]]:
     """Expand HDF5 files into one unit per dataset; an unreadable HDF5 file becomes an error row.
 
     Also returns each manifest ``source`` label's position, for rows in source order.
@@ -288,7 +327,7 @@ def _units(files: list[Path], salt: str) -> tuple[list[Unit], list[dict[str, Any
             try:
                 found = [(f, d) for d in hdf5_clips(f)]
             except SonosslError as exc:
-                errors.append({"source": str(f), "video_id": pseudonym(str(f.resolve()), salt), "status": "error",
+                errors.append({"source": str(f), "video_id": pseudonym(id_label(f, None, base), salt), "status": "error",
                                "message": _one_line(exc, f)})  # fmt: skip
                 found = [(f, None)]
             else:
@@ -301,7 +340,7 @@ def _units(files: list[Path], salt: str) -> tuple[list[Unit], list[dict[str, Any
     return units, errors, order
 
 
-def _label(src: Path, dataset: str | None) -> str:
+def _label(src: Path | str, dataset: str | None) -> str:
     return f"{src}::{dataset}" if dataset is not None else str(src)
 
 
@@ -341,12 +380,13 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]], keep_previous: bool)
     atomic_write_csv(path, old + rows, MANIFEST_COLUMNS)
 
 
-def _todo(units: list[Unit], writer: FrameStoreWriter, salt: str, rows: list[dict[str, Any]]) -> list[tuple[Unit, str]]:
+def _todo(units: list[Unit], writer: FrameStoreWriter, salt: str, rows: list[dict[str, Any]],
+          base: Path) -> list[tuple[Unit, str]]:
     """The units not yet in the store, with their pseudonyms; a ``skipped`` row for each one that is."""
     existing = {r.key: r for r in writer.records()}
     todo: list[tuple[Unit, str]] = []
     for src, dset in units:  # rows come out in source order: skipped ones now, the rest as they are ingested
-        vid = pseudonym(_label(src.resolve(), dset), salt)
+        vid = pseudonym(id_label(src, dset, base), salt)
         if vid in existing:
             r = existing[vid]
             box = r.crop_box or ("", "", "", "")
@@ -416,16 +456,18 @@ def ingest(cfg: IngestConfig, *, resume: bool = False, overwrite: bool = False, 
     opts = {"frame_skip": cfg.frame_skip, "size": cfg.size, "crop": cfg.crop, "salt": key,
             "max_frames": cfg.max_frames_per_video, "dedup": cfg.dedup, "modalities": cfg.modalities(),
             "max_frame_pixels": cfg.max_frame_pixels, "max_source_pixels": cfg.max_source_pixels}  # fmt: skip
-    salt = key
-    units, rows, order = _units(files, salt)
+    salt, base = key, id_base(sources)
+    units, rows, order = _units(files, salt, base)
     if shard is not None:
         units = _in_shard(units, sources, shard)
         mine = {_label(*u) for u in _in_shard([(Path(r["source"]), None) for r in rows], sources, shard)}
         rows = [r for r in rows if r["source"] in mine]
-    writer = FrameStoreWriter(store, overwrite=overwrite, resume=resume, key_fingerprint=key_fingerprint(key))
+    writer = FrameStoreWriter(store, overwrite=overwrite, resume=resume, key_fingerprint=key_fingerprint(key),
+                              id_keying=ID_KEYING)
+    _check_same_base(writer, units, salt, base, store)
     if shard is not None:
         writer.mark_shard(f"{shard[0]}/{shard[1]}", cfg.val_fraction, cfg.seed)
-    ok, records = _write_units(writer, units, rows, opts, cfg.workers, progress, salt)
+    ok, records = _write_units(writer, units, rows, opts, cfg.workers, progress, salt, base)
     try:
         splits = assign_splits([r.group_id for r in records], cfg.val_fraction, cfg.seed)
         for r in records:
@@ -449,17 +491,31 @@ def ingest(cfg: IngestConfig, *, resume: bool = False, overwrite: bool = False, 
     return IngestSummary(ok=ok, skipped=skipped, error=errors, frames_kept=kept, store=store, manifest=manifest)
 
 
+def _check_same_base(writer: FrameStoreWriter, units: list[Unit], salt: str, base: Path, store: Path) -> None:
+    """Refuse to add to a store none of whose clips is among ``units`` as labelled now: ids are
+    relative to the folder given, so another folder (a parent, a subfolder) would give clips
+    already in it another id and store them twice."""
+    have = {r.key for r in writer.records()}
+    if not have or not units or any(pseudonym(id_label(s, d, base), salt) in have for s, d in units):
+        return
+    writer.close(ok=False)
+    if store.exists():  # the partial file was a copy of the finished store: nothing of it is lost
+        writer.partial.unlink(missing_ok=True)
+    raise SonosslError(f"{store}: none of its {len(have)} clips is among these sources; clip ids are relative to the "
+                       "folder given, so add to a store only from the folder it was made from (or into a new store)")
+
+
 def _write_units(writer: FrameStoreWriter, units: list[Unit], rows: list[dict[str, Any]], opts: dict[str, Any],
-                 workers: int, progress: bool, salt: str) -> tuple[int, list]:
+                 workers: int, progress: bool, salt: str, base: Path) -> tuple[int, list]:
     """Ingest the units not yet in the store (appending their manifest rows to ``rows``);
     returns how many were ingested and the store's records. On any exception the writer is
     closed with its partial file kept for ``resume``."""
     ok = 0
     try:
-        todo = _todo(units, writer, salt, rows)
+        todo = _todo(units, writer, salt, rows, base)
         with progress_bar("ingest", progress) as bar:
             task = bar.add_task("ingest", total=len(todo))
-            for (unit, vid), res in zip(todo, _results([u for u, _ in todo], opts, workers)):
+            for (unit, vid), res in zip(todo, _results([u for u, _ in todo], opts, workers, base)):
                 rows.append(_store_result(writer, unit, vid, res, opts["frame_skip"]))
                 ok += res["status"] == "ok"
                 bar.advance(task)

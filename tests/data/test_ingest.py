@@ -63,9 +63,16 @@ def test_mixed_folder_good_in_bad_reported(tmp_path, mixed):
 
 def test_resume_twice_duplicates_nothing(tmp_path, mixed):
     out = tmp_path / "frames.h5"
-    ingest(IngestConfig(sources=[mixed / "dicom"], out=out, size=16), progress=False)
+    video = tmp_path / "later"
+    shutil.move(mixed / "video", video)  # ingested first without the videos, then with them
+    ingest(IngestConfig(sources=[mixed], out=out, size=16), progress=False)
     with pytest.raises(SonosslError, match="exists"):
-        ingest(IngestConfig(sources=[mixed / "dicom"], out=out, size=16), progress=False)
+        ingest(IngestConfig(sources=[mixed], out=out, size=16), progress=False)
+    # ids are relative to the folder given: a subfolder would give the clip another id, so it is refused
+    with pytest.raises(SonosslError, match=r"frames\.h5: none of its 1 clips is among these sources"):
+        ingest(IngestConfig(sources=[mixed / "dicom"], out=out, size=16), resume=True, progress=False)
+    assert len(FrameStore(out).videos) == 1 and not (tmp_path / "frames.h5.partial").exists()
+    shutil.move(video, mixed / "video")
     for _ in range(2):
         s = ingest(IngestConfig(sources=[mixed], out=out, size=16), resume=True, progress=False)
         _, rows = _manifest(s.manifest)
@@ -312,3 +319,69 @@ def test_videos_made_from_the_genuine_cine_ingest_to_the_same_content(tmp_path, 
     for codec in ("mp4", "avi"):
         assert np.abs(clips[codec] - clips["dcm"]).mean() < 6, codec
         assert np.abs(clips[codec] - np.roll(clips["dcm"], 8, axis=2)).mean() > 6  # a shifted image is farther
+
+
+# ------------------------------------------------------------------ the same archive, wherever it sits
+def _archive(root, scans):
+    """DICOMs (patient groups), videos and an image-less HDF5 seed file (folder and file groups)."""
+    import h5py
+
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "c").mkdir()
+    for p in range(2):
+        scans.dicom(root / "a" / f"{p}.dcm", scans.clip(t=4, seed=p, text=f"P{p}"), patient_id=f"P{p}")
+    scans.video(root / "a" / "b" / "clip.mp4", scans.clip(t=4, seed=5))
+    scans.video(root / "c" / "clip.mp4", scans.clip(t=4, seed=6))
+    rng = np.random.default_rng(0)
+    with h5py.File(root / "c" / "seed.h5", "w") as f:
+        for name in ("x", "y"):
+            f[name] = rng.integers(0, 256, (3, 20, 20), dtype=np.uint8)
+    return root
+
+
+def _contents(store_path):
+    store = FrameStore(store_path)
+    return [(v.key, v.video_id, v.group_id, v.split, store.read_clip(v.key).tobytes()) for v in store.videos]
+
+
+def test_one_archive_ingested_from_two_folders_gives_the_same_store(tmp_path, scans):
+    first = _archive(tmp_path / "one" / "archive", scans)
+    second = tmp_path / "two" / "deeper" / "scans"
+    shutil.copytree(first, second)  # another mount point, another folder name
+    key = tmp_path / "shared.key"
+    stores = []
+    for src, name in ((first, "a.h5"), (second, "b.h5")):
+        s = ingest(IngestConfig(sources=[src], out=tmp_path / name, frame_skip=1, size=16, val_fraction=0.5,
+                                salt_file=key), progress=False)
+        assert (s.ok, s.error) == (6, 0)
+        stores.append(_contents(s.store))
+    assert len(stores[0]) == 6 and stores[0] == stores[1]  # ids, order, groups, splits and frames
+    assert {split for *_, split, _ in stores[0]} == {"train", "val"}
+    assert len({g for _, _, g, _, _ in stores[0]}) == 6  # 2 patients, 2 folders of videos, 2 clips of seed.h5
+    # the ids are the pseudonyms of the paths relative to the folder given, ::dataset for HDF5
+    k = load_key(key)
+    assert {v for _, v, *_ in stores[0]} == {pseudonym(p, k) for p in
+                                             ("a/0.dcm", "a/1.dcm", "a/b/clip.mp4", "c/clip.mp4", "c/seed.h5::x",
+                                              "c/seed.h5::y")}
+    # two sources given: relative to the folder holding both
+    s = ingest(IngestConfig(sources=[first / "a", first / "c"], out=tmp_path / "c.h5", frame_skip=1, size=16,
+                            val_fraction=0.5, salt_file=key), progress=False)
+    assert [c[1:] for c in _contents(s.store)] == [c[1:] for c in stores[0]]
+
+
+def test_a_store_keyed_on_absolute_paths_reads_but_is_not_added_to(tmp_path, scans):
+    import h5py
+
+    src = tmp_path / "s"
+    src.mkdir()
+    scans.dicom(src / "0.dcm", scans.clip(t=3), patient_id="P0")
+    out = tmp_path / "old.h5"
+    ingest(IngestConfig(sources=[src], out=out, frame_skip=1, size=16), progress=False)
+    with h5py.File(out, "a") as f:  # as an older sonossl wrote it
+        assert f.attrs["id_keying"] == "relative-path"
+        del f.attrs["id_keying"]
+    assert FrameStore(out).n_frames == 3
+    scans.dicom(src / "1.dcm", scans.clip(t=3, seed=1), patient_id="P1")
+    with pytest.raises(SonosslError, match=r"old\.h5: its clip ids are pseudonyms of absolute source paths"):
+        ingest(IngestConfig(sources=[src], out=out, frame_skip=1, size=16), resume=True, progress=False)
+    assert FrameStore(out).n_frames == 3
