@@ -15,12 +15,14 @@ text is PHI. So ingestion keeps only the scan region:
    standard deviation over time is above a threshold (relative to the clip's own motion), closed
    morphologically, largest connected component, holes filled, made row- and column-convex
    (a cheap convex hull that keeps a sector's shape). What moves must also look like a scan
-   (:func:`scan_like`): at least a tenth of the frame high and wide, and mostly bright speckle;
-   a line of changing text (a clock, a frame counter, a name) is neither, and is not taken.
+   (:func:`scan_like`): at least a tenth of the frame high and wide (and 1 % of it), with no rows of pure
+   background across it and a core of speckle texture (:func:`scan_statistics`); text or
+   graphics on a flat background (a clock, a name, report thumbnails, a cursor) is not taken.
 3. **Brightness and texture** (one frame, or a clip with too little motion): pixels brighter
    than the dark background and not flat (speckle has local variance; uniform UI panels do
    not); components shorter than text lines are dropped; the component with the most such
-   pixels wins, then closing, hole filling and convexity as above.
+   pixels wins, then closing, hole filling and convexity as above; it too must be
+   :func:`scan_like`, and cover at least 5 % of the frame.
 4. The whole frame when nothing plausible is found; ``ingest`` then refuses a scanner screen
    (DICOM, video, image folder) rather than keep text that may name the patient.
 
@@ -43,7 +45,8 @@ from sonossl.config import Crop
 Box = tuple[int, int, int, int]
 CROPS: tuple[str, ...] = get_args(Crop)  # --crop of ingest and predict, IngestSpec.crop of a study
 
-MIN_REGION_FRACTION = 0.05  # a scan region covers at least this much of the frame
+MIN_REGION_FRACTION = 0.05  # a scan region covers at least this much of the frame,
+MIN_MOVING_FRACTION = 0.01  # or this much when it moves (a cine's fan small on a large screen) and is scan_like
 BOUNDS_SLACK = 2  # pixels a DICOM region may overhang the image (rounding)
 MAX_FRAMES_FOR_MOTION = 64
 
@@ -135,17 +138,62 @@ def _content(frame: np.ndarray) -> np.ndarray:
 
 
 MIN_SCAN_SIDE = 0.1  # a scan region is at least this fraction of the frame high and wide
-MIN_SPECKLE = 0.25  # and at least this fraction of it is bright speckle (in the clip's brightest frame)
+# Measured on real and synthetic scans against text and graphics (docs/data-safety.md, "Only scans
+# become clips"; tests/hostile/test_text_sources.py):
+MAX_EMPTY_ROWS = 0.06  # at most this fraction of the region's rows is background (text: >= 0.17, scans: <= 0.034)
+MIN_TEXTURE_CORE = 0.12  # at least this fraction of the region is a core of texture (scans: >= 0.24)
+EMPTY_ROW = 0.97  # a row is background when at least this fraction of its region pixels is
+STAT_FRAMES = 8  # frames spread over the clip the statistics are measured on (their median)
 
 
-def scan_like(mask: np.ndarray, brightest: np.ndarray) -> bool:
-    """Whether region ``mask`` (bool [H, W]) looks like an ultrasound scan in ``brightest``
-    (uint8 [H, W], the clip's per-pixel maximum): tall and wide enough, and mostly speckle."""
+def _local_std(frame: np.ndarray) -> np.ndarray:
+    mean = ndi.uniform_filter(frame, 3)
+    return np.sqrt(np.maximum(ndi.uniform_filter(frame * frame, 3) - mean * mean, 0))
+
+
+def _frame_statistics(frame: np.ndarray, mask: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
+    """(empty rows, texture core) of region ``mask`` in one uint8 frame; ``rows``: the region's
+    rows wide enough to count (at least 8 pixels)."""
+    f = frame.astype(np.float32)
+    background = int(np.bincount(frame.ravel(), minlength=256).argmax())
+    contrast = float(np.percentile(np.abs(f[mask] - background), 99))
+    near = np.abs(f - background) <= max(10.0, 0.1 * contrast)
+    per_row = (near & mask).sum(1)[rows] / mask.sum(1)[rows]
+    empty = float((per_row >= EMPTY_ROW).mean()) if rows.any() else 1.0
+    stretched = f * min(4.0, 255.0 / max(contrast, 1.0))  # a dim scan measured as a bright one
+    core = ndi.binary_erosion(_local_std(stretched) >= 3.0, structure=np.ones((5, 5), bool))
+    return empty, float(core[mask].mean())
+
+
+def scan_statistics(frames: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """What tells a scan from text or graphics in region ``mask`` (bool [H, W]) of ``frames``
+    (uint8 [T, H, W]), each the median over up to :data:`STAT_FRAMES` frames spread over the clip:
+
+    - ``empty_rows``: the fraction of the region's rows in which at least 97 % of the region's
+      pixels are background (within ``max(10, 10 %`` of the contrast) grey levels of the frame's
+      commonest grey). Lines of text and drawn shapes leave such rows between them; every row of
+      a fan crosses tissue.
+    - ``texture_core``: the fraction of the region inside a 5x5 block of pixels that are all
+      locally textured (3x3 standard deviation >= 3 grey levels once the contrast is stretched to
+      255, by at most 4x). Speckle is texture everywhere; glyphs are flat inside and on the page.
+    """
+    rows = mask.sum(1) >= 8
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(STAT_FRAMES, len(frames))).astype(int))
+    stats = np.array([_frame_statistics(frames[i], mask, rows) for i in pick])
+    return {"empty_rows": float(np.median(stats[:, 0])), "texture_core": float(np.median(stats[:, 1]))}
+
+
+def scan_like(mask: np.ndarray, frames: np.ndarray) -> bool:
+    """Whether region ``mask`` (bool [H, W]) of ``frames`` (uint8 [T, H, W]) looks like an
+    ultrasound scan: tall and wide enough, no more than :data:`MAX_EMPTY_ROWS` of its rows
+    background and at least :data:`MIN_TEXTURE_CORE` of it a core of texture
+    (:func:`scan_statistics`)."""
     h, w = mask.shape
     x0, y0, x1, y1 = _box_of(mask)
     if (y1 - y0) < MIN_SCAN_SIDE * h or (x1 - x0) < MIN_SCAN_SIDE * w:
         return False
-    return float(_content(brightest)[mask].mean()) >= MIN_SPECKLE
+    stats = scan_statistics(frames, mask)
+    return stats["empty_rows"] <= MAX_EMPTY_ROWS and stats["texture_core"] >= MIN_TEXTURE_CORE
 
 
 def _texture_mask(frame: np.ndarray, radius: int) -> np.ndarray | None:
@@ -191,11 +239,13 @@ def locate_scan_region(frames: np.ndarray, regions=None) -> tuple[Box, np.ndarra
     radius = max(2, round(0.02 * min(h, w)))
     brightest = frames.max(axis=0)
     how, mask = "motion", (_motion_mask(frames, radius) if len(frames) >= 2 else None)
-    if mask is not None and not scan_like(mask, brightest):
-        mask = None  # what moves is not a scan (a line of text): look for one by texture instead
+    if mask is not None and not scan_like(mask, frames):
+        mask = None  # what moves is not a scan (text, a cursor): look for one by texture instead
     if mask is None:
         how, mask = "texture", _texture_mask(brightest, radius)
-    if mask is None or mask.sum() < MIN_REGION_FRACTION * h * w:
+        if mask is not None and not scan_like(mask, frames):
+            mask = None  # text or graphics on a flat background
+    if mask is None or mask.sum() < (MIN_MOVING_FRACTION if how == "motion" else MIN_REGION_FRACTION) * h * w:
         return (*full_frame(h, w), "full")
     return _box_of(mask), mask, how
 
@@ -249,7 +299,8 @@ def scan_region(frames: np.ndarray, regions, kind: str, crop: str) -> tuple[Box,
     if crop == "auto":
         box, mask, how = locate_scan_region(frames, regions)
         if how == "full" and kind in ("dicom", "video", "images"):
-            raise SonosslError("no scan region found (no usable DICOM regions, no moving fan, no region of speckle); "
+            raise SonosslError("no scan region found (no usable DICOM regions, no moving fan, no region of speckle; "
+                               "text or graphics on a flat background is not a scan); "
                                "the whole screen may hold burned-in patient text, so it is not used; pass --crop none "
                                "to keep whole frames")
         return box, mask, how
