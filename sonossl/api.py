@@ -158,13 +158,19 @@ def run_study(study: str | Path | None = None, out: str | Path | None = None, *,
              "cpus": cfg.slurm_cpus, "mem": cfg.slurm_mem}
     return run(load_study(cfg.study, preset=cfg.preset), cfg.out, workers=cfg.workers, launcher=cfg.launcher,
                resume=resume, overwrite=overwrite, imagenet_weights=cfg.imagenet_weights, save_models=cfg.save_models,
-               slurm=slurm, ingest_shards=cfg.ingest_shards, log=log)
+               slurm=slurm, ingest_shards=cfg.ingest_shards, ledger=cfg.ledger, log=log)
 
 
 def report(folder: str | Path) -> dict[str, Path]:
-    """``summary.csv``, ``differences.csv`` and ``report.html`` from ``folder/results.csv``."""
+    """``summary.csv``, ``differences.csv`` and ``report.html`` from ``folder/results.csv``; for a
+    study ledger (``sonossl study --ledger``), ``results.csv`` too, from its records alone."""
+    from sonossl.study.ledger import is_ledger
     from sonossl.study.report import write_report
 
+    if is_ledger(Path(folder)):
+        from sonossl.study.runner import report_ledger
+
+        return report_ledger(Path(folder))
     return write_report(Path(folder))
 
 

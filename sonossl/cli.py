@@ -94,12 +94,13 @@ def cmd_study(a: argparse.Namespace) -> int:
             print(f"  warning: {line}")
         return 0
     s = api.run_study(resume=a.resume, overwrite=a.overwrite, **_settings(a))
-    print(f"{s.ran} runs done now, {s.already_done} were already complete, {len(s.failed)} failed, "
-          f"{len(s.blocked)} not started (a run they need failed)")
+    print(f"{s.ran} runs done now, {s.already_done} were already complete"
+          + (f" ({s.from_ledger} recorded in the ledger only)" if s.from_ledger else "")
+          + f", {len(s.failed)} failed, {len(s.blocked)} not started (a run they need failed)")
     for key, msg in s.failed.items():
         print(f"  failed: {key}: {msg}", file=sys.stderr)
     if s.results:
-        print(f"wrote {s.results}, {s.report}")
+        print(f"wrote {s.results}, {s.report}" + (f"; the ledger's report {s.ledger_report}" if s.ledger_report else ""))
     return 1 if s.failed or s.blocked else 0
 
 

@@ -231,7 +231,8 @@ class InfoConfig(Config):
 class ReportConfig(Config):
     """``sonossl report``: summary, paired differences and report.html of an evaluation or study folder."""
 
-    dir: Path = Field(description="folder holding results.csv (an evaluate --out or a study folder)")
+    dir: Path = Field(description="folder holding results.csv (an evaluate --out or a study folder), or a study "
+                      "ledger (sonossl study --ledger), whose records alone then make the tables and report")
 
 
 Prob = Annotated[float, Field(ge=0, le=1)]
@@ -482,6 +483,10 @@ class StudyRunConfig(SlurmJobConfig):
     ingest_shards: int = Field(1, ge=1, description="parts each data variant's ingestion is split into (ingest "
                                "--shard I/N), run as a job array under --launcher slurm or submitit-local, one after "
                                "another under local; the store is then the folder data/<variant>/")
+    ledger: Path | None = Field(None, description="study ledger folder, outside --out, for version control: one small "
+                                "record per finished unit (results, chosen settings, fingerprints; no weights, frames "
+                                "or paths); with --resume its units count as done even when --out is gone; none: no "
+                                "ledger (docs/cluster.md)")
 
 
 @dataclass(frozen=True)

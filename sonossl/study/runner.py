@@ -16,6 +16,8 @@ Layout of ``DIR``::
     study.yaml  study.json           the resolved study and its description (for the report)
     records/done/<key>.json          one result file per completed unit (records/failed/: failed attempts)
     study.db                         the launcher's index of those files (SQLite, rollback journal)
+    (LEDGER/, with --ledger)         one small record per finished unit, kept apart from DIR, for version
+                                     control: --resume takes its units as done when DIR is gone (ledger.py)
     data/<variant>.h5                frame stores, one per pretraining-data variant
     pretrain/<method>-<pairs>-<variant>/   pretraining runs (stats.jsonl, backbone.pt, ...)
     pretrain/<...>-best/             keep: best: the chosen draw's backbone.pt, config.yaml, summary.json
@@ -59,6 +61,7 @@ from sonossl.launch import Requeueable, check_launcher
 from sonossl.outlock import releasing
 from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
 from sonossl.study.grid import SELECT_SEEDS, EvalUnit, IngestUnit, Plan, PretrainUnit, SelectUnit
+from sonossl.study.ledger import Ledger, StudyBook, ledger_results
 from sonossl.study.store import ResultsStore, UnitRecords
 
 _AT = RESULT_COLUMNS.index("accuracy") + 1  # evaluate's columns, with the study's keys after the scores
@@ -94,12 +97,14 @@ class Outcome:
 class StudySummary:
     total: int
     already_done: int
+    from_ledger: int = 0  # of already_done: units whose only record is the ledger's
     ran: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
     disk_full: str = ""  # the first out-of-space message, if any
     results: Path | None = None
     report: Path | None = None
+    ledger_report: Path | None = None
 
 
 def unit_hash(unit) -> str:
@@ -352,15 +357,18 @@ def _variant_text(v) -> str:
 
 def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local", resume: bool = False,
               overwrite: bool = False, imagenet_weights: Path | None = None, save_models: bool | str = False,
-              slurm: dict[str, Any] | None = None, ingest_shards: int = 1,
+              slurm: dict[str, Any] | None = None, ingest_shards: int = 1, ledger: Path | None = None,
               log: Callable[[str], None] = print, command: str = "study") -> StudySummary:
-    """Run every unit of ``plan`` not yet complete in ``out``; then write results and the report.
-    ``command``: whose output ``out`` is (see :func:`prepare`)."""
+    """Run every unit of ``plan`` not yet complete in ``out`` (nor, with ``ledger``, recorded there
+    by the same unit: :mod:`sonossl.study.ledger`); then write results and the report (and the
+    ledger's). ``command``: whose output ``out`` is (see :func:`prepare`)."""
     check_launcher(launcher)
     if workers < 1:
         raise SonosslError(f"--workers: {workers}; expected >= 1")
     if ingest_shards < 1:
         raise SonosslError(f"--ingest-shards: {ingest_shards}; expected >= 1")
+    if ledger is not None:
+        _check_ledger(Path(ledger), Path(out), plan)
     out = prepare(plan, out, resume=resume, overwrite=overwrite, command=command)
     ctx = Context(out=str(out), unlabelled=str(plan.spec.data.unlabelled) if plan.spec.data.unlabelled else None,
                   store_given=is_store_path(plan.spec.data.unlabelled),
@@ -377,10 +385,14 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
     store, records = ResultsStore(out / "study.db"), UnitRecords(out)
     store.fold(records)
     done = store.completed() & {u.key for u in plan.units}
-    summary = StudySummary(total=len(plan.units), already_done=len(done))
-    todo = [u for u in plan.units if u.key not in done]
-    tally = _Tally(todo, done, _Progress(plan, store, workers, log), summary, records)
-    log(f"[study] {plan.spec.name}: {len(plan.units)} units, {len(done)} already complete, {len(todo)} to run "
+    book, from_ledger = None, {}
+    if ledger is not None:
+        book, from_ledger = _ledger_done(plan, out, ctx, Path(ledger), done, resume, log)
+    summary = StudySummary(total=len(plan.units), already_done=len(done) + len(from_ledger), from_ledger=len(from_ledger))
+    todo = [u for u in plan.units if u.key not in done and u.key not in from_ledger]
+    tally = _Tally(todo, done | set(from_ledger), _Progress(plan, store, workers, log), summary, records, book)
+    log(f"[study] {plan.spec.name}: {len(plan.units)} units, {summary.already_done} already complete"
+        + (f" ({len(from_ledger)} recorded in the ledger only)" if from_ledger else "") + f", {len(todo)} to run "
         f"({launcher}, {workers} worker{'s' * (workers > 1)})")
     try:
         if launcher == "local":
@@ -390,24 +402,97 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
     finally:
         try:
             store.fold(records)  # whatever finished while the last outcomes were settled
-            summary.results = export_results(plan, out, store)
+            if book is not None:
+                _sync_ledger(book, plan, store)
+            summary.results = export_results(plan, out, store, {k: r["row"] for k, r in from_ledger.items()})
         finally:
             store.close()
     if summary.disk_full:  # the runs that finished are recorded; the rest wait for --resume
         raise DiskFullError(summary.disk_full)
     if summary.results is not None:
-        from sonossl.study.report import write_report
+        from sonossl.study.report import load_pretrain_curves, write_report
 
-        summary.report = write_report(out)["report"]
+        curves = {k.split("/", 1)[1]: [*r.get("stats", {}).get("epochs", []), *r.get("stats", {}).get("steps", [])]
+                  for k, r in from_ledger.items() if k.startswith("pretrain/")}
+        summary.report = write_report(out, curves={**curves, **load_pretrain_curves(out)})["report"]
+        if book is not None:
+            summary.ledger_report = report_ledger(book.ledger.root, log=log).get("report")
     return summary
+
+
+def _key_file(plan: Plan, out: Path, store_given: bool) -> Path | None:
+    """The pseudonym key the study's ingestions use (as :func:`_run_ingest` picks it); None for a store given."""
+    if store_given:
+        return None
+    return Path(plan.spec.ingest.salt_file) if plan.spec.ingest.salt_file else out / "data" / "sonossl.key"
+
+
+def _check_ledger(ledger: Path, out: Path, plan: Plan) -> None:
+    """The ledger must outlive ``DIR`` and be apart from the data; one study writes it at a time."""
+    from sonossl.outlock import check_apart, lock_output
+
+    if ledger.resolve().is_relative_to(out.resolve()):
+        raise SonosslError(f"--ledger {ledger}: inside the study folder {out}, which it is meant to outlive; "
+                           "give a folder outside it (e.g. in your project's git repository)")
+    data = plan.spec.data
+    check_apart(ledger, [("data.unlabelled", data.unlabelled), *((f"data.labelled.{k}", v) for k, v in data.labelled.items())])
+    if ledger.exists() and any(ledger.iterdir()) and not (ledger / "study.json").is_file():
+        raise SonosslError(f"--ledger {ledger}: a folder that is not a study ledger (no study.json); give an empty "
+                           "or new folder, or the ledger of this study")
+    lock_output(ledger, "study")
+
+
+def _ledger_done(plan: Plan, out: Path, ctx: Context, ledger: Path, done: set[str], resume: bool,
+                 log: Callable[[str], None]) -> tuple[StudyBook, dict[str, dict[str, Any]]]:
+    """The ledger's records that count as done (with ``resume``; a fresh study only writes the
+    ledger), less those a unit to run needs again because their artefact is gone from ``DIR``."""
+    book = StudyBook(Ledger(ledger), plan, out, lambda variant: _store_path(ctx, variant),
+                     _key_file(plan, out, ctx.store_given), log)
+    valid, records = book.done() if resume else (set(), {})
+    from_ledger = valid - done
+    todo = [u.key for u in plan.units if u.key not in done and u.key not in from_ledger]
+    again = book.needed_again(todo, from_ledger)
+    for key in sorted(again):
+        log(f"[ledger] {key}: recorded, but {book.artefact(book.units[key])} is gone and a unit to run needs it: it runs "
+            "again (the same settings and seed)")
+    from_ledger -= again
+    book.check_key([u for u in plan.units if u.key not in done and u.key not in from_ledger],
+                   {k: records[k] for k in from_ledger})
+    book.describe(plan.spec.name, _context(plan))
+    return book, {k: records[k] for k in from_ledger}
+
+
+def _sync_ledger(book: StudyBook, plan: Plan, store: ResultsStore) -> None:
+    """Record every unit complete in ``DIR`` in the ledger (unchanged records are not rewritten)."""
+    rows, walls = store.rows(), store.walls()
+    for unit in plan.units:
+        if unit.key in rows:
+            book.write(unit, rows[unit.key], walls.get(unit.key, 0.0))
+    book.describe(plan.spec.name, _context(plan))
+
+
+def report_ledger(folder: Path, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """``results.csv``, ``summary.csv``, ``differences.csv`` and ``report.html`` in the ledger
+    ``folder``, from its records alone (``DIR`` is not read)."""
+    from sonossl.study.report import write_report
+
+    folder = Path(folder)
+    rows, curves = ledger_results(Ledger(folder), log=log)
+    if not rows:
+        raise SonosslError(f"{folder}: the ledger holds no finished evaluation of its study")
+    atomic_write_csv(folder / "results.csv", rows, STUDY_COLUMNS)
+    return {"results": folder / "results.csv", **write_report(folder, curves=curves)}
 
 
 class _Tally:
     """Done, failed and blocked units as outcomes arrive, with a progress line per outcome."""
 
-    def __init__(self, todo: list, done: set[str], progress: _Progress, summary: StudySummary, records: UnitRecords):
+    def __init__(self, todo: list, done: set[str], progress: _Progress, summary: StudySummary, records: UnitRecords,
+                 book: StudyBook | None = None):
         self.todo, self.done, self.progress, self.summary, self.records = todo, done, progress, summary, records
         self.failed: set[str] = set()
+        self.book = book  # the ledger: each unit's record as it finishes
+        self.units = {u.key: u for u in todo}
 
     @property
     def stopped(self) -> bool:
@@ -427,11 +512,20 @@ class _Tally:
         if outcome.ok:
             self.done.add(outcome.key)
             self.summary.ran += 0 if outcome.skipped else 1
+            self._record(outcome.key)
         else:
             self.failed.add(outcome.key)
             self.summary.failed[outcome.key] = outcome.message
         settled = self.done | self.failed | set(self.summary.blocked)
         self.progress.report(self.done, [u.key for u in self.todo if u.key not in settled], outcome)
+
+    def _record(self, key: str) -> None:
+        row = self.progress.store.row(key) if self.book is not None else None
+        if row is not None:
+            try:
+                self.book.write(self.units[key], *row)
+            except DiskFullError as exc:
+                self.summary.disk_full = self.summary.disk_full or str(exc)
 
     def blocked(self, unit) -> bool:
         """A unit that needs a failed (or itself blocked) unit: recorded as blocked."""
@@ -556,13 +650,14 @@ def _run_submitit(todo: list, ctx: Context, workers: int, tally: _Tally, *, laun
                 tally.settle(outcome)
 
 
-def export_results(plan: Plan, out: Path, store: ResultsStore) -> Path | None:
-    """``results.csv`` and ``runs.csv`` from the store, in grid order (so two runs of the same
-    study write identical files however their units were scheduled)."""
-    rows = store.rows("EvalUnit")
+def export_results(plan: Plan, out: Path, store: ResultsStore, ledger_rows: dict[str, dict] | None = None) -> Path | None:
+    """``results.csv`` and ``runs.csv`` from the store (and the rows of evaluations only the ledger
+    records), in grid order (so two runs of the same study write identical files however their
+    units were scheduled); ``runs.csv`` lists the run folders there are."""
+    rows = {**(ledger_rows or {}), **store.rows("EvalUnit")}
     ordered = [rows[u.key] for u in plan.evals if u.key in rows]
     if not ordered:
         return None
     atomic_write_csv(out / "results.csv", ordered, STUDY_COLUMNS)
-    atomic_write_csv(out / "runs.csv", ordered, RUNS_COLUMNS)
+    atomic_write_csv(out / "runs.csv", [r for r in ordered if r.get("run_dir")], RUNS_COLUMNS)
     return out / "results.csv"

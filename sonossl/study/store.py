@@ -200,6 +200,11 @@ class ResultsStore:
         q = "SELECT key, row FROM done" + (" WHERE kind = ?" if kind else "")
         return {k: json.loads(r) for k, r in self._con.execute(q, (kind,) if kind else ())}
 
+    def row(self, key: str) -> tuple[dict[str, Any], float] | None:
+        """The result row and wall seconds of the completed unit ``key``; None when it is not."""
+        got = self._con.execute("SELECT row, wall_s FROM done WHERE key = ?", (key,)).fetchone()
+        return None if got is None else (json.loads(got[0]), float(got[1]))
+
     def walls(self) -> dict[str, float]:
         """Wall seconds of each completed unit, by key."""
         return dict(self._con.execute("SELECT key, wall_s FROM done"))
