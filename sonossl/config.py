@@ -545,7 +545,9 @@ FULL = DemoPlan("full", videos=600, frames=8, frame_skip=1, pretrain_steps=400, 
                 finetune_epochs=60, finetune_min_steps=200, finetune_evals=10, linear_select={"lr": [1e-3, 1e-2]},
                 finetune_select={"lr": [1e-3, 3e-4]}, labelled_per_class=(300, 100, 100), minutes=13,
                 minutes_float32=20)
-QUICK = DemoPlan("quick", videos=40, frames=16, frame_skip=2, pretrain_steps=40, pretrain_seconds=100,
+# quick's cap is a safety net too: at 100 s (76 s idle with bf16) a busy machine stopped its 40-step
+# schedule at 30 steps, so the same demo gave other numbers; float32 needs longer still
+QUICK = DemoPlan("quick", videos=40, frames=16, frame_skip=2, pretrain_steps=40, pretrain_seconds=600,
                  fractions=(10, 100), seeds=(0, 1, 2), finetune_fractions=(100,), finetune_seeds=(0,),
                  finetune_epochs=20, labelled_per_class=(40, 20, 40), minutes=3, minutes_float32=4)
 # A longer pretraining, scored with more seeds. Fine-tuning at 10 % labels from a 400-step backbone
