@@ -367,6 +367,25 @@ class PretrainConfig(SlurmJobConfig):
     method_options: dict[str, Any] = Field(default_factory=dict, description="the method's own options (config file)")
     checkpoint_every_s: float = Field(300, gt=0, description="seconds between checkpoints (and one per epoch)")
     log_every_n_steps: int = Field(10, ge=1, description="optimiser steps per line of stats.jsonl")
+    tune: list[Literal["lr"]] = Field(default_factory=list, description="hyperparameters chosen on this data before "
+                                      "the run (docs/methods.md, 'Choosing the rate on your data'): lr sweeps "
+                                      "lr_weights and lr_biases as the paper preset's base rates x tune_factors; "
+                                      "none: the rates as given")
+    tune_factors: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0], min_length=2,
+                                      description="the sweep's multiples of the paper's base rates")
+    tune_share: float = Field(0.2, gt=0, lt=1, description="share of the run's optimiser steps each candidate "
+                              "trains (on the full run's schedule) before the choice; the winner goes on from there")
+    on_divergence: Literal["warn", "recover"] = Field(
+        "recover", description="when the loss rises (docs/methods.md, 'Health'): warn (one line, and in "
+        "summary.json), or recover (also restore the best weights so far and multiply the rates by 0.2; one "
+        "process only)")
+
+    @field_validator("tune_factors")
+    @classmethod
+    def _factors(cls, v: list[float]) -> list[float]:
+        if any(f <= 0 for f in v) or len(set(v)) != len(v):
+            raise ValueError(f"expected distinct positive factors, got {v}")
+        return v
 
     @property
     def world_size(self) -> int:

@@ -117,11 +117,13 @@ def keep_best_model(out: Path, results: "pd.DataFrame") -> Path | None:
     return best
 
 
-def verdict(diffs: "pd.DataFrame", plan: DemoPlan, steps: int | None = None) -> str:
+def verdict(diffs: "pd.DataFrame", plan: DemoPlan, steps: int | None = None, warning: str | None = None) -> str:
     """One line: did pretraining beat random initialisation at <= 10 % labels, and where; if not,
     where it did (more labels), and what the learning curve says about the budget; then the
     fine-tuning difference at <= 10 % labels, whatever it is. ``steps``: the steps the pretraining
-    ran (its ``summary.json``; default the plan's)."""
+    ran (its ``summary.json``; default the plan's). ``warning``: the pretraining's health line
+    (:func:`sonossl.models.init.health_line`), which ends the verdict: a diverged or collapsed
+    backbone taints every figure it gave."""
     steps = plan.pretrain_steps if steps is None else steps
     vs_random = diffs[(diffs["baseline"] == "random") & (diffs["init"] != "imagenet")]
     wins = vs_random[vs_random["real"] & (vs_random["diff_mean"] > 0)]
@@ -146,7 +148,7 @@ def verdict(diffs: "pd.DataFrame", plan: DemoPlan, steps: int | None = None) -> 
     for r in tuned.itertuples():
         ci = "" if r.pairs < 2 else f" [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}], " + ("real" if r.real else "noise")
         line += f". Fine-tuning at {r.fraction:g} %: {r.diff_mean:+.3f}{ci} ({int(r.pairs)} seeds)"
-    return line + "."
+    return line + "." + (f" {warning[0].upper()}{warning[1:]}" if warning else "")
 
 
 # What benchmarks/ssl_learning_curve.py found (benchmarks/README.md); the demo quotes it when its
@@ -166,6 +168,7 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
     from sonossl.config import validated
     from sonossl.data.synthetic import synthesize
     from sonossl.models.backbones import imagenet_available
+    from sonossl.models.init import health_line
     from sonossl.study.grid import StudySpec, expand
     from sonossl.study.report import format_table
     from sonossl.study.stats import load_results, paired_differences, summarise
@@ -224,7 +227,7 @@ def run_demo(out: Path, *, plan: str | DemoPlan = "full", resume: bool = False, 
         ref = next((e["knn10_random"] for e in reversed(epochs) if "knn10_random" in e), None)
         print("BarlowTwins kNN accuracy (k=10, valid) by epoch: " + " ".join(f"{k:.2f}" for k in knn)
               + (f"; random initialisation: {ref:.2f}" if ref is not None else ""))
-    print("verdict: " + verdict(diffs, plan, ran["steps"]))
+    print("verdict: " + verdict(diffs, plan, ran["steps"], health_line(METHOD, ran)))
     print(f"total {time.time() - t_start:.0f} s this invocation; per-run times in {out / 'study.db'}")
     print(f"wrote {out / 'results.csv'}, {out / 'summary.csv'}, {out / 'differences.csv'}, {summary.report}")
     if best is not None:

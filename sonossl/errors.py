@@ -7,3 +7,8 @@ Every message names the file or field and what was expected.
 
 class SonosslError(Exception):
     """Bad input, a missing file, a refused overwrite: anything the user can fix."""
+
+
+class DivergenceError(SonosslError):
+    """A pretraining's loss or weights became NaN/inf: the run stops (its last checkpoint is from
+    before). The learning-rate sweep counts such a candidate as diverged instead of stopping."""

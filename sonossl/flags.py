@@ -96,7 +96,7 @@ def _default_text(info) -> str:
     if info.default is PydanticUndefined and info.default_factory is None:
         return "required"
     value = info.default_factory() if info.default_factory is not None else info.default
-    if value is None:
+    if value is None or (isinstance(value, (list, tuple, dict)) and not value):
         return "none"
     if isinstance(value, (list, tuple)):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)

@@ -88,6 +88,8 @@ def test_verdict_names_the_cells_that_won_and_the_budget_still_to_try():
     said = verdict(tuned, FULL)  # the fine-tuning difference is stated whatever its sign, with its interval
     assert said.startswith("pretraining beat random") and said.endswith(
         "Fine-tuning at 10 %: -0.012 [-0.040, +0.016], noise (5 seeds).")
+    warned = verdict(tuned, FULL, warning="warning: the pretraining barlowtwins was flagged (collapsed): RankMe 1.2")
+    assert warned.endswith("(5 seeds). Warning: the pretraining barlowtwins was flagged (collapsed): RankMe 1.2")
 
 
 def test_the_demo_says_what_precision_it_trains_in_and_why(monkeypatch):

@@ -43,14 +43,14 @@ class LabelledSplit:
 class LabelledData:
     train: LabelledSplit
     valid: LabelledSplit
-    test: LabelledSplit
+    test: LabelledSplit | None  # None: not read (load_labelled's with_test=False)
     class_names: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         def counts(s: LabelledSplit) -> dict[str, int]:
             return {c: int((s.labels == i).sum()) for i, c in enumerate(self.class_names)}
 
-        return {"classes": self.class_names, **{s.name: counts(s) for s in (self.train, self.valid, self.test)}}
+        return {"classes": self.class_names, **{s.name: counts(s) for s in (self.train, self.valid, self.test) if s is not None}}
 
 
 def read_csv_rows(csv_path: Path, root: Path, allow_outside_root: bool = False) -> list[tuple[str, str, Path]]:
@@ -131,18 +131,23 @@ def load_labelled(
     test_csv: Path | None = None,
     size: int = DEFAULT_IMAGE_SIZE,
     allow_outside_root: bool = False,
+    with_test: bool = True,
 ) -> LabelledData:
     """Read train/valid/test from ``labels`` (CSVs or per-class folders) or from three CSVs.
 
     With explicit CSVs, paths are relative to each CSV's folder. Classes are those of the train
-    split, sorted; valid/test may not introduce a new one.
+    split, sorted; valid/test may not introduce a new one. ``with_test=False``: the test split is
+    not read at all (its ``test`` is None), for what must choose without seeing it (the
+    pretraining's monitors and its learning-rate sweep).
     """
+    wanted = [s for s in SPLIT_FILES if with_test or s != "test"]
     sources: dict[str, tuple[Path, list]] = {}
     if labels is not None:
         labels = Path(labels)
         if not labels.is_dir():
             raise SonosslError(f"{labels}: labelled data folder not found")
-        for split, fname in SPLIT_FILES.items():
+        for split in wanted:
+            fname = SPLIT_FILES[split]
             csv_path = labels / fname
             if csv_path.is_file():
                 sources[split] = (csv_path, read_csv_rows(csv_path, labels, allow_outside_root))
@@ -152,7 +157,8 @@ def load_labelled(
                 raise SonosslError(f"{labels}: neither {fname} nor a {split}/ folder; expected {', '.join(SPLIT_FILES.values())}")
     else:
         given = {"train": train_csv, "valid": val_csv, "test": test_csv}
-        for split, csv_path in given.items():
+        for split in wanted:
+            csv_path = given[split]
             if csv_path is None:
                 raise SonosslError(f"--{split.replace('valid', 'val')}-csv is required when --labels is not given")
             csv_path = Path(csv_path)
@@ -161,4 +167,4 @@ def load_labelled(
     if len(class_names) < 2:
         raise SonosslError(f"{sources['train'][0]}: train split has {len(class_names)} class; expected at least 2")
     splits = {s: build_split(s, src, rows, class_names, size) for s, (src, rows) in sources.items()}
-    return LabelledData(splits["train"], splits["valid"], splits["test"], class_names)
+    return LabelledData(splits["train"], splits["valid"], splits.get("test"), class_names)

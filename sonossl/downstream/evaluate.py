@@ -275,6 +275,8 @@ def evaluate(cfg: EvaluateConfig, *, resume: bool = False, overwrite: bool = Fal
         raise SonosslError("evaluate: --out is required")
     check_apart(cfg.out, evaluate_inputs(cfg))  # first: a refusal here must not depend on the other checks
     init = resolve_init(cfg.init, cfg.backbone, cfg.imagenet_weights)
+    if init.health and progress is not None:
+        progress(init.health)  # a diverged or collapsed pretraining: said before its numbers are read
     cfg = cfg.model_copy(update={"image_size": evaluation_image_size(cfg.image_size, init, progress)})
     data, data_key = _labelled(cfg, cache)
     device = accelerator_device(cfg.accelerator)

@@ -33,7 +33,7 @@ from sonossl.config import PretrainConfig, validated
 from sonossl.data.batched_views import BatchedViews, view_generator
 from sonossl.data.pairs import EpochSampler, FramePairDataset, ResumableLoader
 from sonossl.data.transforms import ViewTransform, asymmetric_pair
-from sonossl.errors import SonosslError
+from sonossl.errors import DivergenceError, SonosslError
 from sonossl.methods.optim import build_optimizer, lr_factor
 from sonossl.models.backbones import build_encoder
 
@@ -65,6 +65,9 @@ class SSLMethod(pl.LightningModule):
 
     name: ClassVar[str] = "base"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    # the loss is a fixed function of the weights, so a sustained rise means divergence (the health
+    # check's loss_rising, sonossl.methods.health); False where it is measured against a moving target
+    loss_is_objective: ClassVar[bool] = True
 
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
@@ -284,7 +287,7 @@ class SSLMethod(pl.LightningModule):
 
     def check_finite(self) -> None:
         if self._nonfinite is not None and bool(self._nonfinite):
-            raise SonosslError(
+            raise DivergenceError(
                 f"{self.name}: loss became NaN/inf by step {self.global_step}; stopped, the last checkpoint "
                 f"(before the divergence) is kept; lower lr_weights/lr_biases or check the frames"
             )

@@ -62,6 +62,7 @@ class BYOLOptions(MethodOptions):
 class BYOL(SSLMethod):
     name = "byol"
     Options = BYOLOptions
+    loss_is_objective = False  # measured against a moving target network: it can rise in healthy runs
 
     def __init__(self, cfg: PretrainConfig):
         super().__init__(cfg)

@@ -127,6 +127,7 @@ def dino_head(in_dim: int, o: DINOOptions) -> DINOProjectionHead:
 class DINO(SSLMethod):
     name = "dino"
     Options = DINOOptions
+    loss_is_objective = False  # measured against a moving teacher with a moving centre: it can rise in healthy runs
 
     @classmethod
     def check_config(cls, cfg: PretrainConfig, o: DINOOptions) -> None:

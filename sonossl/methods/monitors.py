@@ -11,6 +11,10 @@
   L2-normalised backbone features of a fixed sample of stored frames. A collapsed encoder (every
   frame mapped to one point) gives 0; features spread evenly over the unit sphere give about
   ``1 / sqrt(dim)``, written beside it as ``collapse_ref``.
+- ``rankme``: the effective rank of the backbone's features (:func:`sonossl.methods.health.rankme`)
+  of a fixed sample of the store's ``val`` frames (``train`` frames when it has none): a
+  label-free measure that tracks downstream accuracy across methods and their hyperparameters
+  (Garrido et al., ICML 2023), and the learning-rate sweep's criterion without labels.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pytorch_lightning.callbacks import Callback
 from sonossl.data.framestore import FrameStore
 from sonossl.data.labelled import load_labelled
 from sonossl.data.pairs import to_grey
+from sonossl.methods.health import rankme
 from sonossl.models.features import features
 
 
@@ -44,19 +49,14 @@ class Monitors(Callback):
     """Computes the monitors at the end of each epoch on global rank 0 and hands them to
     its ``logs`` (which the stats writer, running after this callback, writes into ``stats.jsonl``)."""
 
-    def __init__(self, store: FrameStore, image_size: int, labels: Path | None = None, k: int = 10, sample: int = 256):
+    def __init__(self, store: FrameStore, image_size: int, labels: Path | None = None, k: int = 10, sample: int = 256,
+                 rank_sample: int = 1024):
         self.k = k
         self.logs: dict[str, float] = {}  # the last epoch's figures
-        self.labels = load_labelled(labels, size=image_size) if labels is not None else None
+        self.labels = load_labelled(labels, size=image_size, with_test=False) if labels is not None else None
         self.random_knn: float | None = None  # kNN of random initialisation, computed once
-        rng = np.random.default_rng(0)  # a fixed sample: the figure moves with the encoder only
-        index = [(v.key, i) for v in store.split("train") for i in range(v.n_frames)]
-        chosen = sorted(rng.choice(len(index), size=min(sample, len(index)), replace=False).tolist())
-        frames = [to_grey(store.read(*index[j])) for j in chosen]
-        self.frames = torch.stack([torch.from_numpy(np.ascontiguousarray(f)) for f in frames])[:, None]
-        if self.frames.shape[-1] != image_size:
-            self.frames = torch.nn.functional.interpolate(self.frames.float(), size=(image_size, image_size), mode="bilinear",
-                                                          antialias=True).round().clamp(0, 255).to(torch.uint8)
+        self.frames = _sample_frames(store, "train", sample, image_size)
+        self.val_frames = _sample_frames(store, "val" if store.split("val") else "train", rank_sample, image_size)
 
     def _knn(self, encoder: torch.nn.Module, device: torch.device) -> float:
         tr = features(encoder, self.labels.train.images, device)
@@ -75,24 +75,43 @@ class Monitors(Callback):
                 accs.append(self._knn(build_encoder(backbone).to(device).eval(), device))
         return float(np.mean(accs))
 
+    def measure(self, encoder: torch.nn.Module, device: torch.device, backbone: str) -> dict[str, float]:
+        """Every monitor's figure for ``encoder`` (in eval mode): collapse, RankMe, and with labels
+        the kNN accuracy beside random initialisation's (computed once). The labelled set's test
+        split is never read."""
+        logs: dict[str, float] = {}
+        f = features(encoder, self.frames, device)
+        logs["collapse_std"] = collapse_std(f)
+        logs["collapse_ref"] = float(1 / np.sqrt(f.shape[1]))
+        logs["rankme"] = rankme(features(encoder, self.val_frames, device))
+        if self.labels is not None:
+            logs[f"knn{self.k}_accuracy"] = self._knn(encoder, device)
+            if self.random_knn is None:
+                self.random_knn = self._random_reference(backbone, device)
+            logs[f"knn{self.k}_random"] = self.random_knn
+        return logs
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
         encoder = pl_module.export_encoder()
         was_training = encoder.training
         encoder.eval()
-        device = pl_module.device
-        logs: dict[str, float] = {}
-        f = features(encoder, self.frames, device)
-        logs["collapse_std"] = collapse_std(f)
-        logs["collapse_ref"] = float(1 / np.sqrt(f.shape[1]))
-        if self.labels is not None:
-            logs[f"knn{self.k}_accuracy"] = self._knn(encoder, device)
-            if self.random_knn is None:
-                self.random_knn = self._random_reference(pl_module.cfg.backbone, device)
-            logs[f"knn{self.k}_random"] = self.random_knn
+        self.logs = self.measure(encoder, pl_module.device, pl_module.cfg.backbone)
         encoder.train(was_training)
-        self.logs = logs
-        for name, value in logs.items():
+        for name, value in self.logs.items():
             if name != "collapse_ref":
                 pl_module.log(name, value, prog_bar=True, rank_zero_only=True)
+
+
+def _sample_frames(store: FrameStore, split: str, sample: int, image_size: int) -> torch.Tensor:
+    """A fixed sample (seed 0) of ``split``'s stored frames, uint8 ``(n, 1, S, S)`` at ``image_size``:
+    the figures move with the encoder only."""
+    index = [(v.key, i) for v in store.split(split) for i in range(v.n_frames)]
+    rng = np.random.default_rng(0)
+    chosen = sorted(rng.choice(len(index), size=min(sample, len(index)), replace=False).tolist())
+    frames = torch.stack([torch.from_numpy(np.ascontiguousarray(to_grey(store.read(*index[j])))) for j in chosen])[:, None]
+    if frames.shape[-1] != image_size:
+        frames = torch.nn.functional.interpolate(frames.float(), size=(image_size, image_size), mode="bilinear",
+                                                 antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return frames

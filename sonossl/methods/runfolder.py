@@ -94,8 +94,9 @@ class StatsWriter(Callback):
 class FinalOutputs(Callback):
     """At a clean end of training (epochs, max_steps or max_time): backbone.pt and summary.json."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, health=None):
         self.out = Path(out)
+        self.health = health  # sonossl.methods.health.Health: its flags go into summary.json
 
     def on_train_end(self, trainer, pl_module: SSLMethod) -> None:
         pl_module.check_finite()
@@ -115,6 +116,7 @@ class FinalOutputs(Callback):
             "stopped_by": "max_time" if _timer_stopped(trainer) else "schedule",
             "precision": pl_module.cfg.precision,
             "channels_last": bool(pl_module.cfg.channels_last),
+            "health": {"flags": list(self.health.flags) if self.health is not None else []},
         }
         atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
 

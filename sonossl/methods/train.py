@@ -34,10 +34,12 @@ from sonossl.diskspace import spawned_error
 from sonossl.errors import SonosslError
 from sonossl.methods import get_method, validate_method
 from sonossl.methods.base import SSLMethod
+from sonossl.methods.health import Health
 from sonossl.methods.memcheck import check_step_memory, oom_error, out_of_memory
 from sonossl.methods.monitors import Monitors
 from sonossl.methods.runfolder import (CKPT_NAME, AtomicCheckpointIO, FinalOutputs, RunCheckpoint, StatsWriter,
                                       check_checkpoint, trim_stats)
+from sonossl.methods.tune import tune_then_run
 from sonossl.models.devices import loader_workers
 from sonossl.models.fastpath import FastPath
 from sonossl.models.fastpath import choose as choose_fast_path
@@ -173,8 +175,22 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     ``resume``: continue from ``out/checkpoints/last.ckpt`` (a fresh start when there is none);
     ``overwrite``: wipe an existing ``out`` first. Without either, an existing non-empty ``out``
     is refused. ``callbacks``: extra Lightning callbacks (e.g. snapshots), run after the run's own.
-    Raises :class:`SonosslError` on bad input and when the loss diverges.
+    With ``cfg.tune``, the learning-rate sweep runs first and its winner goes on to the full run
+    (:mod:`sonossl.methods.tune`). Raises :class:`SonosslError` on bad input and when the loss
+    diverges.
     """
+    if cfg.tune:
+        if resume and overwrite:
+            raise SonosslError("resume and overwrite exclude each other")
+        validate_method(cfg)
+        return tune_then_run(cfg, run_single, pretrain_inputs(cfg), resume=resume, overwrite=overwrite,
+                             progress=progress, callbacks=callbacks)
+    return run_single(cfg, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks)
+
+
+def run_single(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+               callbacks: list[Callback] | None = None, first: tuple[Callback, ...] = ()) -> Path:
+    """One pretraining as configured (no sweep); ``first``: callbacks before the run's own."""
     cfg, store, accelerator, fast = _checked(cfg, resume, overwrite)
     precision = fast.precision
     if progress and fast.reason != "given":
@@ -188,23 +204,26 @@ def run_pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool =
     # the folder is touched only once the input has passed every check above (nothing half-written)
     ckpt, resume_step = _folder(out, model, resume, overwrite)
     logger = make_logger(cfg.logger, out, purge_step=None if resume_step is None else resume_step + 1)
-    trainer = _trainer(cfg, out, accelerator, precision, monitors, progress, callbacks or [], logger)
+    trainer = _trainer(cfg, out, accelerator, precision, monitors, progress, callbacks or [], logger, first)
     _fit(trainer, model, ckpt, out, memory)
     return out
 
 
 def _trainer(cfg: PretrainConfig, out: Path, accelerator: str, precision: str, monitors: Monitors,
-             progress: bool, extra: list[Callback], logger=None) -> pl.Trainer:
-    """The Lightning trainer: checkpoints, monitors, stats.jsonl (and the same scalars to
-    ``logger``, :mod:`sonossl.runlog`), final outputs, DDP when devices > 1."""
-    callbacks: list[Callback] = [
+             progress: bool, extra: list[Callback], logger=None, first: tuple[Callback, ...] = ()) -> pl.Trainer:
+    """The Lightning trainer: checkpoints, monitors, the health check, stats.jsonl (and the same
+    scalars to ``logger``, :mod:`sonossl.runlog`), final outputs, DDP when devices > 1. ``first``:
+    callbacks that run before the run's own (a stop that the checkpoint must see)."""
+    health = Health(monitors, recover=cfg.on_divergence == "recover")
+    callbacks: list[Callback] = [*first,
         RunCheckpoint(
             dirpath=out / "checkpoints", filename="last", save_top_k=0, save_last=True,
             train_time_interval=timedelta(seconds=cfg.checkpoint_every_s), save_on_train_epoch_end=True,
         ),
-        monitors,  # before StatsWriter: it writes their figures
+        monitors,  # before StatsWriter: it writes their figures, and before Health: it reads them
+        health,
         StatsWriter(out / "stats.jsonl", monitors),
-        FinalOutputs(out),
+        FinalOutputs(out, health),
     ]
     callbacks += extra
     if progress:

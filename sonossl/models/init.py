@@ -7,8 +7,10 @@ a pretrain run folder, or a ``backbone.pt`` file.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,6 +27,7 @@ class InitSpec:
     backbone: str
     source: str  # random | imagenet | path of backbone.pt
     image_size: int | None = None  # the pretraining resolution, when known
+    health: str | None = None  # one line when the pretraining was flagged as diverged or collapsed (health_line)
 
     def build(self, imagenet_weights: Path | None) -> Encoder:
         return build_encoder(self.backbone, self.source, imagenet_weights)
@@ -57,4 +60,24 @@ def resolve_init(init: str, backbone: str | None, imagenet_weights: Path | None 
         raise SonosslError(f"{ckpt}: cannot tell its backbone (no config.yaml beside it); pass --backbone")
     get_spec(name)
     label = run_cfg.get("method") or run_dir.name
-    return InitSpec(str(label), name, str(ckpt), run_cfg.get("image_size"))
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    return InitSpec(str(label), name, str(ckpt), run_cfg.get("image_size"), health_line(str(run_dir.name), summary))
+
+
+def flagged(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The warnings of a pretraining's ``summary.json`` (``health.flags``, written by
+    :mod:`sonossl.methods.health`) that make its backbone suspect (a recovery
+    alone is not one; ``loss_rising`` after the last recovery is)."""
+    flags = (summary.get("health") or {}).get("flags", [])
+    last = max((i for i, f in enumerate(flags) if f.get("kind") == "recovered"), default=-1)
+    return [f for i, f in enumerate(flags) if f.get("kind") in ("collapsed", "knn_below_random")
+            or (f.get("kind") == "loss_rising" and i > last)]
+
+
+def health_line(name: str, summary: dict[str, Any]) -> str | None:
+    """One line naming what is wrong with the pretraining ``name``, or None when nothing is."""
+    bad = flagged(summary)
+    if not bad:
+        return None
+    kinds = ", ".join(sorted({f["kind"].replace("_", " ") for f in bad}))
+    return f"warning: the pretraining {name} was flagged ({kinds}): {bad[0]['message']}"

@@ -29,6 +29,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from sonossl.errors import SonosslError
+from sonossl.models.init import health_line
 from sonossl.outputs import atomic_write, atomic_write_text
 from sonossl.study.stats import (BASELINES, BOOTSTRAP_RESAMPLES, fold_selection, load_results, order_inits,
                                   paired_differences, summarise)
@@ -276,12 +277,25 @@ def _facts(df: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
     return facts
 
 
+def pretrain_warnings(summaries: dict[str, dict]) -> list[str]:
+    """One line per pretraining whose ``summary.json`` says it diverged or collapsed
+    (:func:`sonossl.models.init.health_line`), from ``{name: summary}``."""
+    return [line for name, s in sorted(summaries.items()) if (line := health_line(name, s)) is not None]
+
+
+def load_pretrain_summaries(out: Path) -> dict[str, dict]:
+    """``DIR/pretrain/<name>/summary.json`` -> {name: summary} (the finished pretrainings)."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("pretrain/*/summary.json"))}
+
+
 def write_report(out: Path, results_csv: Path | None = None, context: dict | None = None,
-                 curves: dict[str, list[dict]] | None = None) -> dict[str, Path]:
+                 curves: dict[str, list[dict]] | None = None, summaries: dict[str, dict] | None = None) -> dict[str, Path]:
     """Write ``summary.csv``, ``differences.csv`` and ``report.html`` into ``out``; returns their paths
     (keys summary, differences, report). ``context`` (e.g. {"data": ..., "pretraining": ...}) overrides
     ``out/study.json``'s ``context``; ``curves`` (name -> stats records, e.g. a ledger's) stand in
-    for ``out/pretrain/*/stats.jsonl``."""
+    for ``out/pretrain/*/stats.jsonl``, ``summaries`` (name -> summary.json) for
+    ``out/pretrain/*/summary.json``: a pretraining flagged as diverged or collapsed is named among
+    the report's facts."""
     out = Path(out)
     results_csv = results_csv or out / "results.csv"
     df = load_results(results_csv)
@@ -301,12 +315,13 @@ def write_report(out: Path, results_csv: Path | None = None, context: dict | Non
     pre = pretrain_figure(load_pretrain_curves(out) if curves is None else curves)
     figures += [pre] if pre else []
 
+    warned = pretrain_warnings(load_pretrain_summaries(out) if summaries is None else summaries)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
         title=str(study.get("name") or ""),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         context={str(k): str(v) for k, v in ctx.items()},
-        facts=_facts(df, summary),
+        facts={**_facts(df, summary), **({"pretraining warnings": " ".join(warned)} if warned else {})},
         won=what_won(summary, diffs),
         seeds_min=int(summary["runs"].min()), seeds_max=int(summary["runs"].max()),
         n_resamples=BOOTSTRAP_RESAMPLES,

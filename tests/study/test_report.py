@@ -223,3 +223,16 @@ def test_study_folder_report_has_every_figure_and_the_study_context(tmp_path):
     assert all(it["best"] == "barlowtwins-augment-all" for g in won for it in g["cells"])
     assert all(c["verdict"] == "real" for g in won for it in g["cells"] for c in it["comparisons"])
     assert "vs ImageNet: +0.1" in html and "a real difference" in html
+
+
+def test_a_collapsed_pretraining_is_flagged_in_the_report(tmp_path):
+    make_study(tmp_path)
+    healthy = {"steps": 400, "health": {"flags": []}}
+    collapsed = {"steps": 400, "health": {"flags": [{"kind": "collapsed", "step": 120,
+                                                    "message": "RankMe 1.03 (the features span 1 direction)"}]}}
+    (tmp_path / "pretrain" / "barlowtwins-augment-all" / "summary.json").write_text(json.dumps(healthy))
+    (tmp_path / "pretrain" / "vicreg-temporal-all" / "summary.json").write_text(json.dumps(collapsed))
+    html = (write_report(tmp_path)["report"]).read_text()
+    assert "pretraining warnings" in html
+    assert "vicreg-temporal-all was flagged (collapsed): RankMe 1.03" in html
+    assert "barlowtwins-augment-all was flagged" not in html
