@@ -61,7 +61,7 @@ from sonossl.launch import Requeueable, check_launcher
 from sonossl.outlock import releasing
 from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
 from sonossl.study.grid import SELECT_SEEDS, EvalUnit, IngestUnit, Plan, PretrainUnit, SelectUnit
-from sonossl.study.ledger import Ledger, StudyBook, ledger_results
+from sonossl.study.ledger import Ledger, StudyBook, ledger_results, spec_fingerprint
 from sonossl.study.store import ResultsStore, UnitRecords
 
 _AT = RESULT_COLUMNS.index("accuracy") + 1  # evaluate's columns, with the study's keys after the scores
@@ -108,7 +108,14 @@ class StudySummary:
 
 
 def unit_hash(unit) -> str:
-    """The settings a completed unit was run with; a resumed study must not silently change them."""
+    """The settings a completed unit was run with; a resumed study must not silently change them.
+    Machine paths are left out (:func:`~sonossl.study.ledger.spec_fingerprint`), so a study whose
+    data (and pseudonym key file) sit at another mount point resumes as it is."""
+    return spec_fingerprint(unit)
+
+
+def _path_keyed_hash(unit) -> str:
+    """:func:`unit_hash` as an older sonossl wrote it, absolute paths (the key file's) included."""
     payload = {k: v for k, v in asdict(unit).items() if not (k == "selection" and v == "random")}  # as before the axis
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -317,7 +324,7 @@ def prepare(plan: Plan, out: Path, *, resume: bool, overwrite: bool, command: st
             store.close()
         for unit in plan.units:
             r = rows.get(unit.key)
-            if r is not None and r.get("unit_hash") != unit_hash(unit):
+            if r is not None and r.get("unit_hash") not in (unit_hash(unit), _path_keyed_hash(unit)):
                 raise SonosslError(f"{out}/study.yaml: the settings of completed run {unit.key} changed; "
                                    "use a new --out, or --overwrite to start again")
     data = plan.spec.data

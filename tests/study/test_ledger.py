@@ -168,3 +168,13 @@ def test_the_same_data_in_another_folder_gives_the_same_study_and_ledger(finishe
         return [timeless(v) for v in value] if isinstance(value, list) else value
 
     assert timeless(_records(tmp_path / "ledger")) == timeless(_records(root / "ledger"))
+
+
+def test_a_study_folder_resumes_with_its_data_at_another_mount_point(finished, study_data, tmp_path):
+    root, _ = finished
+    shutil.copytree(root / "dir", tmp_path / "dir")
+    moved = tmp_path / "mnt" / "synth"
+    shutil.copytree(study_data, moved)  # the data (and its key file) mounted elsewhere
+    study = write_study(tmp_path / "s.yaml", moved, protocols=("linear",), fractions=(100,), seeds=(0,))
+    summary = api.run_study(study, tmp_path / "dir", resume=True, log=lambda _: None)
+    assert (summary.ran, summary.already_done) == (0, 4)
