@@ -41,6 +41,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 
 from sonossl.config import MAX_FRAME_PIXELS, MAX_SOURCE_PIXELS
+from sonossl.data.codestream import check_dicom_frames, check_image_file
 from sonossl.data.framestore import HDF5_SUFFIXES
 from sonossl.errors import SonosslError
 
@@ -91,6 +92,11 @@ def open_image(path: Path, max_pixels: int = MAX_FRAME_PIXELS):
         im.close()
         raise SonosslError(f"{path}: a {w}x{h} image ({w * h:,} pixels), over the limit of {max_pixels:,} pixels; "
                            "refused before decoding")
+    try:
+        check_image_file(path, (w, h), max_pixels)  # what the file's own IHDR / SOF / SIZ declares
+    except SonosslError:
+        im.close()
+        raise
     return im
 
 
@@ -408,23 +414,9 @@ def _dicom_int(ds, tag: str, path: Path, default: int | None = None) -> int:
         raise SonosslError(f"{path}: DICOM {tag} is {str(raw)[:20]!r}; expected an integer") from None
 
 
-def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None,
-               modalities: tuple[str, ...] | None = None, max_frame_pixels: int = MAX_FRAME_PIXELS,
-               max_source_pixels: int = MAX_SOURCE_PIXELS) -> Stream:
-    """A single- or multi-frame DICOM, native or compressed: the header now, frames one at a time.
-
-    modalities: DICOM ``Modality`` values accepted (None: any); a file of another modality, or
-    an object without an image (a structured report, an RT plan, a DICOMDIR), is refused."""
-    import pydicom
-
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # pydicom warns of invalid values; the checks below name what matters
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-    except Exception as exc:  # a header pydicom cannot parse
-        raise SonosslError(f"{path}: not a readable DICOM header ({type(exc).__name__})") from None
+def _check_dicom_header(ds, path: Path, modalities: tuple[str, ...] | None, max_frame_pixels: int,
+                        max_source_pixels: int) -> tuple[int, int, int]:
+    """A DICOM header's image, modality and pixel budget checked: (frames, rows, columns)."""
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if "Rows" not in ds or "Columns" not in ds:
         what = f"{modality} object" if modality else "object"
@@ -437,6 +429,29 @@ def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
         raise SonosslError(f"{path}: DICOM with no frames")
     rows, cols = _dicom_int(ds, "Rows", path), _dicom_int(ds, "Columns", path)
     check_pixels(path, rows, cols, n, max_frame_pixels=max_frame_pixels, max_source_pixels=max_source_pixels)
+    return n, rows, cols
+
+
+def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None,
+               modalities: tuple[str, ...] | None = None, max_frame_pixels: int = MAX_FRAME_PIXELS,
+               max_source_pixels: int = MAX_SOURCE_PIXELS) -> Stream:
+    """A single- or multi-frame DICOM, native or compressed: the header now, frames one at a time.
+
+    modalities: DICOM ``Modality`` values accepted (None: any); a file of another modality, or
+    an object without an image (a structured report, an RT plan, a DICOMDIR), is refused."""
+    import pydicom
+
+    import warnings
+
+    with open(path, "rb") as fh:
+        try:
+            with warnings.catch_warnings():  # pydicom warns of invalid values; the checks below name what matters
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(fh, force=True, stop_before_pixels=True)
+        except Exception as exc:  # a header pydicom cannot parse
+            raise SonosslError(f"{path}: not a readable DICOM header ({type(exc).__name__})") from None
+        n, rows, cols = _check_dicom_header(ds, path, modalities, max_frame_pixels, max_source_pixels)
+        check_dicom_frames(fh, ds, path)  # what each encapsulated frame's codestream declares, before decoding
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     window = None
     if int(ds.get("BitsStored", 8)) > 8 and "WindowCenter" in ds and "WindowWidth" in ds:
