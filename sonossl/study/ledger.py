@@ -421,13 +421,25 @@ class StudyBook:
                                  "evals": [u.key for u in self.plan.evals]})
 
 
-def ledger_results(ledger: Ledger, log=print) -> tuple[list[dict[str, Any]], dict[str, list[dict]]]:
-    """The evaluation rows of the study ``ledger`` describes, in grid order, and its pretrainings'
-    curves (name -> stats records): only records made by the study's units (a record whose
-    fingerprints or checksum do not match is named in one line and left out)."""
+def pretraining_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A pretraining record's ``summary.json`` as the run wrote it (its ``health`` block put back)."""
+    return {**(record.get("summary") or {}), **({"health": record["health"]} if "health" in record else {})}
+
+
+def curve(record: dict[str, Any]) -> list[dict]:
+    """A pretraining record's ``stats.jsonl`` lines as the report's figure reads them."""
+    stats = record.get("stats") or {}
+    return [*stats.get("epochs", []), *stats.get("steps", [])]
+
+
+def ledger_results(ledger: Ledger, log=print) -> tuple[list[dict[str, Any]], dict[str, list[dict]], dict[str, dict]]:
+    """The evaluation rows of the study ``ledger`` describes, in grid order, its pretrainings'
+    curves (name -> stats records) and summaries (name -> summary.json): only records made by the
+    study's units (a record whose fingerprints or checksum do not match is named in one line and
+    left out)."""
     study = ledger.study()
     units = study.get("units") or {}
-    rows, curves = [], {}
+    rows, curves, summaries = [], {}, {}
     for key in [*study.get("evals", []), *sorted(k for k in units if k.startswith("pretrain/"))]:
         record, why = ledger.check(key, Fingerprints(**units[key])) if key in units else (None, None)
         if record is None:
@@ -437,6 +449,6 @@ def ledger_results(ledger: Ledger, log=print) -> tuple[list[dict[str, Any]], dic
         if key.startswith("eval/"):
             rows.append(record["row"])
         else:
-            stats = (record.get("stats") or {})
-            curves[key.split("/", 1)[1]] = [*stats.get("epochs", []), *stats.get("steps", [])]
-    return rows, curves
+            curves[key.split("/", 1)[1]] = curve(record)
+            summaries[key.split("/", 1)[1]] = pretraining_summary(record)
+    return rows, curves, summaries

@@ -61,7 +61,7 @@ from sonossl.launch import Requeueable, check_launcher
 from sonossl.outlock import releasing
 from sonossl.outputs import atomic_write_csv, atomic_write_text, claim_output_dir
 from sonossl.study.grid import SELECT_SEEDS, EvalUnit, IngestUnit, Plan, PretrainUnit, SelectUnit
-from sonossl.study.ledger import Ledger, StudyBook, ledger_results, spec_fingerprint
+from sonossl.study.ledger import Ledger, StudyBook, curve, ledger_results, pretraining_summary, spec_fingerprint
 from sonossl.study.store import ResultsStore, UnitRecords
 
 _AT = RESULT_COLUMNS.index("accuracy") + 1  # evaluate's columns, with the study's keys after the scores
@@ -417,11 +417,12 @@ def run_study(plan: Plan, out: Path, *, workers: int = 1, launcher: str = "local
     if summary.disk_full:  # the runs that finished are recorded; the rest wait for --resume
         raise DiskFullError(summary.disk_full)
     if summary.results is not None:
-        from sonossl.study.report import load_pretrain_curves, write_report
+        from sonossl.study.report import load_pretrain_curves, load_pretrain_summaries, write_report
 
-        curves = {k.split("/", 1)[1]: [*r.get("stats", {}).get("epochs", []), *r.get("stats", {}).get("steps", [])]
-                  for k, r in from_ledger.items() if k.startswith("pretrain/")}
-        summary.report = write_report(out, curves={**curves, **load_pretrain_curves(out)})["report"]
+        ledgered = {k.split("/", 1)[1]: r for k, r in from_ledger.items() if k.startswith("pretrain/")}
+        summary.report = write_report(
+            out, curves={**{n: curve(r) for n, r in ledgered.items()}, **load_pretrain_curves(out)},
+            summaries={**{n: pretraining_summary(r) for n, r in ledgered.items()}, **load_pretrain_summaries(out)})["report"]
         if book is not None:
             summary.ledger_report = report_ledger(book.ledger.root, log=log).get("report")
     return summary
@@ -484,11 +485,11 @@ def report_ledger(folder: Path, log: Callable[[str], None] = print) -> dict[str,
     from sonossl.study.report import write_report
 
     folder = Path(folder)
-    rows, curves = ledger_results(Ledger(folder), log=log)
+    rows, curves, summaries = ledger_results(Ledger(folder), log=log)
     if not rows:
         raise SonosslError(f"{folder}: the ledger holds no finished evaluation of its study")
     atomic_write_csv(folder / "results.csv", rows, STUDY_COLUMNS)
-    return {"results": folder / "results.csv", **write_report(folder, curves=curves)}
+    return {"results": folder / "results.csv", **write_report(folder, curves=curves, summaries=summaries)}
 
 
 class _Tally:

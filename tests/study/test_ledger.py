@@ -77,6 +77,13 @@ def test_resume_with_the_study_folder_gone_runs_nothing(finished, tmp_path, caps
     assert main(["report", str(ledger)]) == 0
     assert (ledger / "results.csv").read_bytes() == results
     assert all((ledger / f).is_file() for f in ("summary.csv", "differences.csv", "report.html"))
+    # the pretraining's health block, kept in its record as written, is named by the ledger's report too
+    from sonossl.models.init import flagged
+    from sonossl.study.ledger import pretraining_summary
+
+    pre = _records(ledger)["pretrain/barlowtwins-augment-all"]
+    assert "health" in pre
+    assert ("was flagged" in (ledger / "report.html").read_text()) == bool(flagged(pretraining_summary(pre)))
 
 
 def test_a_record_edited_by_hand_is_named_and_run_again(finished, tmp_path, capsys):
