@@ -139,8 +139,8 @@ def _content(frame: np.ndarray) -> np.ndarray:
 
 MIN_SCAN_SIDE = 0.1  # a scan region is at least this fraction of the frame high and wide
 # Measured on real and synthetic scans against text and graphics (docs/data-safety.md, "Only scans
-# become clips"; tests/hostile/test_text_sources.py):
-MAX_EMPTY_ROWS = 0.06  # at most this fraction of the region's rows is background (text: >= 0.17, scans: <= 0.034)
+# become clips"; benchmarks/scan_likeness.py, tests/hostile/test_text_sources.py):
+MAX_EMPTY_ROWS = 0.06  # at most this fraction of the region's rows is background (text: >= 0.13, scans: <= 0.034)
 MIN_TEXTURE_CORE = 0.12  # at least this fraction of the region is a core of texture (scans: >= 0.24)
 EMPTY_ROW = 0.97  # a row is background when at least this fraction of its region pixels is
 STAT_FRAMES = 8  # frames spread over the clip the statistics are measured on (their median)
