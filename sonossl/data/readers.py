@@ -72,7 +72,9 @@ def check_pixels(path: Path, height: int, width: int, frames: int = 1, *, max_fr
 
 def open_image(path: Path, max_pixels: int = MAX_FRAME_PIXELS):
     """``PIL.Image`` of ``path``, opened lazily and refused (one-line :class:`SonosslError`) when
-    it is not an image or declares more than ``max_pixels`` pixels, before its pixels are decoded.
+    it is not an image or declares more than ``max_pixels`` pixels (as Pillow reads it, and in its
+    own IHDR / SOF / SIZ: :func:`~sonossl.data.codestream.check_image_file`), before its pixels
+    are decoded.
     Use as a context manager, as ``Image.open``."""
     import warnings
 
@@ -438,7 +440,10 @@ def open_dicom(path: Path, *, frame_skip: int = 1, max_frames: int | None = None
     """A single- or multi-frame DICOM, native or compressed: the header now, frames one at a time.
 
     modalities: DICOM ``Modality`` values accepted (None: any); a file of another modality, or
-    an object without an image (a structured report, an RT plan, a DICOMDIR), is refused."""
+    an object without an image (a structured report, an RT plan, a DICOMDIR), is refused. The
+    header's size is checked against the pixel budget, then what every encapsulated frame's
+    codestream declares against the header (:func:`~sonossl.data.codestream.check_dicom_frames`),
+    before a frame is decoded."""
     import pydicom
 
     import warnings

@@ -72,7 +72,7 @@ def _rle(runs: int) -> bytes:
     return struct.pack("<16I", 1, 64, *([0] * 14)) + seg
 
 
-def encapsulated_dicom(path: Path, frames: list[bytes], syntax: str, rows=64, cols=64, bits=8) -> Path:
+def encapsulated_dicom(path: Path, frames: list[bytes], syntax: str, rows=64, cols=64, bits=8, **encaps) -> Path:
     """A US DICOM whose header declares ``len(frames)`` frames of rows x cols x 1, holding
     ``frames`` encapsulated as they are."""
     from pydicom.dataset import FileMetaDataset
@@ -85,7 +85,7 @@ def encapsulated_dicom(path: Path, frames: list[bytes], syntax: str, rows=64, co
     ds.Modality, ds.PatientID, ds.Rows, ds.Columns, ds.NumberOfFrames = "US", "P1", rows, cols, len(frames)
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored = 1, "MONOCHROME2", bits, bits
     ds.HighBit, ds.PixelRepresentation = bits - 1, 0
-    ds.PixelData = encapsulate(frames)
+    ds.PixelData = encapsulate(frames, **encaps)
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -118,6 +118,19 @@ def test_a_codestream_larger_than_its_header_is_refused_before_decoding(codec, t
         assert "RLE segment 0 holds 131,072 bytes" in line, line
     res = process_source(bad, OPTS)  # in ingest: a manifest row
     assert res["status"] == "error" and "refused before decoding" in res["message"]
+
+
+@pytest.mark.parametrize("codec", ["j2k", "jpeg", "jpeg-ls"])
+def test_frames_in_several_fragments_without_an_offset_table_are_each_checked(codec, tmp_path):
+    """No basic offset table, each frame in two fragments: frames are found where a fragment
+    starts a codestream, as the decoder finds them, and the crafted second one is refused."""
+    syntax, honest, crafted, bits = CODECS[codec]
+    kw = {"has_bot": False, "fragments_per_frame": 2}
+    good = encapsulated_dicom(tmp_path / "good.dcm", [honest(), honest(), honest()], syntax, bits=bits, **kw)
+    assert len(list(open_source(good).frames())) == 3
+    bad = encapsulated_dicom(tmp_path / "bad.dcm", [honest(), crafted(), honest()], syntax, bits=bits, **kw)
+    with pytest.raises(SonosslError, match="frame 1's .* declares 20000x20000"):
+        open_source(bad)
 
 
 def test_a_smaller_codestream_or_more_components_disagree_with_the_header(tmp_path):
