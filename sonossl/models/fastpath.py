@@ -20,6 +20,12 @@ layout; 2x2 maps and larger are right to bf16's 3e-3). A ResNet's last stage see
 when its input side is at most 16 px (each of its four strided stages halves it, rounding up),
 as DINO's local crops of 32 px frames are. So below :data:`CPU_BF16_MIN_SIDE` a CPU computes in
 float32: ``auto`` does not try bf16, and ``bf16-*``/``16-mixed`` are refused.
+The same fault on an Intel Xeon with AMX-BF16 (oneDNN's bf16 weight gradient of a stride-2 3x3
+conv on a 1x1 map: inf or ~1e32 in 14 of 20 seeded draws, every draw in channels_last, against a
+true ~10; a 1x1 kernel, stride 1 or a 2x2 map are right) is what made DINO's bf16 gradients
+non-finite "for one unseeded init out of three" when its 14 px local crops ran under an autocast
+opened outside this module. :func:`guard_cpu_bf16_convs` closes that door at the layer: a model
+whose views can be that small computes just those convolutions, on just those maps, in float32.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from sonossl.errors import SonosslError
 from sonossl.models.backbones import build_encoder
@@ -38,6 +45,36 @@ from sonossl.models.backbones import build_encoder
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 CPU_BF16_MIN_SIDE = 17  # smallest input side whose last ResNet stage sees more than a 1x1 map (module docstring)
 CANDIDATES = (("32-true", False), ("32-true", True), ("bf16-mixed", True))  # bf16 in NCHW never wins (measured)
+
+
+class CpuBf16SafeConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (same parameters, same maths) that computes in float32, autocast off, when
+    it would otherwise run oneDNN's faulty bf16 kernel: on a CPU, strided, kernel above 1x1, input
+    map 1x1 (module docstring). The output keeps the dtype the bf16 path would have given, so the
+    layers after it see no difference; elsewhere it is the plain convolution.
+    Workaround for oneDNN (torch 2.14.1); remove once the reproduction in
+    tests/models/test_fastpath.py (``_bf16_weight_grad_error(1)``) gives bf16 precision."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if not (input.device.type == "cpu" and input.shape[-2:] == (1, 1) and self.stride != (1, 1)
+                and self.kernel_size != (1, 1)):
+            return super()._conv_forward(input, weight, bias)
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if autocast else input.dtype
+        if dtype not in (torch.bfloat16, torch.float16) and weight.dtype == torch.float32:
+            return super()._conv_forward(input, weight, bias)
+        with torch.autocast("cpu", enabled=False):
+            out = super()._conv_forward(input.float(), weight.float(), None if bias is None else bias.float())
+        return out.to(dtype)
+
+
+def guard_cpu_bf16_convs(module: nn.Module) -> nn.Module:
+    """Makes every strided ``nn.Conv2d`` with a kernel above 1x1 in ``module`` a
+    :class:`CpuBf16SafeConv2d`, in place (parameter names and state_dict unchanged); returns it."""
+    for m in module.modules():
+        if type(m) is nn.Conv2d and m.stride != (1, 1) and m.kernel_size != (1, 1):
+            m.__class__ = CpuBf16SafeConv2d
+    return module
 
 
 @dataclass
