@@ -41,6 +41,7 @@ from sonossl.data.transforms import ViewTransform, asymmetric_pair
 from sonossl.errors import SonosslError
 from sonossl.methods.base import MethodOptions, SSLMethod
 from sonossl.models.backbones import Encoder
+from sonossl.models.fastpath import guard_cpu_bf16_convs
 
 MAX_LOCAL_CROPS = 16  # each local crop adds a student forward pass per step
 
@@ -154,6 +155,9 @@ class DINO(SSLMethod):
         o = self.options
         self.local_crop_size = o.local_size(cfg.image_size)
         self.head = dino_head(self.encoder.feature_dim, o)
+        # local crops of <= 16 px reach a 1x1 map in the last stage, where a CPU's bf16 weight gradient
+        # of a strided conv is garbage (oneDNN, sonossl.models.fastpath): those convs compute in float32
+        guard_cpu_bf16_convs(self.encoder)
         # "the exact same architecture in both student and teacher networks" (sec. 3.1); the
         # teacher starts as a copy of the student (main_dino.py) and gets no gradient.
         self.teacher_encoder = copy.deepcopy(self.encoder)
