@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sonossl.config import (BASELINE_INITS, DemoConfig, EmbedConfig, EvaluateConfig, ExportConfig, IngestConfig, PredictConfig,
-                            PretrainConfig, SelectConfig, StudyRunConfig, SynthConfig, build_config, read_config_file,
+                            LabelsImportConfig, PretrainConfig, SelectConfig, StudyRunConfig, SynthConfig, build_config, read_config_file,
                             read_preset)
 from sonossl.errors import SonosslError
 from sonossl.outlock import check_apart, lock_output, releasing
@@ -214,12 +214,22 @@ def select(frames: str | Path, budget: int, out: str | Path, *, overwrite: bool 
     """Embed the candidate frames (a frame store or a folder of images) and choose ``budget`` of
     them to label (settings: :class:`SelectConfig`); writes ``out`` (``to_label.csv``, PNG crops,
     contact sheet, embedding map) and returns ``{"out", "chosen", "n_candidates", "clips", "wall_s"}``."""
-    from sonossl.select.command import run_select
+    from sonossl.select.labelstudio import run_select_label_studio
 
     c = build_config(SelectConfig, {"frames": frames, "budget": budget, "out": out, **options}, source="select")
     _claim_file(c.out, "select", [("--frames", c.frames), ("--init", None if c.init in BASELINE_INITS else c.init),
-                                    ("--salt-file", c.salt_file)])
-    return run_select(c, overwrite=overwrite)
+                                    ("--salt-file", c.salt_file), ("--model", c.model)])
+    return run_select_label_studio(c, overwrite=overwrite)
+
+
+@_command
+def labels_import(export: str | Path, selection: str | Path, *, overwrite: bool = False, **options: Any) -> dict:
+    """A Label Studio JSON export of ``sonossl select --label-studio``'s tasks back to a labelled set
+    (settings: :class:`LabelsImportConfig`); returns ``{"out", "round", "counts", "splits"}``."""
+    from sonossl.select.labels import import_labels
+
+    c = build_config(LabelsImportConfig, {"export": export, "selection": selection, **options}, source="labels import")
+    return import_labels(c, overwrite=overwrite)
 
 
 @_command

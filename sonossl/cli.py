@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sonossl import __version__, api
 from sonossl.config import (DemoConfig, EmbedConfig, EvaluateConfig, ExportConfig, InfoConfig, IngestConfig, PredictConfig,
-                            PretrainConfig, ReportConfig, SelectConfig, StudyRunConfig, SynthConfig)
+                            LabelsImportConfig, PretrainConfig, ReportConfig, SelectConfig, StudyRunConfig, SynthConfig)
 from sonossl.errors import SonosslError
 from sonossl.flags import Command, Names, flag_values, register
 
@@ -139,6 +139,14 @@ def cmd_select(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels_import(a: argparse.Namespace) -> int:
+    r = api.labels_import(overwrite=a.overwrite, **_settings(a))
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(r["counts"].items()))
+    print(f"round {r['round']}: {counts}; train/valid/test now {r['splits']['train']}/{r['splits']['valid']}/"
+          f"{r['splits']['test']} images in {r['out']} (every task in {r['out'] / 'labels_import.csv'})")
+    return 0
+
+
 def _preset_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=["cpu", "paper"],
                    help="per-method recipe to start from: cpu (ResNet-18, minutes) or paper (the seed study's) "
@@ -185,6 +193,12 @@ COMMANDS = (
 )
 
 
+LABELS_COMMANDS = (  # sonossl labels ACTION
+    Command("import", "a Label Studio JSON export -> train.csv, valid.csv, test.csv split by clip", LabelsImportConfig,
+            cmd_labels_import, positional=("export",), output="overwrite"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sonossl", description="Self-supervised learning on ultrasound scan videos.")
     p.add_argument("--version", action="version", version=f"sonossl {__version__}", help="print the version and exit")
@@ -193,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="sonossl COMMAND --help lists its settings")
     for command in COMMANDS:
         register(sub, command)
+    labels = sub.add_parser("labels", help="labelled sets from a labelling tool", description="labelled sets from a labelling tool")
+    group = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION", parser_class=_Parser)
+    for command in LABELS_COMMANDS:
+        register(group, command)
     return p
 
 

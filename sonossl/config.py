@@ -676,6 +676,35 @@ class SelectConfig(Config):
     salt_file: Path | None = Field(None, description="secret key of the pseudonymous clip ids of a folder of images, as "
                                    "ingest's --salt-file; none: a random key for this run (its ids then match no "
                                    "other run's)")
+    label_studio: bool = Field(False, description="also write label-studio/: tasks.json (one task per chosen frame), "
+                               "label_config.xml (a single choice over the classes) and README.txt (how to import them)")
+    label_classes: list[str] = Field(default_factory=list, description="classes of label_config.xml's single choice, "
+                                     "comma-separated; none: --model's classes")
+    model: Path | None = Field(None, description="fine-tuned model (an evaluate run folder or its model.pt) whose top "
+                               "class and probability pre-fill each task; none: tasks without a prediction")
+    image_url: str | None = Field(None, description="URL prefix the frames/ folder is served under (a task's image is "
+                                  "PREFIX/frames/NAME.png); none: Label Studio's local files, /data/local-files/?d=frames/"
+                                  "NAME.png with the output folder as LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+
+
+class LabelsImportConfig(Config):
+    """``sonossl labels import``: a Label Studio JSON export back to train.csv, valid.csv, test.csv."""
+
+    export: Path = Field(description="Label Studio's JSON export (Export > JSON) of a project made from "
+                         "`sonossl select --label-studio`")
+    selection: Path = Field(description="the `sonossl select` output folder the tasks came from (its frames/ are "
+                            "copied in)")
+    out: Path | None = Field(None, description="labelled-set folder to write: train.csv, valid.csv, test.csv, images/, "
+                             "labels_import.csv; none: --append's")
+    append: Path | None = Field(None, description="an existing labelled set (from an earlier import) to add this round "
+                                "to; its clips keep their split; none: a new set in --out")
+    valid: float = Field(0.2, ge=0, lt=1, description="share of this round's new clips put in valid (fraction of clips, "
+                         "0-1)")
+    test: float = Field(0.2, ge=0, lt=1, description="share of this round's new clips put in test (fraction of clips, 0-1)")
+    seed: int = Field(0, description="seed of the split of clips")
+    on_conflict: Literal["majority", "refuse"] = Field("refuse", description="annotators disagreeing on a task: majority "
+                                                       "(the most chosen class, a tie left out) or refuse (the task left "
+                                                       "out); either way it is listed in labels_import.csv")
 
 
 def check_fractions(v: list[float]) -> list[float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,8 +31,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
         check_overwrite(out, "select")  # only a folder an earlier `sonossl select` wrote
 
 
-def run_select(s: SelectConfig, overwrite: bool = False) -> dict:
-    """Select ``s.budget`` frames (settings: :class:`SelectConfig`); returns ``{"out", "chosen", "n_candidates", "clips", "wall_s"}``."""
+def run_select(s: SelectConfig, overwrite: bool = False, extra: Callable[[Path, list[dict]], None] | None = None) -> dict:
+    """Select ``s.budget`` frames (settings: :class:`SelectConfig`); returns ``{"out", "chosen", "n_candidates", "clips", "wall_s"}``.
+    ``extra(folder, rows)``, when given, writes more outputs into the unfinished folder beside
+    ``to_label.csv``'s ``rows`` (the Label Studio tasks, :mod:`sonossl.select.labelstudio`)."""
     from sonossl.models.devices import resolve_device
     from sonossl.models.init import resolve_init
     from sonossl.select.candidates import embed_pool, open_pool
@@ -58,6 +61,8 @@ def run_select(s: SelectConfig, overwrite: bool = False) -> dict:
     write_marker(tmp, "select")
     try:
         rows = write_frames(tmp, chosen, pool)
+        if extra is not None:
+            extra(tmp, rows)
         contact_sheet(tmp, rows)
         title = (f"{init.backbone} features ({init.label}, {size} px), {s.map}; {s.strategy} chose {len(chosen)} "
                  f"of {len(pool)} frames")
