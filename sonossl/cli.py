@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         register(sub, command)
     labels = sub.add_parser("labels", help="labelled sets from a labelling tool", description="labelled sets from a labelling tool")
-    group = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION", parser_class=_Parser)
+    group = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION", parser_class=_Parser,
+                                   help="sonossl labels ACTION --help lists its settings")
     for command in LABELS_COMMANDS:
         register(group, command)
     return p

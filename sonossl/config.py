@@ -695,7 +695,7 @@ class LabelsImportConfig(Config):
     selection: Path = Field(description="the `sonossl select` output folder the tasks came from (its frames/ are "
                             "copied in)")
     out: Path | None = Field(None, description="labelled-set folder to write: train.csv, valid.csv, test.csv, images/, "
-                             "labels_import.csv; none: --append's")
+                             "labels_import.csv; none: --append (one of the two is needed)")
     append: Path | None = Field(None, description="an existing labelled set (from an earlier import) to add this round "
                                 "to; its clips keep their split; none: a new set in --out")
     valid: float = Field(0.2, ge=0, lt=1, description="share of this round's new clips put in valid (fraction of clips, "

@@ -116,12 +116,14 @@ def _subparsers(parser):
 
 
 def test_every_flag_of_every_sub_command_has_a_help_line_with_its_default():
-    from sonossl.cli import COMMANDS, build_parser
+    from sonossl.cli import COMMANDS, LABELS_COMMANDS, build_parser
 
     parser = build_parser()
     commands = _subparsers(parser)
-    assert sorted(commands) == sorted(c.name for c in COMMANDS) and len(commands) == 12
-    for name, sub in commands.items():
+    assert sorted(commands) == sorted([c.name for c in COMMANDS] + ["labels"]) and len(commands) == 13
+    labels = _subparsers(commands["labels"])
+    assert sorted(labels) == sorted(c.name for c in LABELS_COMMANDS)
+    for name, sub in [*commands.items(), *((f"labels {k}", v) for k, v in labels.items())]:
         assert sub.description, name
         for action in sub._actions:
             where = f"sonossl {name} {'/'.join(action.option_strings) or action.dest}"

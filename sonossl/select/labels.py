@@ -129,6 +129,8 @@ def _earlier(c: LabelsImportConfig) -> list[dict]:
     """The ledger of the earlier rounds of ``--append`` (none for a new set in ``--out``)."""
     if (c.out is None) == (c.append is None):
         raise SonosslError("labels import: give one of --out (a new labelled set) or --append (an existing one)")
+    if c.valid + c.test >= 1:
+        raise SonosslError(f"--valid {c.valid:g} + --test {c.test:g}: expected a sum below 1, so some clips go to train")
     if c.out is not None:
         return []
     if read_marker(Path(c.append)) != COMMAND:

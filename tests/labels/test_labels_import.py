@@ -106,12 +106,14 @@ def test_bad_export_is_one_line(selection, tmp_path, capsys, content, expected):
 
 
 def test_a_class_without_a_train_image_is_refused(selection, tmp_path, capsys):
-    # only one clip labelled LVOT: with --test 0.9 it lands in test, so train has no LVOT
+    # 9 clips labelled, one of them LVOT: with --valid 0.45 --test 0.45 one clip is left for train, so classes lack one
     def one_lvot(i, d):
         return [annotation(TRUTH[d["clip_id"]])] if TRUTH[d["clip_id"]] != "LVOT" or d["clip_id"] == "vid08" else []
 
     ex = export(selection, tmp_path / "export.json", one_lvot)
-    argv = ["labels", "import", str(ex), "--selection", str(selection), "--out", str(tmp_path / "p"), "--test", "0.9"]
+    argv = ["labels", "import", str(ex), "--selection", str(selection), "--out", str(tmp_path / "p"), "--valid", "0.45",
+            "--test", "0.45"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no train image of" in err and not (tmp_path / "p").exists()
+    assert main([*argv[:-4], "--valid", "0.5", "--test", "0.5"]) == 2 and "sum below 1" in capsys.readouterr().err
